@@ -1,0 +1,74 @@
+"""SQLAlchemy models. Change them only together with a migration in ``migrations/versions``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Dataset(Base):
+    """A deposition or study: images of one or more modalities plus REMBI metadata."""
+
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str] = mapped_column(Text, default="")
+    accession: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    licence: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    rembi: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    images: Mapped[list[Image]] = relationship(
+        back_populates="dataset", order_by="Image.id", cascade="all, delete-orphan"
+    )
+
+
+class Image(Base):
+    """One modality of a dataset: an OME-Zarr multiscale image in a local folder or at a URL."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("dataset_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str] = mapped_column(String(64), default="EM")
+    kind: Mapped[str] = mapped_column(String(16), default="image")  # image | segmentation
+    uri: Mapped[str] = mapped_column(Text)
+    managed: Mapped[bool] = mapped_column(default=False)  # imported into the data directory
+    ome_version: Mapped[str] = mapped_column(String(8))
+    zarr_format: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[list[Any]] = mapped_column()  # z, y, x of level 0
+    channels: Mapped[int] = mapped_column(Integer, default=1)
+    voxel_size_nm: Mapped[list[Any]] = mapped_column()  # z, y, x
+    levels: Mapped[list[Any]] = mapped_column()  # per level: path, shape, voxel size, chunk
+    window: Mapped[list[Any]] = mapped_column()  # display contrast [low, high]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    dataset: Mapped[Dataset] = relationship(back_populates="images")
+
+
+class ViewerSession(Base):
+    """A Neuroglancer viewer whose state the server owns (state-sync protocol generations)."""
+
+    __tablename__ = "viewer_sessions"
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    state: Mapped[dict[str, Any]] = mapped_column()
+    generation: Mapped[str] = mapped_column(String(128))
+    config: Mapped[dict[str, Any]] = mapped_column()
+    config_generation: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,105 @@
+"""Server-owned viewer state, in the database, with the generations of Neuroglancer's state sync.
+
+A generation is an opaque string; a client's update is stored as ``<clientId>/<g>`` so that
+the event stream never echoes a client's own change back to it. Updates are compare-and-set
+on the generation, so several server processes agree on one order of changes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from annotations.errors import SessionNotFound, StaleGeneration
+from annotations.models import ViewerSession, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    token: str
+    dataset_id: int | None
+    state: dict[str, Any]
+    generation: str
+    config: dict[str, Any]
+    config_generation: str
+
+
+def _server_generation() -> str:
+    return "server/" + secrets.token_hex(8)
+
+
+class ViewerSessions:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def create(self, dataset_id: int | None, state: dict[str, Any], config: dict[str, Any]) -> SessionState:
+        token = secrets.token_urlsafe(18)
+        row = ViewerSession(
+            token=token,
+            dataset_id=dataset_id,
+            state=state,
+            generation=_server_generation(),
+            config=config,
+            config_generation=_server_generation(),
+        )
+        with self.sessions.begin() as session:
+            session.add(row)
+        return self.get(token)
+
+    def get(self, token: str) -> SessionState:
+        with self.sessions() as session:
+            row = session.get(ViewerSession, token)
+            if row is None:
+                raise SessionNotFound(f"no viewer session {token!r}")
+            return SessionState(
+                row.token, row.dataset_id, row.state, row.generation, row.config, row.config_generation
+            )
+
+    def generations(self, token: str) -> tuple[str, str]:
+        """(state generation, config generation): the cheap poll behind the event stream."""
+        with self.sessions() as session:
+            row = session.execute(
+                select(ViewerSession.generation, ViewerSession.config_generation).where(
+                    ViewerSession.token == token
+                )
+            ).first()
+            if row is None:
+                raise SessionNotFound(f"no viewer session {token!r}")
+            return row[0], row[1]
+
+    def set_state(
+        self, token: str, state: dict[str, Any], *, generation: str | None = None, expected: str | None = None
+    ) -> str:
+        """Store ``state``; with ``expected``, only if that is still the current generation.
+
+        Returns the new generation. Raises StaleGeneration or SessionNotFound.
+        """
+        new_generation = generation or _server_generation()
+        with self.sessions.begin() as session:
+            query = update(ViewerSession).where(ViewerSession.token == token)
+            if expected is not None:
+                query = query.where(ViewerSession.generation == expected)
+            result = session.execute(
+                query.values(state=state, generation=new_generation, updated_at=utcnow())
+            )
+            if result.rowcount == 0:
+                if session.get(ViewerSession, token) is None:
+                    raise SessionNotFound(f"no viewer session {token!r}")
+                raise StaleGeneration(f"session {token!r} has moved past generation {expected!r}")
+        return new_generation
+
+    def set_config(self, token: str, config: dict[str, Any]) -> str:
+        new_generation = _server_generation()
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(ViewerSession)
+                .where(ViewerSession.token == token)
+                .values(config=config, config_generation=new_generation, updated_at=utcnow())
+            )
+            if result.rowcount == 0:
+                raise SessionNotFound(f"no viewer session {token!r}")
+        return new_generation

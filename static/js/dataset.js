@@ -1,0 +1,55 @@
+// The dataset page: metadata beside an embedded Neuroglancer whose state the server owns.
+import { element, getJSON } from "./api.js";
+
+const datasetRef = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+const status = document.getElementById("status");
+
+function showFacts(dataset) {
+  document.title = `Lamella: ${dataset.title}`;
+  document.getElementById("title").textContent = dataset.title;
+  document.getElementById("crumb").textContent = dataset.name;
+  document.getElementById("description").textContent = dataset.description;
+  const facts = document.getElementById("facts");
+  const rows = [["Accession", dataset.accession], ["Licence", dataset.licence], ["Dataset", dataset.name]];
+  for (const [label, value] of rows) if (value) facts.append(element("dt", {}, label), element("dd", {}, value));
+  const images = document.getElementById("images");
+  for (const image of dataset.images) {
+    const { x, y, z } = image.shape;
+    const v = image.voxel_size_nm;
+    images.append(element("li", {}, `${image.name} (${image.modality}): ${x}×${y}×${z} ${image.dtype}, ` +
+      `${v.x}×${v.y}×${v.z} nm, ${image.levels.length} levels`));
+  }
+  const rembi = document.getElementById("rembi");
+  for (const [module, fields] of Object.entries(dataset.rembi)) {
+    const entries = Object.entries(fields);
+    if (!entries.length) continue;
+    const list = element("dl");
+    for (const [key, value] of entries) {
+      list.append(element("dt", {}, key.replaceAll("_", " ")),
+        element("dd", {}, Array.isArray(value) ? value.join(", ") : String(value)));
+    }
+    rembi.append(element("h3", {}, module.replaceAll("_", " ")), list);
+  }
+}
+
+try {
+  const dataset = await getJSON(`/api/datasets/${encodeURIComponent(datasetRef)}`);
+  showFacts(dataset);
+  // Reuse this tab's session so a reload keeps the view; the server holds its state.
+  const key = `lamella-session-${dataset.id}`;
+  let token = sessionStorage.getItem(key);
+  if (token) {
+    const alive = await fetch(`/api/sessions/${token}`).then((r) => r.ok, () => false);
+    if (!alive) token = null;
+  }
+  if (!token) {
+    ({ token } = await getJSON(`/api/datasets/${dataset.id}/sessions`, { method: "POST" }));
+    sessionStorage.setItem(key, token);
+  }
+  const frame = document.getElementById("viewer");
+  frame.dataset.token = token;
+  frame.src = `/v/${token}/`;
+} catch (error) {
+  status.textContent = `Could not open the dataset: ${error.message}`;
+  document.getElementById("title").textContent = "Dataset unavailable";
+}

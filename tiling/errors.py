@@ -1,0 +1,47 @@
+"""Errors raised by the pixel library; each also subclasses the matching builtin."""
+
+
+class TilingError(Exception):
+    """Root of every error the pixel library raises on purpose."""
+
+
+class StoreNotFound(TilingError, FileNotFoundError):
+    """The store (a folder or URL) does not exist or holds no OME-Zarr image."""
+
+
+class InvalidMultiscale(TilingError, ValueError):
+    """The store holds metadata that is not a usable OME-Zarr multiscale image."""
+
+
+class StoreUnreadable(TilingError, OSError):
+    """The store exists but its arrays cannot be opened or read (corrupt or unreachable)."""
+
+
+class InvalidKey(TilingError, ValueError):
+    """A stored key that is malformed or escapes the store."""
+
+
+class KeyNotFound(TilingError, KeyError):
+    """A stored key that is well formed but absent."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "key not found"
+
+
+class InvalidChunkKey(TilingError, ValueError):
+    """A precomputed chunk name that is malformed, misaligned or out of bounds."""
+
+
+class UnknownScale(TilingError, KeyError):
+    """A precomputed scale key that the image does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown scale"
+
+
+class InvalidRange(TilingError, ValueError):
+    """An HTTP byte range that cannot be satisfied."""
+
+
+class ImportProblem(TilingError, ValueError):
+    """An input file that cannot be converted; the message names the file and the problem."""

@@ -1,0 +1,213 @@
+"""Stores: where an OME-Zarr image's keys live (a local folder or an http(s) URL).
+
+A store knows how to name itself to tensorstore (``kvstore_spec``) and how to read one
+stored key, whole or by byte range, for the passthrough endpoint. Keys are checked
+here, once, so that nothing outside the store root is ever read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import tensorstore as ts
+
+from tiling.errors import InvalidKey, InvalidRange, KeyNotFound, StoreNotFound, StoreUnreadable
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9._\-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    """Bytes from ``start`` to ``end`` inclusive (``end`` None: to the end)."""
+
+    start: int
+    end: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SuffixRange:
+    """The last ``length`` bytes."""
+
+    length: int
+
+
+ByteRange = OffsetRange | SuffixRange
+
+
+def parse_range_header(header: str | None) -> ByteRange | None:
+    """Parse a single-range ``Range: bytes=...`` header; None when absent or not ours.
+
+    Multi-range requests are answered with the whole value (allowed by RFC 9110 §14.2).
+    """
+    if not header:
+        return None
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if match is None:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        raise InvalidRange("empty byte range")
+    if first == "":
+        if int(last) == 0:
+            raise InvalidRange("a suffix range of zero bytes cannot be satisfied")
+        return SuffixRange(int(last))
+    start = int(first)
+    end = int(last) if last else None
+    if end is not None and end < start:
+        raise InvalidRange(f"byte range {start}-{end} ends before it starts")
+    return OffsetRange(start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredValue:
+    """Bytes of one stored key (possibly a slice) with what HTTP needs to describe them."""
+
+    data: bytes
+    total_size: int
+    etag: str
+    start: int = 0
+
+    @property
+    def is_partial(self) -> bool:
+        return len(self.data) != self.total_size
+
+    @property
+    def content_range(self) -> str:
+        return f"bytes {self.start}-{self.start + len(self.data) - 1}/{self.total_size}"
+
+
+def resolve_range(byte_range: ByteRange | None, size: int) -> tuple[int, int]:
+    """Turn a byte range into ``[start, stop)`` within a value of ``size`` bytes."""
+    if byte_range is None:
+        return 0, size
+    if isinstance(byte_range, SuffixRange):
+        return max(0, size - byte_range.length), size
+    if byte_range.start >= size:
+        raise InvalidRange(f"byte range starts at {byte_range.start}, beyond the {size} bytes")
+    stop = size if byte_range.end is None else min(size, byte_range.end + 1)
+    return byte_range.start, stop
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it names something inside a store, else raise InvalidKey."""
+    if not key or len(key) > 1024:
+        raise InvalidKey("empty or overlong key")
+    if "\\" in key or "\x00" in key or key.startswith("/"):
+        raise InvalidKey(f"key {key!r} is not a relative store key")
+    parts = PurePosixPath(key).parts
+    for part in parts:
+        if part in (".", "..") or not _KEY_PART.match(part):
+            raise InvalidKey(f"key {key!r} is not a store key")
+    return key
+
+
+class Store:
+    """Where one image's keys live."""
+
+    uri: str
+
+    def kvstore_spec(self, path: str = "") -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def read(self, key: str, byte_range: ByteRange | None = None) -> StoredValue:
+        """Read one key (raises InvalidKey, KeyNotFound, InvalidRange, StoreUnreadable)."""
+        raise NotImplementedError
+
+    def local_path(self, key: str) -> Path | None:
+        """The file behind ``key`` if the store is a local folder, else None."""
+        return None
+
+
+class LocalStore(Store):
+    """A folder on this machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.uri = str(self.root)
+
+    def kvstore_spec(self, path: str = "") -> dict[str, Any]:
+        return {"driver": "file", "path": str(self.root / path) + "/"}
+
+    def local_path(self, key: str) -> Path:
+        check_key(key)
+        path = (self.root / key).resolve()
+        # Symlinks inside the store must not lead out of it.
+        if not path.is_relative_to(self.root):
+            raise InvalidKey(f"key {key!r} leads outside the store")
+        return path
+
+    async def read(self, key: str, byte_range: ByteRange | None = None) -> StoredValue:
+        path = self.local_path(key)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, _read_file, path, key, byte_range)
+
+
+def _read_file(path: Path, key: str, byte_range: ByteRange | None) -> StoredValue:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise KeyNotFound(f"no stored key {key!r}") from None
+    except OSError as error:
+        raise StoreUnreadable(f"cannot read {key!r}: {error.strerror}") from None
+    try:
+        stat = os.fstat(fd)
+        if not os.path.stat.S_ISREG(stat.st_mode):
+            raise KeyNotFound(f"no stored key {key!r}")
+        start, stop = resolve_range(byte_range, stat.st_size)
+        data = os.pread(fd, stop - start, start)
+    except IsADirectoryError:
+        raise KeyNotFound(f"no stored key {key!r}") from None
+    finally:
+        os.close(fd)
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    return StoredValue(data=data, total_size=stat.st_size, etag=etag, start=start)
+
+
+class HttpStore(Store):
+    """An OME-Zarr published at an http(s) URL (as archives do)."""
+
+    def __init__(self, url: str, context: ts.Context | None = None) -> None:
+        self.uri = url.rstrip("/")
+        self._context = context
+        self._kvstore: ts.KvStore | None = None
+
+    def kvstore_spec(self, path: str = "") -> dict[str, Any]:
+        base = self.uri + ("/" + path if path else "")
+        return {"driver": "http", "base_url": base + "/"}
+
+    async def read(self, key: str, byte_range: ByteRange | None = None) -> StoredValue:
+        check_key(key)
+        if self._kvstore is None:
+            self._kvstore = await ts.KvStore.open(self.kvstore_spec(), context=self._context)
+        try:
+            result = await self._kvstore.read(key)
+        except Exception as error:  # tensorstore raises ValueError/OSError for HTTP failures
+            raise StoreUnreadable(f"cannot read {key!r} from {self.uri}: {error}") from None
+        if result.state != "value":
+            raise KeyNotFound(f"no stored key {key!r}")
+        value = bytes(result.value)
+        start, stop = resolve_range(byte_range, len(value))
+        etag = '"' + hashlib.blake2b(value, digest_size=12).hexdigest() + '"'
+        return StoredValue(data=value[start:stop], total_size=len(value), etag=etag, start=start)
+
+
+def open_store(uri: str, context: ts.Context | None = None) -> Store:
+    """A store for a local path or an http(s) URL; raises StoreNotFound for a missing folder."""
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        return HttpStore(uri, context)
+    if scheme == "file":
+        uri = urlsplit(uri).path
+    elif scheme and len(scheme) > 1:
+        raise StoreNotFound(f"unsupported store address {uri!r} (use a path or an http(s) URL)")
+    path = Path(uri).expanduser()
+    if not path.is_dir():
+        raise StoreNotFound(f"no folder at {uri}")
+    return LocalStore(path)

@@ -1,0 +1,219 @@
+"""The ``lamella`` command: a thin layer turning options into Settings and library calls.
+
+Library errors become one-line messages and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+
+from annotations.catalog import Catalog
+from annotations.db import make_engine, make_sessions, migrate
+from annotations.errors import CatalogError
+from annotations.metadata import DatasetMetadata, load_metadata
+from tiling.errors import TilingError
+from tiling.pyramid import PyramidOptions
+from viewer.config import Settings
+
+common = [
+    click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Folder for the SQLite catalog and imported images [default: ./lamella-data]."),
+    click.option("--database-url", default=None,
+                 help="SQLAlchemy URL, e.g. postgresql://user@host/db [default: SQLite in the data dir]."),
+]
+
+
+def with_common(function: Any) -> Any:
+    for option in reversed(common):
+        function = option(function)
+    return function
+
+
+def fail(message: str) -> None:
+    click.echo(f"lamella: error: {message}", err=True)
+    sys.exit(1)
+
+
+def open_database(settings: Settings) -> Engine:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    return engine
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    return Catalog(make_sessions(open_database(settings)))
+
+
+def read_metadata(path: Path | None) -> DatasetMetadata | None:
+    return load_metadata(path) if path is not None else None
+
+
+def parse_voxel_size(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter("expected numbers such as 8,4,4 (z,y,x)") from None
+    if len(values) not in (2, 3) or min(values) <= 0:
+        raise click.BadParameter("expected 2 or 3 positive numbers (z,y,x)")
+    return values
+
+
+class LamellaGroup(click.Group):
+    """Turns library errors into one-line messages."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (TilingError, CatalogError) as error:
+            fail(str(error))
+        except OSError as error:
+            fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
+
+
+@click.group(cls=LamellaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Lamella: serve, correlate and annotate volume EM in the browser."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@main.command()
+@with_common
+@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: 8080; 0 picks a free one].")
+@click.option("--processes", type=click.IntRange(1, 64), default=None, help="Server processes on one port.")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="JPEG quality [default: 85].")
+@click.option("--accel-redirect", default=None, help="Behind nginx: internal prefix for X-Accel-Redirect.")
+@click.option("--demo/--no-demo", default=False, help="Create the demo dataset first if missing.")
+def serve(demo: bool, **options: Any) -> None:
+    """Run the web server."""
+    from viewer.server import run
+
+    settings = Settings.from_env(**options)
+    engine = open_database(settings)
+    if demo:
+        from viewer.registration import ensure_demo
+
+        ensure_demo(Catalog(make_sessions(engine)), settings.images_dir)
+    engine.dispose()  # server processes open their own connections
+    run(settings)
+
+
+@main.command("init-db")
+@with_common
+def init_db(**options: Any) -> None:
+    """Create or upgrade the database schema."""
+    settings = Settings.from_env(**options)
+    open_catalog(settings)
+    click.echo(f"database ready: {settings.resolved_database_url}")
+
+
+@main.command()
+@with_common
+def demo(**options: Any) -> None:
+    """Generate the demo dataset (no network) and register it."""
+    from viewer.registration import ensure_demo
+
+    settings = Settings.from_env(**options)
+    dataset = ensure_demo(open_catalog(settings), settings.images_dir)
+    click.echo(f"dataset {dataset.name!r} (id {dataset.id}) ready with {len(dataset.images)} image(s)")
+
+
+@main.command()
+@with_common
+@click.argument("location")
+@click.option("--dataset", required=True, help="Dataset name (created if new).")
+@click.option("--name", default=None, help="Image name [default: from the path].")
+@click.option("--modality", default="EM", show_default=True, help="Modality label, e.g. EM, fluorescence.")
+@click.option("--labels", is_flag=True, help="The image is a segmentation.")
+@click.option("--metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="REMBI metadata for the dataset (JSON or YAML).")
+def add(location: str, dataset: str, name: str | None, modality: str, labels: bool,
+        metadata: Path | None, **options: Any) -> None:
+    """Register an existing OME-Zarr (a path or http(s) URL) without copying it."""
+    from viewer.registration import add_existing
+
+    settings = Settings.from_env(**options)
+    record = add_existing(open_catalog(settings), location, dataset, name=name, modality=modality,
+                          kind="segmentation" if labels else "image", metadata=read_metadata(metadata))
+    click.echo(f"registered {record.images[-1].name!r} in dataset {record.name!r} (id {record.id})")
+
+
+@main.command("import")
+@with_common
+@click.argument("location")
+@click.option("--dataset", required=True, help="Dataset name (created if new).")
+@click.option("--name", default=None, help="Image name [default: from the file name].")
+@click.option("--modality", default="EM", show_default=True, help="Modality label.")
+@click.option("--voxel-size", default=None, help="z,y,x voxel size in nm (overrides the file).")
+@click.option("--format", "ome_version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True,
+              help="OME-Zarr 0.5 (Zarr v3, sharded) or 0.4 (Zarr v2).")
+@click.option("--metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="REMBI metadata for the dataset (JSON or YAML).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: str | None,
+            ome_version: str, metadata: Path | None, quiet: bool, **options: Any) -> None:
+    """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
+    from viewer.registration import default_image_name, import_file
+
+    settings = Settings.from_env(**options)
+    meta = read_metadata(metadata)
+    catalog = open_catalog(settings)
+    image_name = name or default_image_name(location)
+    record = import_file(
+        catalog, settings.images_dir, location, dataset, name=image_name, modality=modality, metadata=meta,
+        voxel_size_nm=parse_voxel_size(voxel_size),
+        options=PyramidOptions(ome_version=ome_version, name=image_name),  # type: ignore[arg-type]
+        show_progress=not quiet,
+    )
+    click.echo(f"imported {image_name!r} into dataset {record.name!r} (id {record.id})")
+
+
+@main.command("datasets")
+@with_common
+def list_datasets(**options: Any) -> None:
+    """List the datasets and their images."""
+    settings = Settings.from_env(**options)
+    for dataset in open_catalog(settings).list_datasets():
+        click.echo(f"{dataset.id}\t{dataset.name}\t{dataset.title}")
+        for image in dataset.images:
+            shape = "x".join(str(s) for s in image.shape)
+            click.echo(f"\t{image.name}\t{image.modality}\t{shape} {image.dtype}\t{image.uri}")
+
+
+@main.command()
+@with_common
+def check(**options: Any) -> None:
+    """Open every registered image and report the ones that cannot be served."""
+    from tiling.omezarr import make_context, open_volume
+
+    settings = Settings.from_env(**options)
+    catalog = open_catalog(settings)
+    context = make_context()
+    broken = 0
+    for dataset in catalog.list_datasets():
+        for image in dataset.images:
+            try:
+                asyncio.run(open_volume(image.uri, context))
+                click.echo(f"ok\t{dataset.name}/{image.name}")
+            except TilingError as error:
+                broken += 1
+                click.echo(f"broken\t{dataset.name}/{image.name}\t{error}")
+    if broken:
+        fail(f"{broken} image(s) cannot be served")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    main()

@@ -1,0 +1,50 @@
+"""Settings: one frozen object built at start-up (CLI options or LAMELLA_* variables)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from annotations.db import sqlite_url
+
+ENV_PREFIX = "LAMELLA_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default=Path("lamella-data"), metadata={"help": "catalog database and imported images"})
+    database_url: str | None = field(default=None, metadata={"help": "SQLAlchemy URL; default SQLite in the data dir"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8080, metadata={"help": "port to listen on (0: any free port)"})
+    processes: int = field(default=1, metadata={"help": "server processes sharing the port"})
+    jpeg_quality: int = field(default=85, metadata={"help": "JPEG quality of uint8 precomputed chunks"})
+    chunk_cache_mb: int = field(default=256, metadata={"help": "LRU of encoded chunks, per process"})
+    tensorstore_cache_mb: int = field(default=512, metadata={"help": "tensorstore cache pool, per process"})
+    accel_redirect: str | None = field(
+        default=None,
+        metadata={"help": "behind nginx: answer passthrough reads with X-Accel-Redirect to this internal prefix"},
+    )
+    state_poll_seconds: float = field(default=0.25, metadata={"help": "how often event streams look for state changes"})
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Defaults, then LAMELLA_* variables, then explicit (non-None) overrides."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                kind = type(f.default) if f.default is not None else str
+                values[f.name] = Path(raw) if kind is type(Path()) or f.name == "data_dir" else kind(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]

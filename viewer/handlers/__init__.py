@@ -1,0 +1,1 @@
+"""Request handlers, grouped by resource."""

@@ -1,0 +1,91 @@
+"""Pixel endpoints: precomputed (info and chunks) and the Zarr passthrough of stored keys."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from tornado.web import HTTPError
+
+from annotations.catalog import ImageRecord
+from tiling.precomputed import PrecomputedImage
+from tiling.stores import parse_range_header
+from viewer.handlers.base import BaseHandler
+
+CHUNK_CACHE_CONTROL = "public, max-age=86400"  # registered images are immutable
+META_CACHE_CONTROL = "public, max-age=60"
+
+
+class ImageDataHandler(BaseHandler):
+    cors = True
+
+    async def image(self, dataset_ref: str, image_name: str) -> tuple[ImageRecord, PrecomputedImage]:
+        record = await self.services.call(self.services.catalog.get_image, dataset_ref, image_name)
+        return record, await self.services.images.get(record)
+
+    def check_not_modified(self, etag: str) -> bool:
+        self.set_header("ETag", etag)
+        if self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return True
+        return False
+
+
+class PrecomputedInfoHandler(ImageDataHandler):
+    async def get(self, dataset_ref: str, image_name: str) -> None:
+        _, image = await self.image(dataset_ref, image_name)
+        self.set_header("Cache-Control", META_CACHE_CONTROL)
+        self.write_json(image.info())
+
+    head = get
+
+
+class PrecomputedChunkHandler(ImageDataHandler):
+    async def get(self, dataset_ref: str, image_name: str, scale_key: str, chunk_name: str) -> None:
+        _, image = await self.image(dataset_ref, image_name)
+        gzip_ok = "gzip" in self.request.headers.get("Accept-Encoding", "")
+        chunk = await image.chunk(scale_key, chunk_name, gzip_ok=gzip_ok)
+        self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)
+        self.set_header("Vary", "Accept-Encoding")
+        if self.check_not_modified(chunk.etag):
+            return
+        self.set_header("Content-Type", chunk.content_type)
+        if chunk.content_encoding:
+            self.set_header("Content-Encoding", chunk.content_encoding)
+        self.finish(chunk.body)
+
+    head = get
+
+
+class ZarrStoreHandler(ImageDataHandler):
+    """Stored keys as they are (metadata, chunks, shards), with single byte ranges."""
+
+    async def get(self, dataset_ref: str, image_name: str, key: str) -> None:
+        _, image = await self.image(dataset_ref, image_name)
+        store = image.volume.store
+        accel = self.services.settings.accel_redirect
+        if accel is not None and (path := store.local_path(key)) is not None:
+            # nginx serves the bytes (ranges, sendfile); we decided the path is allowed.
+            self.set_header("X-Accel-Redirect", accel.rstrip("/") + quote(str(path)))
+            self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)
+            self.finish()
+            return
+        byte_range = parse_range_header(self.request.headers.get("Range"))
+        value = await store.read(key, byte_range)
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)
+        if self.check_not_modified(value.etag):
+            return
+        if key.endswith(".json") or key.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup"):
+            self.set_header("Content-Type", "application/json")
+        else:
+            self.set_header("Content-Type", "application/octet-stream")
+        if byte_range is not None:
+            self.set_status(206)
+            self.set_header("Content-Range", value.content_range)
+        self.finish(value.data)
+
+    head = get
+
+    def post(self, *_: str) -> None:
+        raise HTTPError(405)

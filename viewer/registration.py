@@ -1,0 +1,146 @@
+"""Adding images to the catalog: register an existing OME-Zarr, import a file, make the demo.
+
+Each writes (if it writes) beside the destination first and registers only complete images,
+in one transaction, so a failure leaves neither a half-written image nor a catalog entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from pathlib import Path
+
+import tensorstore as ts
+from tqdm import tqdm
+
+from annotations.catalog import Catalog, DatasetRecord, ImageSpec, check_name
+from annotations.errors import NameTaken
+from annotations.metadata import DatasetMetadata, parse_metadata
+from tiling.demo import DEMO_SHAPE, DEMO_VOXEL_NM, make_demo_volume
+from tiling.omezarr import estimate_window, open_volume
+from tiling.precomputed import served_dtype
+from tiling.pyramid import PyramidOptions, write_pyramid
+from tiling.sources import ArraySource, open_source
+
+DEMO_DATASET = "demo"
+
+
+async def describe(uri: str, *, name: str, modality: str, kind: str, managed: bool) -> ImageSpec:
+    """Open the OME-Zarr at ``uri`` and describe it for the catalog (checks it can be served)."""
+    volume = await open_volume(uri, ts.Context())
+    served_dtype(volume.dtype)
+    window = await estimate_window(volume) if kind == "image" else (0.0, 0.0)
+    return ImageSpec(
+        name=name,
+        modality=modality,
+        kind=kind,
+        uri=volume.store.uri,
+        managed=managed,
+        ome_version=volume.multiscale.version,
+        zarr_format=volume.multiscale.zarr_format,
+        dtype=volume.dtype.name,
+        shape=list(volume.geometry[0].shape),
+        channels=volume.num_channels,
+        voxel_size_nm=list(volume.geometry[0].voxel_size_nm),
+        levels=[
+            {"path": g.path, "shape": list(g.shape), "voxel_size_nm": list(g.voxel_size_nm), "chunk": list(g.chunk)}
+            for g in volume.geometry
+        ],
+        window=list(window),
+    )
+
+
+def default_image_name(location: str) -> str:
+    stem = Path(location.rstrip("/")).name
+    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".mrc", ".map", ".rec"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    name = re.sub(r"[^a-z0-9_\-]+", "-", stem.lower()).strip("-_") or "image"
+    return name if name[0].isalpha() else f"image-{name}"[:64]
+
+
+def add_existing(
+    catalog: Catalog,
+    uri: str,
+    dataset: str,
+    *,
+    name: str | None = None,
+    modality: str = "EM",
+    kind: str = "image",
+    metadata: DatasetMetadata | None = None,
+) -> DatasetRecord:
+    """Register an OME-Zarr (path or URL) without copying it."""
+    name = check_name(name or default_image_name(uri), "image")
+    check_name(dataset, "dataset")
+    spec = asyncio.run(describe(uri, name=name, modality=modality, kind=kind, managed=False))
+    return catalog.register(dataset, spec, metadata)
+
+
+def import_file(
+    catalog: Catalog,
+    images_dir: Path,
+    location: str,
+    dataset: str,
+    *,
+    name: str | None = None,
+    modality: str = "EM",
+    metadata: DatasetMetadata | None = None,
+    voxel_size_nm: tuple[float, ...] | None = None,
+    options: PyramidOptions | None = None,
+    show_progress: bool = True,
+) -> DatasetRecord:
+    """Convert a TIFF stack, slice folder or MRC file into an OME-Zarr pyramid and register it."""
+    name = check_name(name or default_image_name(location), "image")
+    check_name(dataset, "dataset")
+    if catalog.has_image(dataset, name):
+        raise NameTaken(f"dataset {dataset!r} already has an image {name!r}")
+    destination = images_dir / dataset / f"{name}.ome.zarr"
+    source = open_source(location)
+    try:
+        voxel = voxel_size_nm or source.voxel_size_nm or (1.0,) * len(source.shape)
+        if len(voxel) != len(source.shape):
+            voxel = tuple(voxel[-len(source.shape):])
+        total = 1
+        for size in source.shape:
+            total *= size
+        options = options or PyramidOptions(name=name)
+        with tqdm(total=total, unit="vox", unit_scale=True, desc=f"import {name}", disable=not show_progress) as bar:
+            write_pyramid(source, destination, voxel_size=tuple(voxel), options=options, progress=bar.update)
+    finally:
+        source.close()
+    return _register_written(catalog, destination, dataset, name, modality, metadata)
+
+
+def _register_written(
+    catalog: Catalog, destination: Path, dataset: str, name: str, modality: str, metadata: DatasetMetadata | None
+) -> DatasetRecord:
+    try:
+        spec = asyncio.run(describe(str(destination), name=name, modality=modality, kind="image", managed=True))
+        return catalog.register(dataset, spec, metadata)
+    except BaseException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+
+
+def ensure_demo(catalog: Catalog, images_dir: Path) -> DatasetRecord:
+    """Generate and register the demo dataset unless it is already there."""
+    if catalog.has_image(DEMO_DATASET, "em"):
+        return catalog.get_dataset(DEMO_DATASET)
+    destination = images_dir / DEMO_DATASET / "em.ome.zarr"
+    shutil.rmtree(destination, ignore_errors=True)  # left by an interrupted earlier run
+    volume = make_demo_volume(DEMO_SHAPE)
+    write_pyramid(ArraySource(volume), destination, voxel_size=DEMO_VOXEL_NM, options=PyramidOptions(name="em"))
+    metadata = parse_metadata(
+        {
+            "title": "Demo: synthetic FIB-SEM-like volume",
+            "description": "A deterministic volume generated offline by `lamella demo`: cells with "
+            "membranes, mitochondria with cristae and vesicles, 512 x 512 x 256 voxels at 8 nm.",
+            "licence": "CC0-1.0",
+            "study": {"title": "Lamella demo", "keywords": ["vEM", "FIB-SEM", "synthetic"]},
+            "biosample": {"organism": "none (synthetic)"},
+            "image_acquisition": {"imaging_method": "FIB-SEM (simulated)", "voxel_size_nm": list(DEMO_VOXEL_NM)},
+            "image_data": {"file_format": "OME-Zarr 0.5"},
+        }
+    )
+    return _register_written(catalog, destination, DEMO_DATASET, "em", "EM", metadata)

@@ -1,0 +1,91 @@
+"""What handlers are given: settings, the database services and the opened-image registry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+
+from annotations.catalog import Catalog, ImageRecord
+from annotations.db import make_engine, make_sessions
+from annotations.viewer_sessions import ViewerSessions
+from tiling.omezarr import make_context, open_volume
+from tiling.precomputed import ChunkCache, PrecomputedImage
+from viewer.config import Settings
+
+T = TypeVar("T")
+log = logging.getLogger("lamella")
+
+
+class ImageRegistry:
+    """Opened images of this process, by image id: a cache, never the source of truth.
+
+    A store that fails to open is reported to the request that asked and retried on the
+    next request, so one broken image never stops the others being served.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.context = make_context(settings.tensorstore_cache_mb << 20)
+        self.chunk_cache = ChunkCache(settings.chunk_cache_mb << 20)
+        self.jpeg_quality = settings.jpeg_quality
+        self._opened: dict[int, PrecomputedImage] = {}
+        self._opening: dict[int, asyncio.Future[PrecomputedImage]] = {}
+
+    async def get(self, image: ImageRecord) -> PrecomputedImage:
+        opened = self._opened.get(image.id)
+        if opened is not None:
+            return opened
+        pending = self._opening.get(image.id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._open(image))
+            self._opening[image.id] = pending
+            pending.add_done_callback(lambda _: self._opening.pop(image.id, None))
+        return await asyncio.shield(pending)
+
+    async def _open(self, image: ImageRecord) -> PrecomputedImage:
+        volume = await open_volume(image.uri, self.context)
+        opened = PrecomputedImage(
+            volume,
+            cache_key=image.id,
+            cache=self.chunk_cache,
+            layer_type="segmentation" if image.kind == "segmentation" else "image",
+            jpeg_quality=self.jpeg_quality,
+        )
+        self._opened[image.id] = opened
+        return opened
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    catalog: Catalog
+    viewer_sessions: ViewerSessions
+    images: ImageRegistry
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
+
+    @classmethod
+    def create(cls, settings: Settings) -> Services:
+        engine = make_engine(settings.resolved_database_url)
+        sessions = make_sessions(engine)
+        return cls(
+            settings=settings,
+            engine=engine,
+            catalog=Catalog(sessions),
+            viewer_sessions=ViewerSessions(sessions),
+            images=ImageRegistry(settings),
+        )
+
+    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking database call off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+        self.engine.dispose()
