@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -15,6 +15,13 @@ from annotations.errors import DatasetNotFound, ImageNotFound, InvalidMetadata, 
 from annotations.metadata import DatasetMetadata
 from annotations.models import Dataset, Image
 
+
+def _as_utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 MAX_ID = 2**31 - 1
 
@@ -35,7 +42,7 @@ class ImageRecord(BaseModel):
     voxel_size_nm: list[float]
     levels: list[dict[str, Any]]
     window: list[float]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class DatasetRecord(BaseModel):
@@ -46,7 +53,7 @@ class DatasetRecord(BaseModel):
     accession: str | None
     licence: str | None
     rembi: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
     images: list[ImageRecord]
 
 

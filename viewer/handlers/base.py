@@ -35,7 +35,7 @@ class BaseHandler(RequestHandler):
             for name, value in CORS_HEADERS.items():
                 self.set_header(name, value)
 
-    def options(self, *_: Any) -> None:
+    def options(self, *_: Any, **__: Any) -> None:
         if not self.cors:
             raise HTTPError(405)
         self.set_status(204)
@@ -72,9 +72,6 @@ class BaseHandler(RequestHandler):
         exc_info = kwargs.get("exc_info")
         if exc_info is not None:
             status_code, _, _ = classify(exc_info[1])
-            if status_code == 405:
-                allowed = [m for m in ("GET", "HEAD", "POST", "PUT", "OPTIONS") if self._has(m)]
-                self.set_header("Allow", ", ".join(allowed))
         super().send_error(status_code, **kwargs)
 
     def _has(self, method: str) -> bool:
@@ -87,6 +84,9 @@ class BaseHandler(RequestHandler):
             status, code, message = classify(exc_info[1])
         else:
             status, code, message = status_code, "http_error", self._reason
+        if status == 405:
+            allowed = [m for m in ("GET", "HEAD", "POST", "PUT", "OPTIONS") if self._has(m)]
+            self.set_header("Allow", ", ".join(allowed))
         self.clear_header("Content-Encoding")
         self.clear_header("Content-Range")
         self.set_header("Content-Type", "application/json; charset=utf-8")

@@ -87,5 +87,5 @@ class ZarrStoreHandler(ImageDataHandler):
 
     head = get
 
-    def post(self, *_: str) -> None:
+    def post(self, *_: str, **__: str) -> None:
         raise HTTPError(405)

@@ -22,9 +22,9 @@ class PageHandler(BaseHandler):
         super().initialize(services)
         self.page = page
 
-    async def get(self, *args: str) -> None:
-        if args:  # a dataset page: 404 here, not a blank page, for an unknown dataset
-            await self.services.call(self.services.catalog.get_dataset, args[0])
+    async def get(self, dataset_ref: str | None = None) -> None:
+        if dataset_ref is not None:  # a dataset page: 404 here, not a blank page, for an unknown dataset
+            await self.services.call(self.services.catalog.get_dataset, dataset_ref)
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.finish((STATIC_DIR / self.page).read_bytes())

@@ -1,0 +1,44 @@
+# Two entry points: `make serve` and `make test` (see README). Everything else supports them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DATA_DIR ?= lamella-data
+PORT ?= 8080
+
+.PHONY: serve test lint bench system-test-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+serve: $(VENV)/.installed
+	$(BIN)/lamella serve --demo --data-dir $(DATA_DIR) --host 127.0.0.1 --port $(PORT)
+
+# Debian's Chromium and ChromeDriver for the browser tests; the local PostgreSQL if installed but stopped.
+system-test-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; fi
+	@if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ] && \
+		! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
+		$(SUDO) pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start || true; fi
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+
+test: $(VENV)/.test-installed system-test-deps lint
+	$(BIN)/pytest
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python benchmarks/serve_chunks.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,167 @@
+"""Shared fixtures: a real populated data directory, a real server process, real databases."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+
+from annotations.catalog import Catalog
+from annotations.db import make_engine, make_sessions, migrate, sqlite_url
+from tiling.pyramid import PyramidOptions, write_pyramid
+from tiling.sources import ArraySource
+from viewer.registration import add_existing, ensure_demo, import_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+FIBSEM_TIFF = SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "raw_uint8_zyx.tif"
+POSTGRES_ADMIN_URL = os.environ.get("LAMELLA_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+LAMELLA = [sys.executable, "-m", "viewer.cli"]
+
+
+def shared_file(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared/data is only on development and CI machines)")
+    return path
+
+
+@dataclass
+class Sample:
+    """Source arrays of the images registered in the test data directory."""
+
+    u16: np.ndarray
+    v2: np.ndarray
+    fibsem: np.ndarray | None
+
+
+def small_u16() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 60000, size=(40, 70, 90), dtype=np.uint16)
+
+
+def small_u8() -> np.ndarray:
+    rng = np.random.default_rng(8)
+    return rng.integers(0, 255, size=(33, 80, 100), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
+    """A data directory with the demo, two small test images and (if present) the real FIB-SEM cube."""
+    root = tmp_path_factory.mktemp("lamella-data")
+    engine = make_engine(sqlite_url(root))
+    migrate(engine)
+    catalog = Catalog(make_sessions(engine))
+    ensure_demo(catalog, root / "images")
+    u16, v2 = small_u16(), small_u8()
+    stores = tmp_path_factory.mktemp("stores")
+    write_pyramid(ArraySource(u16), stores / "u16.ome.zarr", voxel_size=(30.0, 4.0, 4.0),
+                  options=PyramidOptions(chunk=32, name="u16"))
+    write_pyramid(ArraySource(v2), stores / "v2.ome.zarr", voxel_size=(10.0, 10.0, 10.0),
+                  options=PyramidOptions(ome_version="0.4", chunk=32, name="v2"))
+    add_existing(catalog, str(stores / "u16.ome.zarr"), "tests", name="u16")
+    add_existing(catalog, str(stores / "v2.ome.zarr"), "tests", name="v2")
+    fibsem = None
+    if FIBSEM_TIFF.exists():
+        import tifffile
+
+        fibsem = tifffile.imread(FIBSEM_TIFF)
+        import_file(catalog, root / "images", str(FIBSEM_TIFF), "fibsem", name="raw",
+                    voxel_size_nm=(10.0, 10.0, 10.0), show_progress=False)
+    engine.dispose()
+    return root, Sample(u16=u16, v2=v2, fibsem=fibsem)
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[str]
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.get(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def start_server(data_dir: Path, *extra: str) -> Server:
+    """``lamella serve`` in a subprocess on a free port; returns once it answers."""
+    process = subprocess.Popen(
+        [*LAMELLA, "serve", "--data-dir", str(data_dir), "--port", "0", *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"(http://[\d.]+:\d+)/", line)
+    if match is None:
+        process.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    server = Server(match.group(1), process)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if server.get("/api/datasets").ok:
+                return server
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not answer within 30 s")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(data_dir: tuple[Path, Sample]) -> Iterator[Server]:
+    running = start_server(data_dir[0])
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def sample(data_dir: tuple[Path, Sample]) -> Sample:
+    return data_dir[1]
+
+
+def postgres_available() -> bool:
+    try:
+        engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind (PostgreSQL: a throwaway database)."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    if not postgres_available():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (make test starts the local one when installed)")
+    name = f"lamella_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -1,0 +1,81 @@
+"""Catalog and viewer sessions on SQLite and PostgreSQL (real databases, production schema)."""
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import inspect
+
+from annotations.catalog import Catalog, ImageSpec
+from annotations.db import make_engine, make_sessions, migrate
+from annotations.errors import DatasetNotFound, InvalidMetadata, NameTaken, SessionNotFound, StaleGeneration
+from annotations.metadata import parse_metadata
+from annotations.viewer_sessions import ViewerSessions
+
+
+def spec(name: str = "em") -> ImageSpec:
+    return ImageSpec(name=name, uri="/data/x.ome.zarr", ome_version="0.5", zarr_format=3, dtype="uint8",
+                     shape=[4, 5, 6], voxel_size_nm=[8, 8, 8], levels=[{"path": "0"}], window=[0, 255])
+
+
+@pytest.fixture
+def services(database_url: str):
+    engine = make_engine(database_url)
+    migrate(engine)
+    migrate(engine)  # idempotent
+    sessions = make_sessions(engine)
+    yield Catalog(sessions), ViewerSessions(sessions), engine
+    engine.dispose()
+
+
+def test_schema_has_tables(services) -> None:
+    _, _, engine = services
+    assert {"datasets", "images", "viewer_sessions", "alembic_version"} <= set(inspect(engine).get_table_names())
+
+
+def test_register_with_rembi_metadata(services) -> None:
+    catalog, _, _ = services
+    metadata = parse_metadata({
+        "title": "C. elegans vEM", "accession": "EMPIAR-10982", "licence": "CC0",
+        "biosample": {"organism": "Caenorhabditis elegans"},
+        "image_acquisition": {"imaging_method": "FIB-SEM", "beam_current": "1 nA"},
+    })
+    record = catalog.register("worm", spec(), metadata)
+    assert record.title == "C. elegans vEM" and record.accession == "EMPIAR-10982"
+    assert record.rembi["image_acquisition"]["beam_current"] == "1 nA"  # unknown keys kept
+    assert catalog.get_dataset("worm").id == catalog.get_dataset(str(record.id)).id
+    assert record.images[0].created_at <= datetime.now(UTC)
+
+
+def test_duplicate_image_rolls_back(services) -> None:
+    catalog, _, _ = services
+    catalog.register("d", spec())
+    with pytest.raises(NameTaken):
+        catalog.register("d", spec())
+    assert len(catalog.get_dataset("d").images) == 1
+
+
+def test_bad_names_and_ids(services) -> None:
+    catalog, _, _ = services
+    with pytest.raises(InvalidMetadata):
+        catalog.register("Bad Name", spec())
+    with pytest.raises(DatasetNotFound):
+        catalog.get_dataset("99999999999999999999999")
+    with pytest.raises(InvalidMetadata, match="accession"):
+        parse_metadata({"accession": "not-an-accession"})
+
+
+def test_session_generations(services) -> None:
+    catalog, sessions, _ = services
+    dataset = catalog.register("s", spec())
+    session = sessions.create(dataset.id, {"layers": []}, {})
+    first = session.generation
+    new = sessions.set_state(session.token, {"layers": [1]}, generation="client/1", expected=first)
+    assert new == "client/1"
+    with pytest.raises(StaleGeneration):
+        sessions.set_state(session.token, {"layers": [2]}, generation="other/1", expected=first)
+    assert sessions.get(session.token).state == {"layers": [1]}
+    assert sessions.generations(session.token)[0] == "client/1"
+    with pytest.raises(SessionNotFound):
+        sessions.get("missing")
+    with pytest.raises(SessionNotFound):
+        sessions.set_state("missing", {}, expected="x")
