@@ -65,8 +65,8 @@ def test_method_not_allowed_has_allow(server: Server) -> None:
 
 def test_precomputed_raw_exact_with_tensorstore(server: Server, sample: Sample) -> None:
     """tensorstore's own neuroglancer_precomputed driver, over HTTP, sees the source array."""
-    store = ts.open({"driver": "neuroglancer_precomputed",
-                     "kvstore": {"driver": "http", "base_url": server.url + "/api/datasets/tests/images/u16/precomputed/"},
+    base_url = server.url + "/api/datasets/tests/images/u16/precomputed/"
+    store = ts.open({"driver": "neuroglancer_precomputed", "kvstore": {"driver": "http", "base_url": base_url},
                      "scale_index": 0}).result()
     assert store.dtype == ts.uint16
     data = store[..., 0].read().result()  # x, y, z
