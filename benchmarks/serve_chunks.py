@@ -433,6 +433,12 @@ def process_table() -> dict[int, tuple[int, float]]:
     return table
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all cores have spent not idle since boot (to see load from outside the benchmark)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLOCK_TICKS  # minus idle and iowait
+
+
 def tree_cpu(roots: Sequence[int]) -> dict[int, float]:
     """CPU seconds of each live process in the trees under ``roots``."""
     table = process_table()
@@ -557,6 +563,7 @@ class Result:
     requests: int
     server_cpu_pct: float  # of one core, all server processes together (max 100 x cores)
     wrk_cpu_pct: float
+    other_cpu_pct: float  # everything else on the machine during the run (should be near 0)
     server_cpu_by_process_pct: list[float] = field(default_factory=list)
 
 
@@ -575,22 +582,24 @@ class Runner:
         # and fills caches the same way for every server.
         run_wrk(self.wrk, port, requests_file, 8, self.warmup, self.out_dir)
         for connections in self.concurrency:
-            before = tree_cpu(server_roots)
+            before, busy_before = tree_cpu(server_roots), machine_busy_s()
             stats = run_wrk(self.wrk, port, requests_file, connections, self.duration, self.out_dir)
-            after = tree_cpu(server_roots)
+            after, busy = tree_cpu(server_roots), machine_busy_s() - busy_before
             by_process = [100 * (after[pid] - before.get(pid, 0.0)) / stats.wall_s for pid in sorted(after)]
+            other = max(0.0, 100 * busy / stats.wall_s - sum(by_process) - 100 * stats.wrk_cpu_s / stats.wall_s)
             result = Result(
                 server=server, payload=payload, processes=processes, concurrency=connections,
                 requests_per_s=stats.requests_per_s, p50_ms=stats.p50_ms, p99_ms=stats.p99_ms,
                 mb_per_s=stats.mb_per_s, mean_body_bytes=mean_body, errors=stats.errors, requests=stats.requests,
-                server_cpu_pct=sum(by_process), wrk_cpu_pct=100 * stats.wrk_cpu_s / stats.wall_s,
+                server_cpu_pct=sum(by_process), wrk_cpu_pct=100 * stats.wrk_cpu_s / stats.wall_s, other_cpu_pct=other,
                 server_cpu_by_process_pct=[round(v, 1) for v in by_process if v >= 0.5],
             )
             self.results.append(result)
             flag = f"  ERRORS: {stats.errors}" if stats.errors else ""
             print(f"  {label(result):<28} {payload:<12} c={connections:<3} {stats.requests_per_s:>9.0f} req/s  "
                   f"p50 {stats.p50_ms:7.2f} ms  p99 {stats.p99_ms:7.2f} ms  "
-                  f"server CPU {result.server_cpu_pct:4.0f}%  wrk CPU {result.wrk_cpu_pct:4.0f}%{flag}", flush=True)
+                  f"CPU% server {result.server_cpu_pct:3.0f} wrk {result.wrk_cpu_pct:3.0f} other {other:3.0f}{flag}",
+                  flush=True)
 
 
 def label(result: Result) -> str:
@@ -603,23 +612,40 @@ def label(result: Result) -> str:
     return f"{result.server} ({result.processes} proc)"
 
 
-def check_accel(front_port: int, bench: Bench, chunk_requests: Sequence[Request]) -> dict[str, str]:
-    """The accel front returns the stored bytes, and the internal location is not reachable directly."""
+def check_accel(front_port: int, lamella_port: int, bench: Bench, chunk_requests: Sequence[Request]) -> dict[str, str]:
+    """The accel front returns the stored bytes and the internal location is unreachable directly.
+
+    Also records what a client sees for metadata and for a key naming a folder, which Lamella
+    alone answers with 404 but hands to nginx in accel mode.
+    """
     sample = chunk_requests[0]
     status, headers, body = http_get(front_port, sample.path)
     if status != 200 or body != sample.expected:
         raise BenchError(f"accel front: GET {sample.path} gave {status} with {len(body)} bytes, not the stored "
                          f"{len(sample.expected or b'')} bytes (is Lamella started with --accel-redirect?)")
+    _, lamella_headers, lamella_body = http_get(lamella_port, sample.path)
+    if lamella_body or "x-accel-redirect" not in lamella_headers:
+        raise BenchError("accel front: Lamella itself answered with a body, not an X-Accel-Redirect")
     direct = ACCEL_PREFIX + str(bench.unsharded / "zarr.json")
     status, _, _ = http_get(front_port, direct)
     if status != 404:
         raise BenchError(f"accel front: the internal location answered a direct GET {direct} with {status}")
-    missing = lamella_image_base("em-chunks") + "/zarr/0/c/9/9/9"
-    status, _, _ = http_get(front_port, missing)
+    base = lamella_image_base("em-chunks") + "/zarr"
+    status, _, _ = http_get(front_port, base + "/0/c/9/9/9")
     if status != 404:
         raise BenchError(f"accel front: a missing key answered {status}, expected 404")
-    return {k: v for k, v in headers.items() if k in ("content-type", "cache-control", "etag", "accept-ranges",
-                                                       "access-control-allow-origin", "last-modified")}
+    notes = {
+        "accel chunk answer headers": ", ".join(
+            f"{k}: {v}" for k, v in headers.items()
+            if k in ("content-type", "cache-control", "etag", "accept-ranges", "access-control-allow-origin")
+        ),
+        "accel zarr.json content-type": http_get(front_port, base + "/zarr.json")[1].get("content-type", "-"),
+        "plain zarr.json content-type": http_get(lamella_port.__class__(0) or lamella_port, base + "/zarr.json")[1]
+        .get("content-type", "-") if False else "",
+    }
+    folder_status, folder_headers, _ = http_get(front_port, base + "/0")
+    notes["accel folder key (zarr/0)"] = f"{folder_status} {folder_headers.get('location', '')}".strip()
+    return notes
 
 
 def run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, tmp: Path,
@@ -753,26 +779,35 @@ def ratios(results: Sequence[Result], process_counts: Sequence[int]) -> list[Rat
 
 def print_report(results: Sequence[Result], ratio_list: Sequence[Ratio], notes: dict[str, Any],
                  meta: dict[str, Any]) -> None:
-    print("\n" + "=" * 120)
+    cores = meta["cpu_count"]
+    print("\n" + "=" * 124)
     print(f"Chunk serving, {SHAPE[0]}³ uint8, all {GRID**3} level-0 chunks of {CHUNK}³ cycled; "
-          f"{meta['duration_s']:g} s per run; {meta['cpu_count']} cores.")
-    print(f"NOTE: wrk runs on the same {meta['cpu_count']} cores as the servers; 'wrk CPU' is the share it took "
-          "(server + wrk near 100% x cores means the machine, not the server, is the limit).")
+          f"{meta['duration_s']:g} s per run; {cores} cores.")
+    print(f"NOTE: wrk runs on the same {cores} cores as the servers. CPU columns are % of one core "
+          f"(max {100 * cores}): server + wrk + other near {100 * cores} means the machine, not the server, "
+          "is the limit; 'other' is load from outside the benchmark.")
     header = (f"{'server':<28} {'payload':<12} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'MB/s':>8} {'body KB':>8} {'srv CPU%':>8} {'wrk CPU%':>8} {'errors':>6}")
+              f"{'MB/s':>7} {'body KB':>7} {'srv CPU':>7} {'wrk CPU':>7} {'other':>5} {'errors':>6}")
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{label(r):<28} {r.payload:<12} {r.concurrency:>4} {r.requests_per_s:>9.0f} {r.p50_ms:>8.2f} "
-              f"{r.p99_ms:>8.2f} {r.mb_per_s:>8.0f} {r.mean_body_bytes / 1024:>8.1f} {r.server_cpu_pct:>8.0f} "
-              f"{r.wrk_cpu_pct:>8.0f} {r.errors:>6}")
+              f"{r.p99_ms:>8.2f} {r.mb_per_s:>7.0f} {r.mean_body_bytes / 1024:>7.1f} {r.server_cpu_pct:>7.0f} "
+              f"{r.wrk_cpu_pct:>7.0f} {r.other_cpu_pct:>5.0f} {r.errors:>6}")
     print("\nRatios (req/s over req/s; Neuroglancer always runs as its one process):")
     for ratio in ratio_list:
         print(f"  {ratio.name:<42} procs={ratio.processes} c={ratio.concurrency:<3} {ratio.value:7.2f}x"
               + (f"  (target >= {ratio.target:g}x: {ratio.verdict})" if ratio.target is not None else ""))
-    if notes.get("accel_response_headers"):
-        print(f"\nHeaders of an accel answer (nginx after X-Accel-Redirect): {notes['accel_response_headers']}")
-    print("JPEG: Lamella encodes at quality 85 (imagecodecs/libjpeg-turbo); Neuroglancer uses Pillow's default (75).")
+    print("\nJPEG: Lamella encodes at quality 85 (imagecodecs), Neuroglancer at Pillow's default 75; "
+          "'body KB' is the mean chunk size.")
+    for key, value in notes.items():
+        print(f"{key}: {value}")
+    noisy = [r for r in results if r.other_cpu_pct > 15]
+    if noisy:
+        print(f"WARNING: {len(noisy)} run(s) shared the machine with other work (other CPU > 15% of a core, "
+              f"up to {max(r.other_cpu_pct for r in noisy):.0f}%); rerun on a quiet machine for firm numbers.")
+    if any(r.errors for r in results):
+        print("WARNING: some runs had non-2xx/3xx answers or socket errors (see the errors column).")
 
 
 def software_versions() -> dict[str, str]:

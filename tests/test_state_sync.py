@@ -56,8 +56,8 @@ def test_post_state_generations_and_no_echo(server: Server) -> None:
     try:
         watcher.next_message()  # config (its generation differs from "ignored")
         state = dict(session["state"], layout="xy")
-        answer = requests.post(f"{server.url}/state/{token}", json={"s": state, "g": "7", "pg": current, "c": "clientA"},
-                               timeout=10)
+        update = {"s": state, "g": "7", "pg": current, "c": "clientA"}
+        answer = requests.post(f"{server.url}/state/{token}", json=update, timeout=10)
         assert answer.status_code == 200 and answer.json() == {"g": "clientA/7"}
         pushed = watcher.next_message()
         assert pushed == {"k": "s", "s": state, "g": "clientA/7"}

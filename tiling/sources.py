@@ -64,7 +64,11 @@ class TiffStackSource:
         self._memmap: np.ndarray | None = None
         self._whole: np.ndarray | None = None
         if series.dataoffset is not None:  # uncompressed and contiguous: map it, read nothing
-            self._memmap = tifffile.memmap(path, series=0, mode="r")
+            try:
+                self._memmap = tifffile.memmap(path, series=0, mode="r")
+            except (ValueError, OSError) as error:
+                self._tiff.close()
+                raise ImportProblem(f"{path}: pixel data is missing or truncated ({error})") from None
         self._pages_per_plane = len(series.pages) == self.shape[0] if len(self.shape) == 3 else False
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:

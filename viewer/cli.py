@@ -57,7 +57,7 @@ def read_metadata(path: Path | None) -> DatasetMetadata | None:
     return load_metadata(path) if path is not None else None
 
 
-def parse_voxel_size(text: str | None) -> tuple[float, ...] | None:
+def parse_voxel_size(_ctx: click.Context, _param: click.Parameter, text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
     try:
@@ -86,6 +86,7 @@ def main() -> None:
     """Lamella: serve, correlate and annotate volume EM in the browser."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its problems reach the user as our one line
 
 
 @main.command()
@@ -156,13 +157,14 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
 @click.option("--dataset", required=True, help="Dataset name (created if new).")
 @click.option("--name", default=None, help="Image name [default: from the file name].")
 @click.option("--modality", default="EM", show_default=True, help="Modality label.")
-@click.option("--voxel-size", default=None, help="z,y,x voxel size in nm (overrides the file).")
+@click.option("--voxel-size", default=None, callback=parse_voxel_size,
+              help="z,y,x voxel size in nm (overrides the file).")
 @click.option("--format", "ome_version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True,
               help="OME-Zarr 0.5 (Zarr v3, sharded) or 0.4 (Zarr v2).")
 @click.option("--metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="REMBI metadata for the dataset (JSON or YAML).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: str | None,
+def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: tuple[float, ...] | None,
             ome_version: str, metadata: Path | None, quiet: bool, **options: Any) -> None:
     """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
     from viewer.registration import default_image_name, import_file
@@ -173,7 +175,7 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
     image_name = name or default_image_name(location)
     record = import_file(
         catalog, settings.images_dir, location, dataset, name=image_name, modality=modality, metadata=meta,
-        voxel_size_nm=parse_voxel_size(voxel_size),
+        voxel_size_nm=voxel_size,
         options=PyramidOptions(ome_version=ome_version, name=image_name),  # type: ignore[arg-type]
         show_progress=not quiet,
     )

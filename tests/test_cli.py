@@ -1,0 +1,178 @@
+"""The lamella command as a user runs it: subprocesses, real files, one-line errors."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from tests.conftest import LAMELLA, ROOT, SHARED_DATA, Server, shared_file, start_server, stop_server
+
+COMMANDS = ["serve", "add", "import", "demo", "init-db", "datasets", "check"]
+
+
+def lamella(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*LAMELLA, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def catalog(data_dir: Path) -> dict[str, list[str]]:
+    out = lamella("datasets", "--data-dir", str(data_dir), check=True).stdout
+    datasets: dict[str, list[str]] = {}
+    current = None
+    for line in out.splitlines():
+        if not line.startswith("\t"):
+            current = line.split("\t")[1]
+            datasets[current] = []
+        else:
+            datasets[current].append(line.split("\t")[1])  # type: ignore[index]
+    return datasets
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "%" not in line]
+    assert len(lines) == 1 and lines[0].startswith("lamella: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_help_lists_every_command() -> None:
+    out = lamella("--help", check=True).stdout
+    for command in COMMANDS:
+        assert command in out
+        assert "Usage:" in lamella(command, "--help", check=True).stdout
+
+
+def test_import_tiff_mrc_and_slices(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    volume = np.random.default_rng(3).integers(0, 60000, size=(12, 40, 50), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", volume, compression="zlib")
+    lamella("import", str(tmp_path / "stack.tif"), "--dataset", "t", "--voxel-size", "30,5,5", "--quiet",
+            "--data-dir", str(data_dir), check=True)
+    with mrcfile.new(tmp_path / "map.mrc") as mrc:
+        mrc.set_data(volume.astype(np.float32))
+        mrc.voxel_size = (20.0, 20.0, 20.0)  # Å
+    lamella("import", str(tmp_path / "map.mrc"), "--dataset", "t", "--quiet", "--format", "0.4",
+            "--data-dir", str(data_dir), check=True)
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    for z in range(volume.shape[0]):  # natural order: s2 before s10
+        tifffile.imwrite(slices / f"s{z}.tif", volume[z])
+    lamella("import", str(slices), "--dataset", "t", "--name", "slices", "--quiet", "--data-dir", str(data_dir),
+            check=True)
+    assert catalog(data_dir) == {"t": ["stack", "map", "slices"]}
+    images = data_dir / "images" / "t"
+    np.testing.assert_array_equal(zarr.open_group(images / "stack.ome.zarr", mode="r")["0"][:], volume)
+    np.testing.assert_array_equal(zarr.open_group(images / "slices.ome.zarr", mode="r")["0"][:], volume)
+    mapped = zarr.open_group(images / "map.ome.zarr", mode="r")
+    np.testing.assert_array_equal(mapped["0"][:], volume.astype(np.float32))
+    scale = mapped.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == [2.0, 2.0, 2.0]  # 20 Å in nm
+
+
+def test_import_real_data(tmp_path: Path) -> None:
+    """Real files from ../shared/data: a legacy EMDB map and the PNG slices of the FIB-SEM cube."""
+    emdb = shared_file(SHARED_DATA / "mrc_emdb_maps_mrcfile_testdata" / "EMD-3197.map")
+    pngs = shared_file(SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "original" / "grayscale_maps")
+    data_dir = tmp_path / "data"
+    lamella("import", str(emdb), "--dataset", "emdb", "--quiet", "--data-dir", str(data_dir), check=True)
+    with mrcfile.open(emdb, permissive=True) as mrc:
+        expected = np.asarray(mrc.data)
+    got = zarr.open_group(data_dir / "images" / "emdb" / "emd-3197.ome.zarr", mode="r")["0"][:]
+    np.testing.assert_array_equal(got, expected)
+    lamella("import", str(pngs), "--dataset", "fly", "--name", "png", "--voxel-size", "10,10,10", "--quiet",
+            "--data-dir", str(data_dir), check=True)
+    stacked = tifffile.imread(SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "raw_uint8_zyx.tif")
+    got = zarr.open_group(data_dir / "images" / "fly" / "png.ome.zarr", mode="r")["0"][:]
+    np.testing.assert_array_equal(got, stacked)
+
+
+def test_failed_imports_leave_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    lamella("init-db", "--data-dir", str(data_dir), check=True)
+    truncated = tmp_path / "truncated.tif"
+    tifffile.imwrite(tmp_path / "whole.tif", np.ones((8, 64, 64), np.uint8))
+    truncated.write_bytes((tmp_path / "whole.tif").read_bytes()[:5000])
+    assert_one_line_error(lamella("import", str(truncated), "--dataset", "x", "--data-dir", str(data_dir)),
+                          "truncated.tif")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(lamella("import", str(empty), "--dataset", "x", "--data-dir", str(data_dir)), "no TIFF")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    tifffile.imwrite(mixed / "a1.tif", np.ones((16, 16), np.uint8))
+    tifffile.imwrite(mixed / "a2.tif", np.ones((16, 17), np.uint8))
+    assert_one_line_error(lamella("import", str(mixed), "--dataset", "x", "--data-dir", str(data_dir)), "a2.tif")
+    corrupt = tmp_path / "bad.mrc"
+    corrupt.write_bytes(b"\x00" * 100)
+    assert_one_line_error(lamella("import", str(corrupt), "--dataset", "x", "--data-dir", str(data_dir)), "bad.mrc")
+    assert_one_line_error(lamella("import", str(tmp_path / "missing.tif"), "--dataset", "x",
+                                  "--data-dir", str(data_dir)), "missing.tif")
+    assert_one_line_error(lamella("add", str(tmp_path), "--dataset", "x", "--data-dir", str(data_dir)), "OME-Zarr")
+    bad_meta = tmp_path / "meta.yaml"
+    bad_meta.write_text("accession: nonsense\n")
+    assert_one_line_error(lamella("import", str(tmp_path / "whole.tif"), "--dataset", "x", "--metadata",
+                                  str(bad_meta), "--data-dir", str(data_dir)), "accession")
+    assert catalog(data_dir) == {}
+    images = data_dir / "images"
+    assert not images.exists() or not any(images.rglob("*.zarr*"))
+
+
+def test_add_local_and_remote_with_metadata(tmp_path: Path, server: Server) -> None:
+    data_dir = tmp_path / "data"
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"title": "Remote copy", "accession": "EMPIAR-10982", "licence": "CC0",
+                                "biosample": {"organism": "Caenorhabditis elegans"}}))
+    remote = server.url + "/api/datasets/tests/images/u16/zarr/"
+    lamella("add", remote, "--dataset", "remote", "--name", "u16", "--metadata", str(meta),
+            "--data-dir", str(data_dir), check=True)
+    second = start_server(data_dir)
+    try:
+        dataset = second.get("/api/datasets/remote").json()
+        assert dataset["accession"] == "EMPIAR-10982" and dataset["images"][0]["shape"]["x"] == 90
+        original = server.get("/api/datasets/tests/images/u16/precomputed/0/0-32_0-32_0-32").content
+        proxied = second.get("/api/datasets/remote/images/u16/precomputed/0/0-32_0-32_0-32").content
+        assert proxied == original
+        assert second.get("/api/datasets/remote/images/u16/zarr/zarr.json").json()["zarr_format"] == 3
+    finally:
+        stop_server(second)
+
+
+def test_broken_store_is_contained(tmp_path: Path) -> None:
+    """A store deleted or corrupted after registration: a clear 503 for it, everything else still served."""
+    from tiling.pyramid import write_pyramid
+    from tiling.sources import ArraySource
+
+    data_dir = tmp_path / "data"
+    for name in ("good", "gone", "corrupt"):
+        write_pyramid(ArraySource(np.ones((8, 32, 32), np.uint8)), tmp_path / f"{name}.ome.zarr", voxel_size=(1, 1, 1))
+        lamella("add", str(tmp_path / f"{name}.ome.zarr"), "--dataset", "s", "--name", name,
+                "--data-dir", str(data_dir), check=True)
+    shutil.rmtree(tmp_path / "gone.ome.zarr")
+    (tmp_path / "corrupt.ome.zarr" / "0" / "zarr.json").write_text("{not json")
+    running = start_server(data_dir)
+    try:
+        for name, code in (("gone", "store_missing"), ("corrupt", "store_unreadable")):
+            response = running.get(f"/api/datasets/s/images/{name}/precomputed/info")
+            assert response.status_code == 503 and response.json()["code"] == code, response.text
+        assert running.get("/api/datasets/s/images/good/precomputed/info").status_code == 200
+        assert running.get("/api/datasets/s").status_code == 200
+    finally:
+        stop_server(running)
+    result = lamella("check", "--data-dir", str(data_dir))
+    assert result.returncode == 1 and "broken\ts/gone" in result.stdout and "ok\ts/good" in result.stdout
+
+
+@pytest.mark.parametrize("bad", ["0,1", "a,b,c", "1,2,3,4"])
+def test_bad_voxel_size(tmp_path: Path, bad: str) -> None:
+    result = lamella("import", "x.tif", "--dataset", "x", "--voxel-size", bad, "--data-dir", str(tmp_path))
+    assert result.returncode == 2 and "voxel" in result.stderr.lower() and "Traceback" not in result.stderr
