@@ -640,8 +640,6 @@ def check_accel(front_port: int, lamella_port: int, bench: Bench, chunk_requests
             if k in ("content-type", "cache-control", "etag", "accept-ranges", "access-control-allow-origin")
         ),
         "accel zarr.json content-type": http_get(front_port, base + "/zarr.json")[1].get("content-type", "-"),
-        "plain zarr.json content-type": http_get(lamella_port.__class__(0) or lamella_port, base + "/zarr.json")[1]
-        .get("content-type", "-") if False else "",
     }
     folder_status, folder_headers, _ = http_get(front_port, base + "/0")
     notes["accel folder key (zarr/0)"] = f"{folder_status} {folder_headers.get('location', '')}".strip()
@@ -707,7 +705,7 @@ def run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, tmp: 
         if with_extras:
             size = verify(static_port, nginx_ranges, bench.volume, "nginx shard ranges")
             runner.measure("nginx", "shard-range", processes, static_port, nginx_ranges_file, size, [server.pid])
-        notes["accel_response_headers"] = check_accel(front_port, bench, lamella_chunks)
+        notes.update(check_accel(front_port, accel_port, bench, lamella_chunks))
         size = verify(front_port, lamella_chunks, bench.volume, "accel chunks")
         runner.measure("nginx+lamella-accel", "zarr-chunk", processes, front_port, lamella_chunks_file, size,
                        [server.pid, accel.pid])

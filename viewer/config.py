@@ -42,8 +42,9 @@ class Settings:
         for f in fields(cls):
             raw = os.environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                kind = type(f.default) if f.default is not None else str
-                values[f.name] = Path(raw) if kind is type(Path()) or f.name == "data_dir" else kind(raw)
+                # Each field's default says how to read its variable (None defaults are text).
+                convert = str if f.default is None else (Path if isinstance(f.default, Path) else type(f.default))
+                values[f.name] = convert(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
