@@ -439,6 +439,22 @@ def machine_busy_s() -> float:
     return (sum(values) - values[3] - values[4]) / CLOCK_TICKS  # minus idle and iowait
 
 
+def wait_for_quiet(max_wait: float, threshold_pct: float = 15.0) -> float:
+    """Wait (up to ``max_wait`` s) until the machine is nearly idle; returns the last busy % seen.
+
+    Called between runs, when the servers under test are idle: whatever is busy then is
+    someone else's work, which would otherwise be counted against the servers.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = machine_busy_s()
+        time.sleep(0.5)
+        busy_pct = 100 * (machine_busy_s() - before) / 0.5
+        if busy_pct < threshold_pct or time.monotonic() >= deadline:
+            return busy_pct
+        time.sleep(1.0)
+
+
 def tree_cpu(roots: Sequence[int]) -> dict[int, float]:
     """CPU seconds of each live process in the trees under ``roots``."""
     table = process_table()
@@ -574,6 +590,7 @@ class Runner:
     warmup: float
     concurrency: Sequence[int]
     out_dir: Path
+    quiet_wait: float
     results: list[Result] = field(default_factory=list)
 
     def measure(self, server: str, payload: str, processes: int, port: int, requests_file: Path,
@@ -582,6 +599,10 @@ class Runner:
         # and fills caches the same way for every server.
         run_wrk(self.wrk, port, requests_file, 8, self.warmup, self.out_dir)
         for connections in self.concurrency:
+            idle_busy = wait_for_quiet(self.quiet_wait) if self.quiet_wait > 0 else 0.0
+            if idle_busy >= 15:
+                print(f"  (machine still {idle_busy:.0f}% busy with other work after {self.quiet_wait:g} s; "
+                      "measuring anyway)", flush=True)
             before, busy_before = tree_cpu(server_roots), machine_busy_s()
             stats = run_wrk(self.wrk, port, requests_file, connections, self.duration, self.out_dir)
             after, busy = tree_cpu(server_roots), machine_busy_s() - busy_before
@@ -649,7 +670,7 @@ def check_accel(front_port: int, lamella_port: int, bench: Bench, chunk_requests
 def run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, tmp: Path,
             procs: Processes) -> tuple[list[Result], dict[str, Any]]:
     bench = prepare(tmp, lamella)
-    runner = Runner(wrk, args.duration, args.warmup, CONCURRENCY, tmp)
+    runner = Runner(wrk, args.duration, args.warmup, CONCURRENCY, tmp, args.quiet_wait)
     notes: dict[str, Any] = {}
 
     jpeg = jpeg_requests(bench)
@@ -844,6 +865,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="short runs and only the headline rows (no shard ranges, no LRU-off JPEG)")
     parser.add_argument("--processes", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2],
                         help="comma-separated Lamella process / nginx worker counts [default: 1,2]")
+    parser.add_argument("--quiet-wait", type=float, default=60.0,
+                        help="before each run, wait up to this many seconds for other load to stop [default: 60]")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs, data)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
     args = parser.parse_args(argv)

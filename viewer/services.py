@@ -17,6 +17,7 @@ from annotations.viewer_sessions import ViewerSessions
 from tiling.omezarr import make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
 from viewer.config import Settings
+from viewer.session_watch import SessionWatch
 
 T = TypeVar("T")
 log = logging.getLogger("lamella")
@@ -68,6 +69,12 @@ class Services:
     viewer_sessions: ViewerSessions
     images: ImageRegistry
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
+    session_watch: SessionWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.session_watch = SessionWatch(
+            lambda token: self.call(self.viewer_sessions.generations, token), self.settings.state_poll_seconds
+        )
 
     @classmethod
     def create(cls, settings: Settings) -> Services:

@@ -107,4 +107,5 @@ class SessionHandler(BaseHandler):
         generation = await self.services.call(
             self.services.viewer_sessions.set_state, token, body["state"], expected=body.get("generation")
         )
+        self.services.session_watch.changed(token)
         self.write_json({"token": token, "generation": generation})

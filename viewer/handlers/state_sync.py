@@ -2,13 +2,14 @@
 
 The client page lives at ``/v/<token>/``; it opens ``/events/<token>`` (server-sent events),
 posts its changes to ``/state/<token>`` and key-bound actions to ``/action/<token>``.
-Event streams poll the session's generations, so a change made through any server process
-(or the API) reaches every open viewer.
+Event streams are woken by ``SessionWatch`` (one database poll per session and process), so a
+change made through any server process (or the API) reaches every open viewer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from tornado.iostream import StreamClosedError
@@ -34,36 +35,38 @@ class EventsHandler(BaseHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         self.flush()
-        poll = self.services.settings.state_poll_seconds
-        idle = 0.0
-        while not self.closed:
-            state_generation, config_generation = await self.services.call(sessions.generations, token)
-            wanted = {"s": state_generation, "c": config_generation}
-            changed = [k for k in ("c", "s") if wanted[k] != sent[k]]
-            try:
-                if changed:
-                    session = await self.services.call(sessions.get, token)
-                    for key in changed:
-                        generation = session.generation if key == "s" else session.config_generation
-                        sent[key] = generation
-                        # The client already has its own change: never echo it.
-                        if generation.startswith(client_id + "/"):
-                            continue
-                        body = session.state if key == "s" else session.config
+        watch = self.services.session_watch
+        self.wake = watch.subscribe(token)
+        try:
+            while not self.closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), KEEPALIVE_SECONDS)
+                if self.closed:
+                    break
+                self.wake.clear()
+                session = await self.services.call(sessions.get, token)
+                wrote = False
+                for key, generation, body in (("c", session.config_generation, session.config),
+                                              ("s", session.generation, session.state)):
+                    if generation == sent[key]:
+                        continue
+                    sent[key] = generation
+                    # The client already has its own change: never echo it.
+                    if not generation.startswith(client_id + "/"):
                         self.write(f"data: {json.dumps({'k': key, 's': body, 'g': generation})}\n\n")
-                    await self.flush()
-                    idle = 0.0
-                elif idle >= KEEPALIVE_SECONDS:
+                        wrote = True
+                if not wrote:
                     self.write(": keepalive\n\n")
-                    await self.flush()
-                    idle = 0.0
-            except StreamClosedError:
-                break
-            await asyncio.sleep(poll)
-            idle += poll
+                await self.flush()
+        except StreamClosedError:
+            pass
+        finally:
+            watch.unsubscribe(token, self.wake)
 
     def on_connection_close(self) -> None:
         self.closed = True
+        if hasattr(self, "wake"):
+            self.wake.set()
 
 
 class SetStateHandler(BaseHandler):
@@ -81,6 +84,7 @@ class SetStateHandler(BaseHandler):
                 generation=f"{message['c']}/{message['g']}",
                 expected=message["pg"],
             )
+            self.services.session_watch.changed(token)
         except StaleGeneration:
             self.set_status(412)
             self.finish()
