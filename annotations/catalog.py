@@ -32,6 +32,7 @@ class ImageRecord(BaseModel):
     name: str
     modality: str
     kind: str
+    labels_of: int | None = None
     uri: str
     managed: bool
     ome_version: str
@@ -63,6 +64,7 @@ class ImageSpec(BaseModel):
     name: str
     modality: str = "EM"
     kind: str = "image"
+    labels_of: int | None = None
     uri: str
     managed: bool = False
     ome_version: str

@@ -44,6 +44,8 @@ class Image(Base):
     name: Mapped[str] = mapped_column(String(64))
     modality: Mapped[str] = mapped_column(String(64), default="EM")
     kind: Mapped[str] = mapped_column(String(16), default="image")  # image | segmentation
+    # A segmentation names the image it labels (OME-Zarr labels of that image).
+    labels_of: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), nullable=True)
     uri: Mapped[str] = mapped_column(Text)
     managed: Mapped[bool] = mapped_column(default=False)  # imported into the data directory
     ome_version: Mapped[str] = mapped_column(String(8))

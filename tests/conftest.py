@@ -21,11 +21,12 @@ from annotations.catalog import Catalog
 from annotations.db import make_engine, make_sessions, migrate, sqlite_url
 from tiling.pyramid import PyramidOptions, write_pyramid
 from tiling.sources import ArraySource
-from viewer.registration import add_existing, ensure_demo, import_file
+from viewer.registration import add_existing, ensure_demo, import_file, import_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FIBSEM_TIFF = SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "raw_uint8_zyx.tif"
+FIBSEM_LABELS = SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "groundtruth_bodies_uint32_zyx.tif"
 POSTGRES_ADMIN_URL = os.environ.get("LAMELLA_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 LAMELLA = [sys.executable, "-m", "viewer.cli"]
 
@@ -43,6 +44,7 @@ class Sample:
     u16: np.ndarray
     v2: np.ndarray
     fibsem: np.ndarray | None
+    bodies: np.ndarray | None
 
 
 def small_u16() -> np.ndarray:
@@ -71,15 +73,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
                   options=PyramidOptions(ome_version="0.4", chunk=32, name="v2"))
     add_existing(catalog, str(stores / "u16.ome.zarr"), "tests", name="u16")
     add_existing(catalog, str(stores / "v2.ome.zarr"), "tests", name="v2")
-    fibsem = None
+    fibsem = bodies = None
     if FIBSEM_TIFF.exists():
         import tifffile
 
         fibsem = tifffile.imread(FIBSEM_TIFF)
         import_file(catalog, root / "images", str(FIBSEM_TIFF), "fibsem", name="raw",
                     voxel_size_nm=(10.0, 10.0, 10.0), show_progress=False)
+        bodies = tifffile.imread(FIBSEM_LABELS)
+        import_labels(catalog, root / "images", str(FIBSEM_LABELS), "fibsem", image="raw", name="bodies",
+                      show_progress=False)
     engine.dispose()
-    return root, Sample(u16=u16, v2=v2, fibsem=fibsem)
+    return root, Sample(u16=u16, v2=v2, fibsem=fibsem, bodies=bodies)
 
 
 @dataclass

@@ -176,3 +176,25 @@ def test_broken_store_is_contained(tmp_path: Path) -> None:
 def test_bad_voxel_size(tmp_path: Path, bad: str) -> None:
     result = lamella("import", "x.tif", "--dataset", "x", "--voxel-size", bad, "--data-dir", str(tmp_path))
     assert result.returncode == 2 and "voxel" in result.stderr.lower() and "Traceback" not in result.stderr
+
+
+def test_import_labels_cli(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    image = np.random.default_rng(4).integers(0, 255, size=(10, 128, 160), dtype=np.uint8)
+    labels = (np.arange(10 * 128 * 160, dtype=np.uint32).reshape(10, 128, 160) // 100).astype(np.uint32)
+    tifffile.imwrite(tmp_path / "em.tif", image)
+    tifffile.imwrite(tmp_path / "seg.tif", labels)
+    tifffile.imwrite(tmp_path / "wrong.tif", labels[:, :16])
+    lamella("import", str(tmp_path / "em.tif"), "--dataset", "d", "--voxel-size", "40,10,10", "--quiet",
+            "--data-dir", str(data_dir), check=True)
+    assert_one_line_error(lamella("import", str(tmp_path / "wrong.tif"), "--dataset", "d", "--labels", "em",
+                                  "--data-dir", str(data_dir)), "wrong.tif")
+    assert_one_line_error(lamella("import", str(tmp_path / "seg.tif"), "--dataset", "d", "--labels", "nope",
+                                  "--data-dir", str(data_dir)), "nope")
+    lamella("import", str(tmp_path / "seg.tif"), "--dataset", "d", "--labels", "em", "--downsample", "stride",
+            "--quiet", "--data-dir", str(data_dir), check=True)
+    assert catalog(data_dir) == {"d": ["em", "seg"]}
+    group = zarr.open_group(data_dir / "images" / "d" / "em.ome.zarr" / "labels" / "seg", mode="r")
+    np.testing.assert_array_equal(group["0"][:], labels)
+    np.testing.assert_array_equal(group["1"][:], labels[:, ::2, ::2])  # stride keeps every other voxel
+    assert not list((data_dir / "images" / "d" / "em.ome.zarr" / "labels").glob(".*partial*"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zlib
 
+import compressed_segmentation
 import imagecodecs
 import numpy as np
 
@@ -38,3 +39,15 @@ def gzip_bytes(payload: bytes, level: int = 1) -> bytes:
     """gzip framing for ``Content-Encoding: gzip``; level 1 keeps encode near disk speed."""
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
     return compressor.compress(payload) + compressor.flush()
+
+
+SEGMENTATION_BLOCK = (8, 8, 8)
+
+
+def encode_compressed_segmentation(data: np.ndarray, block: tuple[int, int, int] = SEGMENTATION_BLOCK) -> bytes:
+    """Neuroglancer's compressed_segmentation of uint32/uint64 labels, block size given as (x, y, z).
+
+    The (c, z, y, x) C-order array, transposed, is the Fortran-order [x, y, z, c] the format wants.
+    """
+    labels = np.transpose(data, (3, 2, 1, 0))
+    return bytes(compressed_segmentation.compress(labels, block_size=block, order="F"))

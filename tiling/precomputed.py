@@ -20,7 +20,14 @@ import numpy as np
 from cachetools import LRUCache
 
 from tiling.chunks import ChunkKey
-from tiling.encoding import JPEG_DTYPES, encode_jpeg, encode_raw, gzip_bytes
+from tiling.encoding import (
+    JPEG_DTYPES,
+    SEGMENTATION_BLOCK,
+    encode_compressed_segmentation,
+    encode_jpeg,
+    encode_raw,
+    gzip_bytes,
+)
 from tiling.errors import InvalidMultiscale, UnknownScale
 from tiling.omezarr import Volume
 
@@ -28,7 +35,8 @@ PRECOMPUTED_DTYPES = {
     "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32",
 }  # fmt: skip
 
-Encoding = Literal["jpeg", "raw"]
+Encoding = Literal["jpeg", "raw", "compressed_segmentation"]
+SEGMENTATION_DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +96,11 @@ class PrecomputedImage:
         self.layer_type = layer_type
         self.jpeg_quality = jpeg_quality
         self.dtype = served_dtype(volume.dtype)
-        jpeg_ok = self.dtype in JPEG_DTYPES and volume.num_channels in (1, 3)
-        self.encoding: Encoding = "jpeg" if layer_type == "image" and jpeg_ok else "raw"
+        self.encoding: Encoding = "raw"
+        if layer_type == "image" and self.dtype in JPEG_DTYPES and volume.num_channels in (1, 3):
+            self.encoding = "jpeg"
+        elif layer_type == "segmentation" and self.dtype in SEGMENTATION_DTYPES:
+            self.encoding = "compressed_segmentation"
         self._info = self._build_info()
         # Per level, (z, y, x) voxel offsets that chunk names carry.
         self._offsets = [tuple(reversed(scale["voxel_offset"])) for scale in self._info["scales"]]
@@ -106,16 +117,17 @@ class PrecomputedImage:
                 round((t - s / 2 + b / 2) / s)
                 for t, s, b in zip(level.translation_nm, level.voxel_size_nm, base, strict=True)
             ]
-            scales.append(
-                {
-                    "key": str(level.index),
-                    "size": list(reversed(level.shape)),
-                    "resolution": list(reversed(level.voxel_size_nm)),
-                    "voxel_offset": list(reversed(offset)),
-                    "chunk_sizes": [list(reversed(level.chunk))],
-                    "encoding": self.encoding,
-                }
-            )
+            scale: dict[str, Any] = {
+                "key": str(level.index),
+                "size": list(reversed(level.shape)),
+                "resolution": list(reversed(level.voxel_size_nm)),
+                "voxel_offset": list(reversed(offset)),
+                "chunk_sizes": [list(reversed(level.chunk))],
+                "encoding": self.encoding,
+            }
+            if self.encoding == "compressed_segmentation":
+                scale["compressed_segmentation_block_size"] = list(SEGMENTATION_BLOCK)
+            scales.append(scale)
         return {
             "@type": "neuroglancer_multiscale_volume",
             "type": self.layer_type,
@@ -159,6 +171,9 @@ class PrecomputedImage:
         if self.encoding == "jpeg":
             body = encode_jpeg(data, self.jpeg_quality)
             content_type, content_encoding = "image/jpeg", None
+        elif self.encoding == "compressed_segmentation":
+            body = encode_compressed_segmentation(data)
+            content_type, content_encoding = "application/octet-stream", None
         else:
             body = encode_raw(data.astype(self.dtype, copy=False))
             content_type, content_encoding = "application/octet-stream", None

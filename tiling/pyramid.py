@@ -53,7 +53,8 @@ class PyramidOptions:
     chunk: int | None = None  # inner chunk edge; default 64 for 3D, 256 for 2D
     shard_chunks: int | None = None  # inner chunks per shard edge; default 4 (3D) or 8 (2D)
     zstd_level: int = 3
-    labels: bool = False  # downsample by mode instead of mean
+    labels: bool = False  # a segmentation: never averaged
+    label_downsample: Literal["mode", "stride"] = "mode"
     unit: str = "nanometer"
     name: str = "image"
     extra_attributes: dict[str, Any] = field(default_factory=dict)
@@ -179,13 +180,15 @@ def multiscale_metadata(
             }
             for i, level in enumerate(levels)
         ],
-        "type": "mode" if options.labels else "mean",
+        "type": options.label_downsample if options.labels else "mean",
     }
     if options.ome_version == "0.4":
         multiscale["version"] = "0.4"
     attributes: dict[str, Any] = {"multiscales": [multiscale]}
     if options.labels:
-        attributes["image-label"] = {"version": options.ome_version}
+        attributes["image-label"] = {"source": {"image": "../../"}}
+        if options.ome_version == "0.4":
+            attributes["image-label"]["version"] = "0.4"
     elif window is not None:
         low, high = window
         attributes["omero"] = {
@@ -297,7 +300,7 @@ def write_pyramid(
             if progress is not None:
                 progress(int(np.prod([r.stop - r.start for r in region])))
         pipeline.drain()
-        method = "mode" if options.labels else "mean"
+        method = options.label_downsample if options.labels else "mean"
         for i in range(1, len(levels)):
             reduced = ts.downsample(arrays[i - 1], list(levels[i].factors), method)
             for region in _blocks(levels[i].shape, options.shard_shape(levels[i].shape)):
@@ -311,3 +314,25 @@ def write_pyramid(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return levels
+
+
+def list_label(image: Path, name: str, version: OmeVersion) -> None:
+    """Name ``name`` in the ``labels`` group of the OME-Zarr image at ``image`` (creating the group)."""
+    group = image / "labels"
+    group.mkdir(exist_ok=True)
+    if version == "0.5":
+        path = group / "zarr.json"
+        document = json.loads(path.read_text()) if path.exists() else {
+            "zarr_format": 3, "node_type": "group", "attributes": {"ome": {"version": "0.5", "labels": []}}
+        }
+        names = document["attributes"]["ome"].setdefault("labels", [])
+    else:
+        (group / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+        path = group / ".zattrs"
+        document = json.loads(path.read_text()) if path.exists() else {"labels": []}
+        names = document.setdefault("labels", [])
+    if name not in names:
+        names.append(name)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(document, indent=2))
+    temporary.replace(path)  # atomic: readers never see half a document

@@ -163,13 +163,23 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
               help="OME-Zarr 0.5 (Zarr v3, sharded) or 0.4 (Zarr v2).")
 @click.option("--metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="REMBI metadata for the dataset (JSON or YAML).")
+@click.option("--labels", "labels_of", default=None, metavar="IMAGE",
+              help="Import a segmentation as OME-Zarr labels of IMAGE (same shape).")
+@click.option("--downsample", type=click.Choice(["mode", "stride"]), default="mode", show_default=True,
+              help="How label pyramids are reduced (never by mean).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: tuple[float, ...] | None,
-            ome_version: str, metadata: Path | None, quiet: bool, **options: Any) -> None:
+            ome_version: str, metadata: Path | None, labels_of: str | None, downsample: str, quiet: bool,
+            **options: Any) -> None:
     """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
-    from viewer.registration import default_image_name, import_file
+    from viewer.registration import default_image_name, import_file, import_labels
 
     settings = Settings.from_env(**options)
+    if labels_of is not None:
+        record = import_labels(open_catalog(settings), settings.images_dir, location, dataset, image=labels_of,
+                               name=name, downsample=downsample, show_progress=not quiet)
+        click.echo(f"imported labels {record.images[-1].name!r} of {labels_of!r} into dataset {record.name!r}")
+        return
     meta = read_metadata(metadata)
     catalog = open_catalog(settings)
     image_name = name or default_image_name(location)

@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import tensorstore as ts
 from tqdm import tqdm
 
@@ -18,9 +19,10 @@ from annotations.catalog import Catalog, DatasetRecord, ImageSpec, check_name
 from annotations.errors import NameTaken
 from annotations.metadata import DatasetMetadata, parse_metadata
 from tiling.demo import DEMO_SHAPE, DEMO_VOXEL_NM, make_demo_volume
+from tiling.errors import ImportProblem
 from tiling.omezarr import estimate_window, open_volume
 from tiling.precomputed import served_dtype
-from tiling.pyramid import PyramidOptions, write_pyramid
+from tiling.pyramid import PyramidOptions, list_label, write_pyramid
 from tiling.sources import ArraySource, open_source
 
 DEMO_DATASET = "demo"
@@ -110,6 +112,54 @@ def import_file(
     finally:
         source.close()
     return _register_written(catalog, destination, dataset, name, modality, metadata)
+
+
+def import_labels(
+    catalog: Catalog,
+    images_dir: Path,
+    location: str,
+    dataset: str,
+    *,
+    image: str,
+    name: str | None = None,
+    downsample: str = "mode",
+    show_progress: bool = True,
+) -> DatasetRecord:
+    """Import a segmentation as OME-Zarr labels of ``image`` (same grid) and register it.
+
+    Labels of an imported image are written inside it (``labels/<name>``); labels of a
+    registered, not copied, image go beside it in the data directory.
+    """
+    parent = catalog.get_image(dataset, image)
+    name = check_name(name or default_image_name(location), "image")
+    if catalog.has_image(dataset, name):
+        raise NameTaken(f"dataset {dataset!r} already has an image {name!r}")
+    source = open_source(location)
+    try:
+        shape = list(source.shape) if len(source.shape) == 3 else [1, *source.shape]
+        if shape != parent.shape:
+            raise ImportProblem(f"{location}: labels are {shape} (z, y, x) but image {image!r} is {parent.shape}")
+        if parent.managed:
+            destination = Path(parent.uri) / "labels" / name
+        else:
+            destination = images_dir / dataset / f"{name}.labels.ome.zarr"
+        options = PyramidOptions(ome_version=parent.ome_version, labels=True, label_downsample=downsample,  # type: ignore[arg-type]
+                                 name=name)
+        voxel = tuple(parent.voxel_size_nm[-len(source.shape):])
+        with tqdm(total=int(np.prod(source.shape)), unit="vox", unit_scale=True, desc=f"labels {name}",
+                  disable=not show_progress) as bar:
+            write_pyramid(source, destination, voxel_size=voxel, options=options, progress=bar.update)
+    finally:
+        source.close()
+    try:
+        if parent.managed:
+            list_label(Path(parent.uri), name, parent.ome_version)  # type: ignore[arg-type]
+        spec = asyncio.run(describe(str(destination), name=name, modality="segmentation", kind="segmentation",
+                                    managed=True))
+        return catalog.register(dataset, spec.model_copy(update={"labels_of": parent.id}))
+    except BaseException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
 
 
 def _register_written(

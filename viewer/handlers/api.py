@@ -20,6 +20,7 @@ def image_json(origin: str, dataset: DatasetRecord, image: ImageRecord) -> dict[
         "name": image.name,
         "modality": image.modality,
         "kind": image.kind,
+        "labels_of": next((i.name for i in dataset.images if i.id == image.labels_of), None),
         "shape": {"z": image.shape[0], "y": image.shape[1], "x": image.shape[2]},
         "dtype": image.dtype,
         "channels": image.channels,
