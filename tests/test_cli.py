@@ -198,3 +198,17 @@ def test_import_labels_cli(tmp_path: Path) -> None:
     np.testing.assert_array_equal(group["0"][:], labels)
     np.testing.assert_array_equal(group["1"][:], labels[:, ::2, ::2])  # stride keeps every other voxel
     assert not list((data_dir / "images" / "d" / "em.ome.zarr" / "labels").glob(".*partial*"))
+
+
+def test_import_on_local_dask_cluster(tmp_path: Path) -> None:
+    volume = np.random.default_rng(5).integers(0, 255, size=(70, 140, 130), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", volume)
+    for name, extra in (("single", []), ("cluster", ["--workers", "2"])):
+        lamella("import", str(tmp_path / "stack.tif"), "--dataset", "d", "--name", name, "--quiet", *extra,
+                "--data-dir", str(tmp_path / "data"), check=True)
+    images = tmp_path / "data" / "images" / "d"
+    single, cluster = zarr.open_group(images / "single.ome.zarr"), zarr.open_group(images / "cluster.ome.zarr")
+    assert len(list(single.array_keys())) == len(list(cluster.array_keys())) > 1
+    for key in single.array_keys():
+        np.testing.assert_array_equal(single[key][:], cluster[key][:])
+    np.testing.assert_array_equal(cluster["0"][:], volume)

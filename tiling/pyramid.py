@@ -9,13 +9,16 @@ stays bounded by a few shards whatever the image size.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
-import os
+import pickle
 import shutil
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -230,23 +233,79 @@ def data_window(array: ts.TensorStore) -> tuple[float, float]:
 
 
 class _Pipeline:
-    """Keeps a bounded number of tensorstore writes in flight."""
+    """Keeps a bounded number of tensorstore writes in flight; reports each block once it is stored."""
 
-    def __init__(self, depth: int = 4) -> None:
-        self.pending: deque[ts.Future] = deque()
+    def __init__(self, on_done: Callable[[str], None], depth: int = 4) -> None:
+        self.pending: deque[tuple[ts.Future, str]] = deque()
+        self.on_done = on_done
         self.depth = depth
 
-    def submit(self, future: ts.Future) -> None:
-        self.pending.append(future)
+    def submit(self, future: ts.Future, key: str) -> None:
+        self.pending.append((future, key))
         while len(self.pending) > self.depth:
-            self.pending.popleft().result()
+            self._finish_oldest()
 
     def drain(self) -> None:
         while self.pending:
-            self.pending.popleft().result()
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        future, key = self.pending.popleft()
+        future.result()
+        self.on_done(key)
+
+
+class _DoneLog:
+    """Blocks already stored in a partial image: what ``resume`` may skip. One line per block, appended."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.keys = set(path.read_text().split()) if path.exists() else set()
+        self._file = path.open("a")
+
+    def add(self, key: str) -> None:
+        self.keys.add(key)
+        self._file.write(key + "\n")
+        self._file.flush()  # a block is claimed done only after its write finished
+
+    def close(self) -> None:
+        self._file.close()
 
 
 ProgressCallback = Callable[[int], None]
+MANIFEST = "lamella-import.json"
+
+
+def _open_spec(path: Path, options: PyramidOptions) -> dict[str, Any]:
+    return {"driver": "zarr" if options.ome_version == "0.4" else "zarr3",
+            "kvstore": {"driver": "file", "path": str(path) + "/"}, "open": True}
+
+
+@functools.lru_cache(maxsize=32)
+def _open_cached(build: str, spec_json: str) -> ts.TensorStore:
+    # Workers reopen arrays by spec once per build and keep them: tasks arrive by the hundred.
+    return ts.open(json.loads(spec_json)).result()
+
+
+_SOURCES: dict[bytes, SourceArray] = {}
+
+
+def _write_source_block(
+    build: str, region: tuple[slice, ...], opener: Callable[[], SourceArray], spec_json: str
+) -> int:
+    key = pickle.dumps(opener)
+    source = _SOURCES.get(key)
+    if source is None:
+        source = _SOURCES[key] = opener()
+    _open_cached(build, spec_json)[region].write(np.ascontiguousarray(source.read(region))).result()
+    return int(np.prod([r.stop - r.start for r in region]))
+
+
+def _reduce_block(
+    build: str, region: tuple[slice, ...], previous_json: str, spec_json: str, factors: list[int], method: str
+) -> None:
+    reduced = ts.downsample(_open_cached(build, previous_json), factors, method)
+    _open_cached(build, spec_json)[region].write(reduced[region]).result()
 
 
 def write_pyramid(
@@ -257,14 +316,24 @@ def write_pyramid(
     options: PyramidOptions | None = None,
     context: ts.Context | None = None,
     progress: ProgressCallback | None = None,
+    resume: bool = False,
+    client: Any = None,
+    source_opener: Callable[[], SourceArray] | None = None,
 ) -> list[LevelPlan]:
     """Write ``source`` as an OME-Zarr pyramid at ``destination`` (which must not exist).
+
+    The image is built in a hidden ``.<name>.partial`` folder beside the destination and moved
+    into place when complete. An interrupted build (Ctrl-C) keeps that folder; ``resume=True``
+    then skips the shard-aligned blocks it already holds. Any other failure removes it.
 
     Args:
         source: a (z, y, x) or (y, x) array readable by region.
         destination: the image folder to create.
         voxel_size: physical size per axis, in ``options.unit``.
         progress: called with the number of level-0 voxels written after each block.
+        resume: continue a partial build of the same source and options, if there is one.
+        client: a dask.distributed Client; blocks then run as tasks on its workers, which
+            reopen the source with ``source_opener`` (picklable) and the arrays by spec.
 
     Returns:
         The levels written.
@@ -281,39 +350,100 @@ def write_pyramid(
         raise ImportProblem(f"expected a 2D or 3D image, got shape {shape}")
     if destination.exists():
         raise ImportProblem(f"{destination} already exists")
+    if client is not None and source_opener is None:
+        raise ValueError("a distributed build needs a source_opener the workers can call")
     axes = ["z", "y", "x"][-len(shape) :]
     context = context or ts.Context()
     levels = plan_pyramid(shape, tuple(voxel_size), options.chunk_shape(shape))
+    manifest = {"shape": list(shape), "dtype": dtype.name, "voxel_size": list(voxel_size),
+                "options": {k: v for k, v in asdict(options).items() if k != "extra_attributes"}}
 
-    partial = destination.with_name(f".{destination.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = destination.with_name(f".{destination.name}.partial")
+    resuming = resume and (partial / MANIFEST).exists() and json.loads((partial / MANIFEST).read_text()) == manifest
+    if not resuming:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    done = _DoneLog(partial / "blocks-done.txt")
+    pipeline = _Pipeline(done.add)
     try:
-        arrays = [
-            ts.open(_array_spec(partial / str(i), level.shape, dtype, axes, options), context=context).result()
-            for i, level in enumerate(levels)
-        ]
-        pipeline = _Pipeline()
-        block = options.shard_shape(shape)
-        for region in _blocks(shape, block):
-            pipeline.submit(arrays[0][region].write(np.ascontiguousarray(source.read(region))))
-            if progress is not None:
-                progress(int(np.prod([r.stop - r.start for r in region])))
-        pipeline.drain()
+        if resuming:
+            arrays = [
+                ts.open(_open_spec(partial / str(i), options), context=context).result() for i in range(len(levels))
+            ]
+        else:
+            arrays = [
+                ts.open(_array_spec(partial / str(i), level.shape, dtype, axes, options), context=context).result()
+                for i, level in enumerate(levels)
+            ]
+            (partial / MANIFEST).write_text(json.dumps(manifest))
+        specs = [json.dumps(_open_spec(partial / str(i), options)) for i in range(len(levels))]
         method = options.label_downsample if options.labels else "mean"
-        for i in range(1, len(levels)):
-            reduced = ts.downsample(arrays[i - 1], list(levels[i].factors), method)
-            for region in _blocks(levels[i].shape, options.shard_shape(levels[i].shape)):
-                pipeline.submit(arrays[i][region].write(reduced[region]))
+
+        def todo(level: int) -> list[tuple[str, tuple[slice, ...]]]:
+            regions = _blocks(levels[level].shape, options.shard_shape(levels[level].shape))
+            return [(f"{level}:{n}", region) for n, region in enumerate(regions) if f"{level}:{n}" not in done.keys]
+
+        def voxels(region: tuple[slice, ...]) -> int:
+            return int(np.prod([r.stop - r.start for r in region]))
+
+        first = todo(0)
+        if progress is not None:
+            progress(int(np.prod(shape)) - sum(voxels(region) for _, region in first))
+        if client is not None:
+            build = uuid.uuid4().hex
+            _run_distributed(client, done, progress, [
+                (key, client.submit(_write_source_block, build, region, source_opener, specs[0], pure=False))
+                for key, region in first
+            ])
+            for i in range(1, len(levels)):
+                factors = list(levels[i].factors)
+                _run_distributed(client, done, None, [
+                    (key, client.submit(_reduce_block, build, region, specs[i - 1], specs[i], factors, method,
+                                        pure=False))
+                    for key, region in todo(i)
+                ])
+        else:
+            for key, region in first:
+                pipeline.submit(arrays[0][region].write(np.ascontiguousarray(source.read(region))), key)
+                if progress is not None:
+                    progress(voxels(region))
             pipeline.drain()
+            for i in range(1, len(levels)):
+                reduced = ts.downsample(arrays[i - 1], list(levels[i].factors), method)
+                for key, region in todo(i):
+                    pipeline.submit(arrays[i][region].write(reduced[region]), key)
+                pipeline.drain()
         window = None if options.labels else data_window(arrays[-1])
         _write_group(partial, multiscale_metadata(levels, axes, options, window), options.ome_version)
+        done.close()
+        (partial / MANIFEST).unlink()
+        (partial / "blocks-done.txt").unlink()
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial.rename(destination)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            pipeline.drain()  # writes already under way finish and count as done
+        done.close()  # keep the partial image: resume=True continues it
+        raise
     except BaseException:
+        done.close()
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return levels
+
+
+def _run_distributed(
+    client: Any, done: _DoneLog, progress: ProgressCallback | None, tasks: list[tuple[str, Any]]
+) -> None:
+    """Wait for one level's block tasks, recording each as done as soon as it finishes."""
+    from distributed import as_completed
+
+    keys = {future.key: key for key, future in tasks}
+    for future in as_completed([future for _, future in tasks]):
+        result = future.result()
+        done.add(keys[future.key])
+        if progress is not None and result:
+            progress(result)
 
 
 def list_label(image: Path, name: str, version: OmeVersion) -> None:

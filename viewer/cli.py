@@ -79,6 +79,9 @@ class LamellaGroup(click.Group):
             fail(str(error))
         except OSError as error:
             fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
+        except KeyboardInterrupt:
+            click.echo("lamella: interrupted; run the same command with --resume to continue", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=LamellaGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -167,10 +170,14 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
               help="Import a segmentation as OME-Zarr labels of IMAGE (same shape).")
 @click.option("--downsample", type=click.Choice(["mode", "stride"]), default="mode", show_default=True,
               help="How label pyramids are reduced (never by mean).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted import, skipping finished shards.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Run on a local Dask cluster of N processes.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: tuple[float, ...] | None,
-            ome_version: str, metadata: Path | None, labels_of: str | None, downsample: str, quiet: bool,
-            **options: Any) -> None:
+            ome_version: str, metadata: Path | None, labels_of: str | None, downsample: str, resume: bool,
+            workers: int | None, scheduler: str | None, quiet: bool, **options: Any) -> None:
     """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
     from viewer.registration import default_image_name, import_file, import_labels
 
@@ -187,7 +194,7 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
         catalog, settings.images_dir, location, dataset, name=image_name, modality=modality, metadata=meta,
         voxel_size_nm=voxel_size,
         options=PyramidOptions(ome_version=ome_version, name=image_name),  # type: ignore[arg-type]
-        show_progress=not quiet,
+        show_progress=not quiet, resume=resume, workers=workers, scheduler=scheduler,
     )
     click.echo(f"imported {image_name!r} into dataset {record.name!r} (id {record.id})")
 

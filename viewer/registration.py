@@ -7,9 +7,13 @@ in one transaction, so a failure leaves neither a half-written image nor a catal
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
@@ -91,8 +95,15 @@ def import_file(
     voxel_size_nm: tuple[float, ...] | None = None,
     options: PyramidOptions | None = None,
     show_progress: bool = True,
+    resume: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> DatasetRecord:
-    """Convert a TIFF stack, slice folder or MRC file into an OME-Zarr pyramid and register it."""
+    """Convert a TIFF stack, slice folder or MRC file into an OME-Zarr pyramid and register it.
+
+    ``workers`` starts a local Dask cluster of that many processes; ``scheduler`` uses an
+    existing one (``tcp://host:port``). ``resume`` continues an interrupted conversion.
+    """
     name = check_name(name or default_image_name(location), "image")
     check_name(dataset, "dataset")
     if catalog.has_image(dataset, name):
@@ -107,8 +118,12 @@ def import_file(
         for size in source.shape:
             total *= size
         options = options or PyramidOptions(name=name)
-        with tqdm(total=total, unit="vox", unit_scale=True, desc=f"import {name}", disable=not show_progress) as bar:
-            write_pyramid(source, destination, voxel_size=tuple(voxel), options=options, progress=bar.update)
+        with (
+            tqdm(total=total, unit="vox", unit_scale=True, desc=f"import {name}", disable=not show_progress) as bar,
+            dask_client(workers, scheduler) as client,
+        ):
+            write_pyramid(source, destination, voxel_size=tuple(voxel), options=options, progress=bar.update,
+                          resume=resume, client=client, source_opener=functools.partial(open_source, location))
     finally:
         source.close()
     return _register_written(catalog, destination, dataset, name, modality, metadata)
@@ -160,6 +175,25 @@ def import_labels(
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """A Dask distributed client for the conversion, or None to run in this process."""
+    if scheduler is None and not workers:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        with Client(scheduler, timeout="20s") as client:
+            yield client
+        return
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
 
 
 def _register_written(
