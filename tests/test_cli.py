@@ -212,3 +212,31 @@ def test_import_on_local_dask_cluster(tmp_path: Path) -> None:
     for key in single.array_keys():
         np.testing.assert_array_equal(single[key][:], cluster[key][:])
     np.testing.assert_array_equal(cluster["0"][:], volume)
+
+
+def test_import_rescaled_montage_and_units(tmp_path: Path) -> None:
+    """The SerialEM montage (int16, 2D, legacy header) kept as int16, and rescaled to uint8 for JPEG."""
+    montage = shared_file(SHARED_DATA / "mrc_serialem_grid_montage_mobie" / "julian-test.mrc")
+    data_dir = tmp_path / "data"
+    kept = lamella("import", str(montage), "--dataset", "grid", "--name", "raw", "--quiet",
+                   "--data-dir", str(data_dir), check=True)
+    assert "warning" in kept.stderr  # the header statistics are off: said, not fatal
+    lamella("import", str(montage), "--dataset", "grid", "--name", "jpeg", "--to-uint8", "--quiet",
+            "--data-dir", str(data_dir), check=True)
+    with mrcfile.open(montage, permissive=True) as mrc:
+        source = np.asarray(mrc.data)
+    images = data_dir / "images" / "grid"
+    raw = zarr.open_group(images / "raw.ome.zarr", mode="r")
+    np.testing.assert_array_equal(raw["0"][:], source.reshape(raw["0"].shape))
+    scale = raw.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert abs(scale[-1] - 1788.8) < 1
+    rescaled = zarr.open_group(images / "jpeg.ome.zarr", mode="r")["0"][:]
+    assert rescaled.dtype == np.uint8 and rescaled.min() == 0 and rescaled.max() == 255
+    low, high = np.percentile(source, [0.5, 99.5])
+    expected = np.clip(np.rint((source.astype(np.float32) - low) * (255 / (high - low))), 0, 255)
+    assert np.abs(rescaled.reshape(source.shape).astype(int) - expected).max() <= 1
+    tifffile.imwrite(tmp_path / "um.tif", np.ones((4, 32, 32), np.uint8), photometric="minisblack")
+    lamella("import", str(tmp_path / "um.tif"), "--dataset", "grid", "--voxel-size", "0.05,0.01,0.01", "--unit", "um",
+            "--quiet", "--data-dir", str(data_dir), check=True)
+    um = zarr.open_group(images / "um.ome.zarr", mode="r")
+    assert um.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [50, 10, 10]

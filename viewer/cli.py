@@ -69,6 +69,23 @@ def parse_voxel_size(_ctx: click.Context, _param: click.Parameter, text: str | N
     return values
 
 
+def parse_pair(_ctx: click.Context, param: click.Parameter, text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter("expected two numbers LOW,HIGH") from None
+    if not low < high:
+        raise click.BadParameter("LOW must be below HIGH")
+    if param.name == "percentiles" and not (low >= 0 and high <= 100):
+        raise click.BadParameter("percentiles lie between 0 and 100")
+    return low, high
+
+
+UNITS_TO_NM = {"nm": 1.0, "um": 1e3, "µm": 1e3, "angstrom": 0.1, "A": 0.1, "mm": 1e6}
+
+
 class LamellaGroup(click.Group):
     """Turns library errors into one-line messages."""
 
@@ -162,6 +179,14 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
 @click.option("--modality", default="EM", show_default=True, help="Modality label.")
 @click.option("--voxel-size", default=None, callback=parse_voxel_size,
               help="z,y,x voxel size in nm (overrides the file).")
+@click.option("--unit", type=click.Choice(list(UNITS_TO_NM)), default="nm", show_default=True,
+              help="Unit of --voxel-size.")
+@click.option("--to-uint8", is_flag=True,
+              help="Rescale intensities to uint8 (served as JPEG) instead of keeping the dtype.")
+@click.option("--window", default=None, callback=parse_pair, metavar="LOW,HIGH",
+              help="With --to-uint8: the intensities mapped to 0 and 255 [default: from --percentiles].")
+@click.option("--percentiles", default="0.5,99.5", show_default=True, callback=parse_pair, metavar="P1,P2",
+              help="With --to-uint8: percentiles of a data sample that set the window.")
 @click.option("--format", "ome_version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True,
               help="OME-Zarr 0.5 (Zarr v3, sharded) or 0.4 (Zarr v2).")
 @click.option("--metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
@@ -177,7 +202,8 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: tuple[float, ...] | None,
             ome_version: str, metadata: Path | None, labels_of: str | None, downsample: str, resume: bool,
-            workers: int | None, scheduler: str | None, quiet: bool, **options: Any) -> None:
+            workers: int | None, scheduler: str | None, quiet: bool, unit: str, to_uint8: bool,
+            window: tuple[float, float] | None, percentiles: tuple[float, float], **options: Any) -> None:
     """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
     from viewer.registration import default_image_name, import_file, import_labels
 
@@ -192,9 +218,11 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
     image_name = name or default_image_name(location)
     record = import_file(
         catalog, settings.images_dir, location, dataset, name=image_name, modality=modality, metadata=meta,
-        voxel_size_nm=voxel_size,
+        voxel_size_nm=tuple(v * UNITS_TO_NM[unit] for v in voxel_size) if voxel_size else None,
         options=PyramidOptions(ome_version=ome_version, name=image_name),  # type: ignore[arg-type]
         show_progress=not quiet, resume=resume, workers=workers, scheduler=scheduler,
+        to_uint8=to_uint8, window=window, percentiles=percentiles,
+        warn=lambda message: click.echo(f"lamella: warning: {message}", err=True),
     )
     click.echo(f"imported {image_name!r} into dataset {record.name!r} (id {record.id})")
 

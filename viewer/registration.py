@@ -11,7 +11,7 @@ import contextlib
 import functools
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from tiling.errors import ImportProblem
 from tiling.omezarr import estimate_window, open_volume
 from tiling.precomputed import served_dtype
 from tiling.pyramid import PyramidOptions, list_label, write_pyramid
-from tiling.sources import ArraySource, open_source
+from tiling.sources import ArraySource, RescaledSource, Source, open_source, percentile_window
 
 DEMO_DATASET = "demo"
 
@@ -59,7 +59,9 @@ async def describe(uri: str, *, name: str, modality: str, kind: str, managed: bo
 
 def default_image_name(location: str) -> str:
     stem = Path(location.rstrip("/")).name
-    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".mrc", ".map", ".rec"):
+    suffixes = (".ome.zarr", ".zarr", ".n5", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".mrcs",
+                ".mrc", ".map", ".rec", ".st", ".ali")
+    for suffix in suffixes:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
     name = re.sub(r"[^a-z0-9_\-]+", "-", stem.lower()).strip("-_") or "image"
@@ -98,11 +100,17 @@ def import_file(
     resume: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
+    to_uint8: bool = False,
+    window: tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    warn: Callable[[str], None] | None = None,
 ) -> DatasetRecord:
-    """Convert a TIFF stack, slice folder or MRC file into an OME-Zarr pyramid and register it.
+    """Convert an image file, slice folder or array store into an OME-Zarr pyramid and register it.
 
     ``workers`` starts a local Dask cluster of that many processes; ``scheduler`` uses an
     existing one (``tcp://host:port``). ``resume`` continues an interrupted conversion.
+    ``to_uint8`` maps ``window`` (default: the ``percentiles`` of a sample) onto 0..255 so
+    16-bit or float EM can be served as JPEG; otherwise the dtype is kept.
     """
     name = check_name(name or default_image_name(location), "image")
     check_name(dataset, "dataset")
@@ -110,6 +118,12 @@ def import_file(
         raise NameTaken(f"dataset {dataset!r} already has an image {name!r}")
     destination = images_dir / dataset / f"{name}.ome.zarr"
     source = open_source(location)
+    if to_uint8:
+        window = window or percentile_window(source, *percentiles)
+        source = RescaledSource(source, *window)
+    for message in source.warnings:
+        if warn is not None:
+            warn(f"{location}: {message}")
     try:
         voxel = voxel_size_nm or source.voxel_size_nm or (1.0,) * len(source.shape)
         if len(voxel) != len(source.shape):
@@ -123,7 +137,8 @@ def import_file(
             dask_client(workers, scheduler) as client,
         ):
             write_pyramid(source, destination, voxel_size=tuple(voxel), options=options, progress=bar.update,
-                          resume=resume, client=client, source_opener=functools.partial(open_source, location))
+                          resume=resume, client=client,
+                          source_opener=functools.partial(open_for_import, location, window if to_uint8 else None))
     finally:
         source.close()
     return _register_written(catalog, destination, dataset, name, modality, metadata)
@@ -175,6 +190,12 @@ def import_labels(
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
         raise
+
+
+def open_for_import(location: str, window: tuple[float, float] | None) -> Source:
+    """The import source as every worker sees it (picklable through functools.partial)."""
+    source = open_source(location)
+    return RescaledSource(source, *window) if window is not None else source
 
 
 @contextlib.contextmanager
