@@ -433,10 +433,27 @@ def process_table() -> dict[int, tuple[int, float]]:
     return table
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all cores have spent not idle since boot (to see load from outside the benchmark)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(values) - values[3] - values[4]) / CLOCK_TICKS  # minus idle and iowait
+@dataclass(frozen=True)
+class MachineCpu:
+    """CPU seconds since boot, all cores, from /proc/stat."""
+
+    processes: float  # user + nice + system: time charged to some process
+    irq: float  # hard and soft interrupts, mostly loopback TCP here
+    steal: float  # taken by the hypervisor for other guests
+
+    @classmethod
+    def read(cls) -> MachineCpu:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(v) / CLOCK_TICKS for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+        )
+        return cls(user + nice + system, irq + softirq, steal)
+
+    def __sub__(self, other: MachineCpu) -> MachineCpu:
+        return MachineCpu(self.processes - other.processes, self.irq - other.irq, self.steal - other.steal)
+
+    @property
+    def busy(self) -> float:
+        return self.processes + self.irq + self.steal
 
 
 def wait_for_quiet(max_wait: float, threshold_pct: float = 15.0) -> float:
@@ -447,9 +464,9 @@ def wait_for_quiet(max_wait: float, threshold_pct: float = 15.0) -> float:
     """
     deadline = time.monotonic() + max_wait
     while True:
-        before = machine_busy_s()
+        before = MachineCpu.read()
         time.sleep(0.5)
-        busy_pct = 100 * (machine_busy_s() - before) / 0.5
+        busy_pct = 100 * (MachineCpu.read() - before).busy / 0.5
         if busy_pct < threshold_pct or time.monotonic() >= deadline:
             return busy_pct
         time.sleep(1.0)
@@ -579,7 +596,8 @@ class Result:
     requests: int
     server_cpu_pct: float  # of one core, all server processes together (max 100 x cores)
     wrk_cpu_pct: float
-    other_cpu_pct: float  # everything else on the machine during the run (should be near 0)
+    other_cpu_pct: float  # other processes on the machine, plus hypervisor steal (should be near 0)
+    irq_cpu_pct: float  # interrupts, mostly the loopback TCP traffic of the run itself
     server_cpu_by_process_pct: list[float] = field(default_factory=list)
 
 
@@ -603,23 +621,26 @@ class Runner:
             if idle_busy >= 15:
                 print(f"  (machine still {idle_busy:.0f}% busy with other work after {self.quiet_wait:g} s; "
                       "measuring anyway)", flush=True)
-            before, busy_before = tree_cpu(server_roots), machine_busy_s()
+            before, machine_before = tree_cpu(server_roots), MachineCpu.read()
             stats = run_wrk(self.wrk, port, requests_file, connections, self.duration, self.out_dir)
-            after, busy = tree_cpu(server_roots), machine_busy_s() - busy_before
+            after, machine = tree_cpu(server_roots), MachineCpu.read() - machine_before
             by_process = [100 * (after[pid] - before.get(pid, 0.0)) / stats.wall_s for pid in sorted(after)]
-            other = max(0.0, 100 * busy / stats.wall_s - sum(by_process) - 100 * stats.wrk_cpu_s / stats.wall_s)
+            wrk_pct = 100 * stats.wrk_cpu_s / stats.wall_s
+            other = max(0.0, 100 * (machine.processes + machine.steal) / stats.wall_s - sum(by_process) - wrk_pct)
+            irq = 100 * machine.irq / stats.wall_s
             result = Result(
                 server=server, payload=payload, processes=processes, concurrency=connections,
                 requests_per_s=stats.requests_per_s, p50_ms=stats.p50_ms, p99_ms=stats.p99_ms,
                 mb_per_s=stats.mb_per_s, mean_body_bytes=mean_body, errors=stats.errors, requests=stats.requests,
-                server_cpu_pct=sum(by_process), wrk_cpu_pct=100 * stats.wrk_cpu_s / stats.wall_s, other_cpu_pct=other,
+                server_cpu_pct=sum(by_process), wrk_cpu_pct=wrk_pct, other_cpu_pct=other, irq_cpu_pct=irq,
                 server_cpu_by_process_pct=[round(v, 1) for v in by_process if v >= 0.5],
             )
             self.results.append(result)
             flag = f"  ERRORS: {stats.errors}" if stats.errors else ""
             print(f"  {label(result):<28} {payload:<12} c={connections:<3} {stats.requests_per_s:>9.0f} req/s  "
                   f"p50 {stats.p50_ms:7.2f} ms  p99 {stats.p99_ms:7.2f} ms  "
-                  f"CPU% server {result.server_cpu_pct:3.0f} wrk {result.wrk_cpu_pct:3.0f} other {other:3.0f}{flag}",
+                  f"CPU% server {result.server_cpu_pct:3.0f} wrk {wrk_pct:3.0f} irq {irq:3.0f} "
+                  f"other {other:3.0f}{flag}",
                   flush=True)
 
 
@@ -803,16 +824,17 @@ def print_report(results: Sequence[Result], ratio_list: Sequence[Ratio], notes: 
     print(f"Chunk serving, {SHAPE[0]}³ uint8, all {GRID**3} level-0 chunks of {CHUNK}³ cycled; "
           f"{meta['duration_s']:g} s per run; {cores} cores.")
     print(f"NOTE: wrk runs on the same {cores} cores as the servers. CPU columns are % of one core "
-          f"(max {100 * cores}): server + wrk + other near {100 * cores} means the machine, not the server, "
-          "is the limit; 'other' is load from outside the benchmark.")
+          f"(max {100 * cores}): server + wrk + irq + other near {100 * cores} means the machine, not the "
+          "server, is the limit. 'irq' is interrupt time (mostly this run's loopback TCP); 'other' is other "
+          "processes and hypervisor steal, i.e. load from outside the benchmark.")
     header = (f"{'server':<28} {'payload':<12} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'MB/s':>7} {'body KB':>7} {'srv CPU':>7} {'wrk CPU':>7} {'other':>5} {'errors':>6}")
+              f"{'MB/s':>7} {'body KB':>7} {'srv CPU':>7} {'wrk CPU':>7} {'irq':>5} {'other':>5} {'errors':>6}")
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{label(r):<28} {r.payload:<12} {r.concurrency:>4} {r.requests_per_s:>9.0f} {r.p50_ms:>8.2f} "
               f"{r.p99_ms:>8.2f} {r.mb_per_s:>7.0f} {r.mean_body_bytes / 1024:>7.1f} {r.server_cpu_pct:>7.0f} "
-              f"{r.wrk_cpu_pct:>7.0f} {r.other_cpu_pct:>5.0f} {r.errors:>6}")
+              f"{r.wrk_cpu_pct:>7.0f} {r.irq_cpu_pct:>5.0f} {r.other_cpu_pct:>5.0f} {r.errors:>6}")
     print("\nRatios (req/s over req/s; Neuroglancer always runs as its one process):")
     for ratio in ratio_list:
         print(f"  {ratio.name:<42} procs={ratio.processes} c={ratio.concurrency:<3} {ratio.value:7.2f}x"
