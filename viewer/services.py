@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,12 +31,32 @@ class ImageRegistry:
     next request, so one broken image never stops the others being served.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    RECORD_TTL_SECONDS = 10.0  # how long a process trusts its copy of a catalog entry
+
+    def __init__(self, settings: Settings, lookup: Callable[[str, str], Awaitable[ImageRecord]]) -> None:
+        self._lookup = lookup
+        self._records: dict[tuple[str, str], tuple[float, ImageRecord]] = {}
         self.context = make_context(settings.tensorstore_cache_mb << 20)
         self.chunk_cache = ChunkCache(settings.chunk_cache_mb << 20)
         self.jpeg_quality = settings.jpeg_quality
         self._opened: dict[int, PrecomputedImage] = {}
         self._opening: dict[int, asyncio.Future[PrecomputedImage]] = {}
+
+    async def resolve(self, dataset_ref: str, image_name: str) -> tuple[ImageRecord, PrecomputedImage]:
+        """The catalog entry and opened image behind a data URL; the hot path of every chunk request.
+
+        Entries are cached for a few seconds so that a chunk costs no database round trip;
+        registered images are immutable, so a stale entry can only lag a new registration.
+        """
+        key = (dataset_ref, image_name)
+        cached = self._records.get(key)
+        now = time.monotonic()
+        if cached is None or cached[0] < now:
+            record = await self._lookup(dataset_ref, image_name)
+            self._records[key] = (now + self.RECORD_TTL_SECONDS, record)
+        else:
+            record = cached[1]
+        return record, await self.get(record)
 
     async def get(self, image: ImageRecord) -> PrecomputedImage:
         opened = self._opened.get(image.id)
@@ -67,11 +88,12 @@ class Services:
     engine: Engine
     catalog: Catalog
     viewer_sessions: ViewerSessions
-    images: ImageRegistry
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
+    images: ImageRegistry = field(init=False)
     session_watch: SessionWatch = field(init=False)
 
     def __post_init__(self) -> None:
+        self.images = ImageRegistry(self.settings, lambda ref, name: self.call(self.catalog.get_image, ref, name))
         self.session_watch = SessionWatch(
             lambda token: self.call(self.viewer_sessions.generations, token), self.settings.state_poll_seconds
         )
@@ -85,7 +107,6 @@ class Services:
             engine=engine,
             catalog=Catalog(sessions),
             viewer_sessions=ViewerSessions(sessions),
-            images=ImageRegistry(settings),
         )
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -19,8 +19,7 @@ class ImageDataHandler(BaseHandler):
     cors = True
 
     async def image(self, dataset_ref: str, image_name: str) -> tuple[ImageRecord, PrecomputedImage]:
-        record = await self.services.call(self.services.catalog.get_image, dataset_ref, image_name)
-        return record, await self.services.images.get(record)
+        return await self.services.images.resolve(dataset_ref, image_name)
 
     def check_not_modified(self, etag: str) -> bool:
         self.set_header("ETag", etag)
