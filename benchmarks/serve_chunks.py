@@ -17,8 +17,11 @@ level-0 chunks:
 Lamella and nginx run with 1 and then 2 processes/workers. wrk runs on the same cores as
 the servers, so the numbers are a lower bound for what a separate client would see.
 
-Usage: .venv/bin/python benchmarks/serve_chunks.py [--duration S] [--quick] [--keep]
-Results are printed and written to benchmarks/results/serve_chunks.json.
+Usage: .venv/bin/python benchmarks/serve_chunks.py [--duration S] [--quick] [--processes 1,2]
+                                                   [--quiet-wait S] [--keep]
+Results are printed and written to benchmarks/results/serve_chunks.json. Before each run
+the script waits (up to --quiet-wait seconds) for load from other programs to stop, and it
+reports per run how much CPU the server, wrk, interrupts and everything else took.
 """
 
 from __future__ import annotations
@@ -537,8 +540,13 @@ def run_wrk(wrk: str, port: int, requests_file: Path, connections: int, duration
     started = time.monotonic()
     with out.open("wb") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        # wait4 gives wrk's own CPU time: how much of the 2 cores the load generator took.
-        _, status, usage = os.wait4(process.pid, 0)
+        try:
+            # wait4 gives wrk's own CPU time: how much of the 2 cores the load generator took.
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:  # interrupted: do not leave wrk running
+            process.kill()
+            process.wait()
+            raise
         process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - started
     text = out.read_text(errors="replace")

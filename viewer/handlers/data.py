@@ -7,6 +7,7 @@ from urllib.parse import quote
 from tornado.web import HTTPError
 
 from annotations.catalog import ImageRecord
+from tiling.errors import KeyNotFound
 from tiling.precomputed import PrecomputedImage
 from tiling.stores import parse_range_header
 from viewer.handlers.base import BaseHandler
@@ -63,9 +64,13 @@ class ZarrStoreHandler(ImageDataHandler):
         _, image = await self.image(dataset_ref, image_name)
         store = image.volume.store
         accel = self.services.settings.accel_redirect
+        content_type = "application/json" if _is_metadata(key) else "application/octet-stream"
         if accel is not None and (path := store.local_path(key)) is not None:
+            if not path.is_file():
+                raise KeyNotFound(f"no stored key {key!r}")
             # nginx serves the bytes (ranges, sendfile); we decided the path is allowed.
             self.set_header("X-Accel-Redirect", accel.rstrip("/") + quote(str(path)))
+            self.set_header("Content-Type", content_type)
             self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)
             self.finish()
             return
@@ -75,10 +80,7 @@ class ZarrStoreHandler(ImageDataHandler):
         self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)
         if self.check_not_modified(value.etag):
             return
-        if key.endswith(".json") or key.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup"):
-            self.set_header("Content-Type", "application/json")
-        else:
-            self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Type", content_type)
         if byte_range is not None:
             self.set_status(206)
             self.set_header("Content-Range", value.content_range)
@@ -88,3 +90,7 @@ class ZarrStoreHandler(ImageDataHandler):
 
     def post(self, *_: str, **__: str) -> None:
         raise HTTPError(405)
+
+
+def _is_metadata(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] in ("zarr.json", ".zarray", ".zattrs", ".zgroup")
