@@ -117,8 +117,11 @@ def main() -> None:
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=None, help="JPEG quality [default: 85].")
 @click.option("--accel-redirect", default=None, help="Behind nginx: internal prefix for X-Accel-Redirect.")
 @click.option("--demo/--no-demo", default=False, help="Create the demo dataset first if missing.")
-def serve(demo: bool, **options: Any) -> None:
+@click.option("--access-log", is_flag=True, help="Log every request (off by default: a line per chunk is costly).")
+def serve(demo: bool, access_log: bool, **options: Any) -> None:
     """Run the web server."""
+    if not access_log:
+        logging.getLogger("tornado.access").setLevel(logging.WARNING)  # errors are still logged
     from viewer.server import run
 
     settings = Settings.from_env(**options)

@@ -23,17 +23,24 @@ log = logging.getLogger("lamella")
 
 def run(settings: Settings) -> None:
     """Bind, fork if asked, and serve until interrupted. Prints the URL once bound."""
-    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    many = settings.processes > 1
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.host, reuse_port=many)
     port = sockets[0].getsockname()[1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     print(f"Lamella is serving on http://{host}:{port}/", flush=True)
-    if settings.processes > 1:
-        _supervise(settings.processes)  # returns only in a child
+    if many:
+        _supervise(settings.processes, sockets)  # returns only in a child
+        # Each worker listens on its own SO_REUSEPORT socket: the kernel spreads connections
+        # across workers, where one shared socket lets the busiest worker take them all.
+        own = tornado.netutil.bind_sockets(port, settings.host, reuse_port=True)
+        for inherited in sockets:
+            inherited.close()
+        sockets = own
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, sockets))
 
 
-def _supervise(count: int) -> None:
+def _supervise(count: int, sockets: list[socket.socket]) -> None:
     """Fork ``count`` workers and stay as their parent: restart crashed ones, stop all on SIGTERM.
 
     Everything that opens files, connections or threads is created after the fork, in the child.
@@ -52,6 +59,9 @@ def _supervise(count: int) -> None:
     for _ in range(count):
         if spawn():
             return
+    # The supervisor's copy of the socket must not hold connections no one accepts.
+    for listening in sockets:
+        listening.close()
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
