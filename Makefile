@@ -17,7 +17,11 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.test-installed
+	$(BIN)/pip install -q -e '.[bench]'
 	touch $@
 
 serve: $(VENV)/.installed
@@ -37,8 +41,12 @@ lint: $(VENV)/.test-installed
 test: $(VENV)/.test-installed system-test-deps lint
 	$(BIN)/pytest
 
-bench: $(VENV)/.test-installed
+# Peers and load tools for benchmarks/: wrk and nginx from Debian, ome-zarr-py and ngff-zarr from PyPI.
+bench: $(VENV)/.bench-installed
+	@if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk nginx-light; fi
 	$(BIN)/python benchmarks/serve_chunks.py
+	$(BIN)/python benchmarks/import_pyramid.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
