@@ -22,7 +22,6 @@ from tqdm import tqdm
 from annotations.catalog import Catalog, DatasetRecord, ImageSpec, check_name
 from annotations.errors import NameTaken
 from annotations.metadata import DatasetMetadata, parse_metadata
-from tiling.demo import DEMO_SHAPE, DEMO_VOXEL_NM, make_demo_volume
 from tiling.errors import ImportProblem
 from tiling.omezarr import estimate_window, open_volume
 from tiling.precomputed import served_dtype
@@ -112,10 +111,7 @@ def import_file(
     ``to_uint8`` maps ``window`` (default: the ``percentiles`` of a sample) onto 0..255 so
     16-bit or float EM can be served as JPEG; otherwise the dtype is kept.
     """
-    name = check_name(name or default_image_name(location), "image")
-    check_name(dataset, "dataset")
-    if catalog.has_image(dataset, name):
-        raise NameTaken(f"dataset {dataset!r} already has an image {name!r}")
+    name = _free_name(catalog, dataset, name, location)
     destination = images_dir / dataset / f"{name}.ome.zarr"
     source = open_source(location)
     if to_uint8:
@@ -128,17 +124,9 @@ def import_file(
         voxel = voxel_size_nm or source.voxel_size_nm or (1.0,) * len(source.shape)
         if len(voxel) != len(source.shape):
             voxel = tuple(voxel[-len(source.shape):])
-        total = 1
-        for size in source.shape:
-            total *= size
-        options = options or PyramidOptions(name=name)
-        with (
-            tqdm(total=total, unit="vox", unit_scale=True, desc=f"import {name}", disable=not show_progress) as bar,
-            dask_client(workers, scheduler) as client,
-        ):
-            write_pyramid(source, destination, voxel_size=tuple(voxel), options=options, progress=bar.update,
-                          resume=resume, client=client,
-                          source_opener=functools.partial(open_for_import, location, window if to_uint8 else None))
+        _convert(source, destination, tuple(voxel), options or PyramidOptions(name=name), f"import {name}",
+                 show_progress, resume=resume, workers=workers, scheduler=scheduler,
+                 opener=functools.partial(open_for_import, location, window if to_uint8 else None))
     finally:
         source.close()
     return _register_written(catalog, destination, dataset, name, modality, metadata)
@@ -161,9 +149,7 @@ def import_labels(
     registered, not copied, image go beside it in the data directory.
     """
     parent = catalog.get_image(dataset, image)
-    name = check_name(name or default_image_name(location), "image")
-    if catalog.has_image(dataset, name):
-        raise NameTaken(f"dataset {dataset!r} already has an image {name!r}")
+    name = _free_name(catalog, dataset, name, location)
     source = open_source(location)
     try:
         shape = list(source.shape) if len(source.shape) == 3 else [1, *source.shape]
@@ -176,9 +162,7 @@ def import_labels(
         options = PyramidOptions(ome_version=parent.ome_version, labels=True, label_downsample=downsample,  # type: ignore[arg-type]
                                  name=name)
         voxel = tuple(parent.voxel_size_nm[-len(source.shape):])
-        with tqdm(total=int(np.prod(source.shape)), unit="vox", unit_scale=True, desc=f"labels {name}",
-                  disable=not show_progress) as bar:
-            write_pyramid(source, destination, voxel_size=voxel, options=options, progress=bar.update)
+        _convert(source, destination, voxel, options, f"labels {name}", show_progress)
     finally:
         source.close()
     try:
@@ -190,6 +174,38 @@ def import_labels(
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
         raise
+
+
+def _free_name(catalog: Catalog, dataset: str, name: str | None, location: str) -> str:
+    """A valid image name not yet used in the dataset (from the file name when not given)."""
+    name = check_name(name or default_image_name(location), "image")
+    check_name(dataset, "dataset")
+    if catalog.has_image(dataset, name):
+        raise NameTaken(f"dataset {dataset!r} already has an image {name!r}")
+    return name
+
+
+def _convert(
+    source: Source,
+    destination: Path,
+    voxel: tuple[float, ...],
+    options: PyramidOptions,
+    description: str,
+    show_progress: bool,
+    *,
+    resume: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    opener: Callable[[], Source] | None = None,
+) -> None:
+    """Write the pyramid with a progress bar (voxels, rate, time left), here or on a Dask cluster."""
+    total = int(np.prod(source.shape, dtype=np.int64))
+    with (
+        tqdm(total=total, unit="vox", unit_scale=True, desc=description, disable=not show_progress) as bar,
+        dask_client(workers, scheduler) as client,
+    ):
+        write_pyramid(source, destination, voxel_size=voxel, options=options, progress=bar.update,
+                      resume=resume, client=client, source_opener=opener)
 
 
 def open_for_import(location: str, window: tuple[float, float] | None) -> Source:
@@ -230,6 +246,8 @@ def _register_written(
 
 def ensure_demo(catalog: Catalog, images_dir: Path) -> DatasetRecord:
     """Generate and register the demo dataset unless it is already there."""
+    from tiling.demo import DEMO_SHAPE, DEMO_VOXEL_NM, make_demo_volume  # scipy: only when making the demo
+
     if catalog.has_image(DEMO_DATASET, "em"):
         return catalog.get_dataset(DEMO_DATASET)
     destination = images_dir / DEMO_DATASET / "em.ome.zarr"
