@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import math
+import mmap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -268,8 +269,16 @@ class TiffStackSource(RegionSource):
         return self._sample_count
 
     def _read(self, box: Region) -> np.ndarray:
+        if self._sample_count == 1 and self._memmap is not None:
+            data = np.array(self._memmap[box])  # a copy, so the mapped pages can be let go
+            # Keep RSS bounded: a memory-mapped 1 TB stack must not stay resident as it is read.
+            # The pages stay in the page cache; only this process's mapping of them is dropped.
+            mapping = getattr(self._memmap, "_mmap", None)
+            if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mapping.madvise(mmap.MADV_DONTNEED)
+            return data
         if self._sample_count == 1:
-            return np.asarray(self._memmap[box] if self._memmap is not None else self._array[box])
+            return np.asarray(self._array[box])
         full = (*box[: self._sample_axis], slice(None), *box[self._sample_axis :])
         data = np.asarray(self._memmap[full] if self._memmap is not None else self._array[full])
         return grey_from_samples(self.location, np.moveaxis(data, self._sample_axis, -1), self._sample_count)
