@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 from pathlib import Path
@@ -51,18 +52,16 @@ class NeuroglancerClientHandler(BaseHandler):
 
 _MIME = {".js": "application/javascript", ".css": "text/css", ".html": "text/html; charset=utf-8",
          ".map": "application/json", ".wasm": "application/wasm"}
-_CLIENT_CACHE: dict[Path, bytes] = {}
 
 
 def _mime(name: str) -> str:
     return _MIME[Path(name).suffix]
 
 
+@functools.lru_cache(maxsize=64)
 def _read_cached(path: Path) -> bytes:
-    data = _CLIENT_CACHE.get(path)
-    if data is None:
-        data = _CLIENT_CACHE[path] = path.read_bytes()
-    return data
+    # The client's files are content-hashed and never change while we run.
+    return path.read_bytes()
 
 
 class AssetHandler(StaticFileHandler):
