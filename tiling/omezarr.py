@@ -16,6 +16,7 @@ import tensorstore as ts
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiling.errors import InvalidMultiscale, KeyNotFound, StoreNotFound, StoreUnreadable
+from tiling.pyramid import intensity_window
 from tiling.stores import Store, open_store
 
 # Factors to nanometres, for the unit names OME-Zarr allows (UDUNITS-2) that EM uses.
@@ -284,10 +285,4 @@ async def estimate_window(volume: Volume, channel: int = 0) -> tuple[float, floa
     # Bound the sample: a coarse level of a huge 2D montage can still be large.
     step = [max(1, s // 256) for s in shape]
     data = await volume.read(level, tuple(slice(0, s, st) for s, st in zip(shape, step, strict=True)))  # type: ignore[arg-type]
-    values = data[min(channel, data.shape[0] - 1)].ravel()
-    if values.size == 0:
-        return 0.0, 1.0
-    low, high = np.percentile(values, [0.5, 99.5])
-    if high <= low:
-        high = low + 1
-    return float(low), float(high)
+    return intensity_window(data[min(channel, data.shape[0] - 1)])

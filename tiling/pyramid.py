@@ -224,12 +224,21 @@ def _write_group(path: Path, attributes: dict[str, Any], version: OmeVersion) ->
         (path / ".zattrs").write_text(json.dumps(attributes, indent=2))
 
 
+def intensity_window(values: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple[float, float]:
+    """The display window of a sample: its percentiles, NaN and infinities ignored, ``high`` above ``low``."""
+    values = np.asarray(values).ravel()
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(values, [low_pct, high_pct]))
+    return low, high if high > low else low + 1.0
+
+
 def data_window(array: ts.TensorStore) -> tuple[float, float]:
-    """0.5th to 99.5th percentile of a (coarse) level, sampled to at most ~16M voxels."""
+    """The display window of a (coarse) level, sampled to at most ~16M voxels."""
     step = [max(1, math.ceil(s / 256)) for s in array.shape]
-    sample = array[tuple(slice(None, None, st) for st in step)].read().result()
-    low, high = np.percentile(np.asarray(sample), [0.5, 99.5])
-    return float(low), float(max(high, low + 1))
+    return intensity_window(array[tuple(slice(None, None, st) for st in step)].read().result())
 
 
 class _Pipeline:

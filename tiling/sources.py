@@ -25,6 +25,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from tiling.errors import ImportProblem
+from tiling.pyramid import intensity_window
 from tiling.source_formats import (
     TENSORSTORE_SCHEMES,
     MrcSource,
@@ -257,13 +258,7 @@ def percentile_window(
     if not 0 <= low_pct < high_pct <= 100:
         raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {low_pct}, {high_pct}")
     parts = [np.asarray(source.read(region)).ravel() for region in sample_regions(tuple(source.shape), max_samples)]
-    values = np.concatenate(parts)
-    if values.dtype.kind == "f":
-        values = values[np.isfinite(values)]
-    if values.size == 0:
-        return 0.0, 1.0
-    low, high = (float(v) for v in np.percentile(values, [low_pct, high_pct]))
-    return low, high if high > low else low + 1.0
+    return intensity_window(np.concatenate(parts), low_pct, high_pct)
 
 
 def _sniff(path: Path) -> str | None:
