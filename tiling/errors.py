@@ -45,3 +45,7 @@ class InvalidRange(TilingError, ValueError):
 
 class ImportProblem(TilingError, ValueError):
     """An input file that cannot be converted; the message names the file and the problem."""
+
+
+class InvalidTransform(TilingError, ValueError):
+    """A transform or landmark set that cannot be used: singular, non-finite, malformed or underdetermined."""

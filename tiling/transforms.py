@@ -1,0 +1,235 @@
+"""Registration transforms between the physical spaces of two images.
+
+Conventions, used everywhere in Lamella:
+- A transform maps the *moving* image's physical coordinates to the *reference* image's
+  physical coordinates, in nanometres, in x, y, z order.
+- Physical coordinates follow OME-Zarr: the centre of level-0 voxel ``i`` lies at ``i * voxel_size``.
+- Affine transforms are homogeneous 4x4 matrices acting on column vectors ``[x, y, z, 1]``.
+  2D transforms are lifted to 3D with z mapped identically.
+- A thin-plate spline is kept as its landmark pairs; it is evaluated forwards (moving → reference,
+  for points) and backwards (reference → moving, for resampling), each fitted from the same pairs.
+
+Neuroglancer applies an affine itself through a layer's source transform; ``neuroglancer_matrix``
+converts one, accounting for the half-voxel shift between OME's voxel centres and the corner
+convention of precomputed sources (see ``tiling.precomputed``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.interpolate import RBFInterpolator
+from skimage import transform as sktransform
+
+from tiling.errors import InvalidTransform
+
+FitKind = Literal["rigid", "similarity", "affine"]
+FIT_KINDS: tuple[FitKind, ...] = ("rigid", "similarity", "affine")
+_ESTIMATORS = {
+    "rigid": sktransform.EuclideanTransform,
+    "similarity": sktransform.SimilarityTransform,
+    "affine": sktransform.AffineTransform,
+}
+# Smallest number of pairs that determines each kind (2D, 3D).
+MIN_PAIRS = {"rigid": (2, 3), "similarity": (2, 3), "affine": (3, 4), "tps": (3, 4)}
+# Points closer than this (nm) are the same point.
+DUPLICATE_NM = 1e-6
+
+
+def check_affine(matrix: object) -> np.ndarray:
+    """A valid 4x4 homogeneous affine as float64, or InvalidTransform saying why not."""
+    try:
+        array = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidTransform("the matrix must be a 4x4 array of numbers") from None
+    if array.shape == (3, 3):
+        array = lift_2d(array)
+    if array.shape == (3, 4):
+        array = np.vstack([array, [0.0, 0.0, 0.0, 1.0]])
+    if array.shape != (4, 4):
+        raise InvalidTransform(f"the matrix must be 4x4 (or 3x4, or 3x3 for 2D), not {'x'.join(map(str, array.shape))}")
+    if not np.all(np.isfinite(array)):
+        raise InvalidTransform("the matrix holds non-finite values (NaN or infinity)")
+    if not np.allclose(array[3], [0.0, 0.0, 0.0, 1.0]):
+        raise InvalidTransform(f"the last row of an affine must be 0 0 0 1, not {array[3].tolist()}")
+    linear = array[:3, :3]
+    # Relative to the largest singular value, so that nm and µm scales judge alike.
+    singular = np.linalg.svd(linear, compute_uv=False)
+    if singular[0] == 0 or singular[-1] / singular[0] < 1e-9:
+        raise InvalidTransform("the matrix is singular: it collapses space and cannot be inverted")
+    return array
+
+
+def lift_2d(matrix: np.ndarray) -> np.ndarray:
+    """A 3x3 homogeneous 2D affine (x, y) as a 4x4 3D one with z unchanged."""
+    array = np.asarray(matrix, dtype=np.float64)
+    if array.shape != (3, 3):
+        raise InvalidTransform("a 2D affine must be 3x3")
+    if not np.allclose(array[2], [0.0, 0.0, 1.0]):
+        raise InvalidTransform(f"the last row of a 2D affine must be 0 0 1, not {array[2].tolist()}")
+    lifted = np.eye(4)
+    lifted[:2, :2] = array[:2, :2]
+    lifted[:2, 3] = array[:2, 2]
+    return lifted
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points (n, 3) mapped through a 4x4 affine."""
+    points = np.asarray(points, dtype=np.float64)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def scale_matrix(voxel_size_xyz: tuple[float, float, float] | np.ndarray) -> np.ndarray:
+    """Voxel indices to physical coordinates (OME: voxel centres at index x size)."""
+    return np.diag([*np.asarray(voxel_size_xyz, dtype=np.float64), 1.0])
+
+
+def check_points(points: object, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidTransform(f"{name} must be a list of [x, y, z] numbers") from None
+    if array.ndim != 2 or array.shape[1] not in (2, 3):
+        raise InvalidTransform(f"{name} must be a list of [x, y] or [x, y, z] points")
+    if not np.all(np.isfinite(array)):
+        raise InvalidTransform(f"{name} hold non-finite coordinates")
+    if array.shape[1] == 2:
+        array = np.hstack([array, np.zeros((len(array), 1))])
+    return array
+
+
+def check_pairs(moving: object, reference: object, kind: str, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (n, 3) point arrays: equal counts, enough pairs, no duplicates."""
+    moving_points = check_points(moving, "moving landmarks")
+    reference_points = check_points(reference, "reference landmarks")
+    if len(moving_points) != len(reference_points):
+        raise InvalidTransform(
+            f"{len(moving_points)} moving landmarks but {len(reference_points)} reference landmarks; they come in pairs"
+        )
+    if dimensions not in (2, 3):
+        raise InvalidTransform(f"dimensions must be 2 or 3, not {dimensions}")
+    needed = MIN_PAIRS[kind][dimensions - 2]
+    if len(moving_points) < needed:
+        raise InvalidTransform(
+            f"a {dimensions}D {kind} fit needs at least {needed} landmark pairs, got {len(moving_points)}"
+        )
+    for label, points in (("moving", moving_points), ("reference", reference_points)):
+        distances = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1)
+        distances[np.diag_indices(len(points))] = np.inf
+        if np.min(distances) < DUPLICATE_NM:
+            first, second = np.unravel_index(np.argmin(distances), distances.shape)
+            raise InvalidTransform(f"{label} landmarks {first + 1} and {second + 1} are the same point")
+    return moving_points, reference_points
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A transform fitted from landmark pairs, with how well it fits each pair (nm)."""
+
+    kind: str
+    matrix: np.ndarray | None  # affine kinds
+    residuals_nm: np.ndarray  # per pair: distance between the mapped moving point and its partner
+    rms_nm: float
+
+
+def fit_affine(moving: object, reference: object, kind: FitKind = "affine", dimensions: int = 3) -> Fit:
+    """Least-squares rigid, similarity or affine transform mapping ``moving`` onto ``reference``.
+
+    2D fits use x and y only and are lifted to 3D (z unchanged).
+    """
+    if kind not in _ESTIMATORS:
+        raise InvalidTransform(f"unknown fit {kind!r}; choose one of {', '.join(FIT_KINDS)}")
+    moving_points, reference_points = check_pairs(moving, reference, kind, dimensions)
+    axes = slice(0, dimensions)
+    estimated = _ESTIMATORS[kind].from_estimate(moving_points[:, axes], reference_points[:, axes])
+    if not estimated:
+        raise InvalidTransform(f"the landmarks do not determine a {kind} transform (are they collinear or coplanar?)")
+    params = np.asarray(estimated.params, dtype=np.float64)
+    matrix = lift_2d(params) if dimensions == 2 else params
+    if dimensions == 2:
+        # Lifting keeps z; the pairs' z offset (e.g. different section planes) is a translation.
+        matrix[2, 3] = float(np.mean(reference_points[:, 2] - moving_points[:, 2]))
+    matrix = check_affine(matrix)
+    residuals = np.linalg.norm(apply_affine(matrix, moving_points) - reference_points, axis=1)
+    return Fit(kind, matrix, residuals, float(np.sqrt(np.mean(residuals**2))))
+
+
+class ThinPlateSpline:
+    """A thin-plate spline (with its affine part) through landmark pairs, both directions.
+
+    2D splines use the r² log r kernel on x, y and keep z; 3D splines use the r kernel,
+    the biharmonic one in three dimensions.
+    """
+
+    def __init__(self, moving: object, reference: object, dimensions: int = 3) -> None:
+        self.moving, self.reference = check_pairs(moving, reference, "tps", dimensions)
+        self.dimensions = dimensions
+        kernel = "thin_plate_spline" if dimensions == 2 else "linear"
+        axes = slice(0, dimensions)
+        try:
+            self._forward = RBFInterpolator(self.moving[:, axes], self.reference[:, axes], kernel=kernel, degree=1)
+            self._backward = RBFInterpolator(self.reference[:, axes], self.moving[:, axes], kernel=kernel, degree=1)
+        except (ValueError, np.linalg.LinAlgError) as error:
+            raise InvalidTransform(f"the landmarks do not determine a thin-plate spline: {error}") from None
+        # 2D splines keep z; the pairs' z offset (e.g. different section planes) is a translation.
+        self._z_shift = float(np.mean(self.reference[:, 2] - self.moving[:, 2])) if dimensions == 2 else 0.0
+        # The spline interpolates its landmarks, so the fit residual is the round trip's error.
+        self.residuals_nm = np.linalg.norm(self.inverse(self.forward(self.moving)) - self.moving, axis=1)
+
+    def _apply(self, interpolator: RBFInterpolator, points: np.ndarray, z_shift: float) -> np.ndarray:
+        out = np.array(points, dtype=np.float64)
+        if len(out):
+            out[:, : self.dimensions] = interpolator(out[:, : self.dimensions])
+            if self.dimensions == 2:
+                out[:, 2] += z_shift
+        return out
+
+    def leave_one_out_nm(self) -> np.ndarray:
+        """Per pair, how far the spline fitted without it misses it: the honest error of an interpolant.
+
+        Zeros when there are too few pairs to leave one out.
+        """
+        count = len(self.moving)
+        if count <= MIN_PAIRS["tps"][self.dimensions - 2]:
+            return np.zeros(count)
+        errors = np.zeros(count)
+        for left_out in range(count):
+            keep = np.arange(count) != left_out
+            try:
+                spline = ThinPlateSpline(self.moving[keep], self.reference[keep], self.dimensions)
+            except InvalidTransform:
+                errors[left_out] = np.nan
+                continue
+            missed = spline.forward(self.moving[left_out : left_out + 1])[0] - self.reference[left_out]
+            errors[left_out] = np.linalg.norm(missed)
+        return errors
+
+    def forward(self, points: np.ndarray) -> np.ndarray:
+        """Moving physical points (n, 3) → reference physical points."""
+        return self._apply(self._forward, points, self._z_shift)
+
+    def inverse(self, points: np.ndarray) -> np.ndarray:
+        """Reference physical points (n, 3) → moving physical points (for resampling)."""
+        return self._apply(self._backward, points, -self._z_shift)
+
+
+def neuroglancer_matrix(
+    matrix: np.ndarray,
+    moving_voxel_nm: tuple[float, float, float] | np.ndarray,
+    reference_voxel_nm: tuple[float, float, float] | np.ndarray,
+) -> list[list[float]]:
+    """The 3x4 ``source.transform.matrix`` that places a moving precomputed layer by ``matrix``.
+
+    Neuroglancer scales the linear part by input/output dimension scales itself, so it stays
+    physical; the translation is in output units (reference voxels). Precomputed corners sit
+    half a voxel before OME centres, in both the moving and the reference image:
+    ``g = (A · s_m · (m - ½) + b) / s_r + ½`` with ``m`` the moving model coordinate.
+    Dimensions are x, y, z; ``outputDimensions`` must be the reference's x, y, z in metres.
+    """
+    moving_size = np.asarray(moving_voxel_nm, dtype=np.float64)
+    reference_size = np.asarray(reference_voxel_nm, dtype=np.float64)
+    linear = matrix[:3, :3]
+    translation = (matrix[:3, 3] - linear @ (moving_size / 2)) / reference_size + 0.5
+    return [[float(v) for v in [*linear[row], translation[row]]] for row in range(3)]
