@@ -54,8 +54,25 @@ class DatasetRecord(BaseModel):
     accession: str | None
     licence: str | None
     rembi: dict[str, Any]
+    reference_image: str | None = None
     created_at: UtcDatetime
     images: list[ImageRecord]
+
+    def image(self, name: str) -> ImageRecord:
+        for image in self.images:
+            if image.name == name:
+                return image
+        raise ImageNotFound(f"dataset {self.name!r} has no image {name!r}")
+
+    def reference(self) -> ImageRecord | None:
+        """The image whose physical space is the dataset's reference space.
+
+        The one chosen for the dataset, else its first EM image, else its first image.
+        """
+        if self.reference_image is not None:
+            return self.image(self.reference_image)
+        pictures = [image for image in self.images if image.kind == "image"] or self.images
+        return next((image for image in pictures if image.modality == "EM"), pictures[0] if pictures else None)
 
 
 class ImageSpec(BaseModel):
@@ -98,6 +115,7 @@ def _dataset_record(row: Dataset) -> DatasetRecord:
         accession=row.accession,
         licence=row.licence,
         rembi=row.rembi,
+        reference_image=row.reference_image,
         created_at=row.created_at,
         images=[_image_record(image) for image in row.images],
     )
@@ -133,11 +151,17 @@ class Catalog:
             return _dataset_record(self._find(session, ref))
 
     def get_image(self, dataset_ref: str | int, image_name: str) -> ImageRecord:
-        dataset = self.get_dataset(dataset_ref)
-        for image in dataset.images:
-            if image.name == image_name:
-                return image
-        raise ImageNotFound(f"dataset {dataset.name!r} has no image {image_name!r}")
+        return self.get_dataset(dataset_ref).image(image_name)
+
+    def set_reference(self, dataset_ref: str | int, image_name: str) -> DatasetRecord:
+        """Make ``image_name`` the dataset's reference space."""
+        with self.sessions.begin() as session:
+            dataset = self._find(session, dataset_ref)
+            if not any(image.name == image_name for image in dataset.images):
+                raise ImageNotFound(f"dataset {dataset.name!r} has no image {image_name!r}")
+            dataset.reference_image = image_name
+            dataset_id = dataset.id
+        return self.get_dataset(dataset_id)
 
     def register(
         self, dataset_name: str, image: ImageSpec, metadata: DatasetMetadata | None = None

@@ -36,3 +36,14 @@ class NameTaken(CatalogError, ValueError):
 
 class StaleGeneration(CatalogError):
     """A state update based on a generation that is no longer current (HTTP 412)."""
+
+
+class ForeignImage(CatalogError, ValueError):
+    """An image named as the reference of a transform that belongs to another dataset."""
+
+
+class TransformNotFound(CatalogError, KeyError):
+    """No stored transform with that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "transform not found"

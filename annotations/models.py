@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -28,6 +28,8 @@ class Dataset(Base):
     accession: Mapped[str | None] = mapped_column(String(64), nullable=True)
     licence: Mapped[str | None] = mapped_column(String(200), nullable=True)
     rembi: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The image whose physical space is the dataset's reference space; None: the first EM image.
+    reference_image: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     images: Mapped[list[Image]] = relationship(
         back_populates="dataset", order_by="Image.id", cascade="all, delete-orphan"
@@ -58,6 +60,30 @@ class Image(Base):
     window: Mapped[list[Any]] = mapped_column()  # display contrast [low, high]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     dataset: Mapped[Dataset] = relationship(back_populates="images")
+
+
+class ImageTransform(Base):
+    """A registration of an image into the space of a reference image of its dataset, with provenance.
+
+    Rows are only ever added: the newest row of an image is its current transform, older rows
+    are its history. Coordinates are physical nanometres, x, y, z (see ``tiling.transforms``).
+    """
+
+    __tablename__ = "image_transforms"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    reference_image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # affine | tps
+    dimensions: Mapped[int] = mapped_column(Integer)  # 2 or 3: the space the transform was made in
+    matrix: Mapped[list[Any] | None] = mapped_column(nullable=True)  # 4x4; for tps its best affine
+    landmarks: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)  # moving, reference, names
+    method: Mapped[str] = mapped_column(String(32))  # how it was made: matrix, mobie, ec-clem, landmarks, …
+    fit: Mapped[str | None] = mapped_column(String(16), nullable=True)  # rigid | similarity | affine | tps
+    residuals_nm: Mapped[list[Any] | None] = mapped_column(nullable=True)
+    rms_nm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    author: Mapped[str] = mapped_column(String(200), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ViewerSession(Base):

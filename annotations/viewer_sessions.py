@@ -8,6 +8,7 @@ on the generation, so several server processes agree on one order of changes.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,27 @@ class ViewerSessions:
                     raise SessionNotFound(f"no viewer session {token!r}")
                 raise StaleGeneration(f"session {token!r} has moved past generation {expected!r}")
         return new_generation
+
+    def update_state(
+        self, token: str, change: Callable[[dict[str, Any]], dict[str, Any]], *, attempts: int = 8
+    ) -> tuple[str, dict[str, Any]]:
+        """Apply ``change`` to the current state, retrying if another writer got in first.
+
+        Returns (generation, state). ``change`` may raise to abandon the update.
+        """
+        for _ in range(attempts):
+            current = self.get(token)
+            state = change(current.state)
+            try:
+                return self.set_state(token, state, expected=current.generation), state
+            except StaleGeneration:
+                continue
+        raise StaleGeneration(f"session {token!r} kept changing; try again")
+
+    def tokens_for_dataset(self, dataset_id: int) -> list[str]:
+        with self.sessions() as session:
+            query = select(ViewerSession.token).where(ViewerSession.dataset_id == dataset_id)
+            return list(session.scalars(query))
 
     def set_config(self, token: str, config: dict[str, Any]) -> str:
         new_generation = _server_generation()

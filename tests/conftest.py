@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from annotations.catalog import Catalog
 from annotations.db import make_engine, make_sessions, migrate, sqlite_url
+from annotations.transforms import Transforms
 from tiling.pyramid import PyramidOptions, write_pyramid
 from tiling.sources import ArraySource
 from viewer.registration import add_existing, ensure_demo, import_file, import_labels
@@ -63,8 +64,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
     root = tmp_path_factory.mktemp("lamella-data")
     engine = make_engine(sqlite_url(root))
     migrate(engine)
-    catalog = Catalog(make_sessions(engine))
-    ensure_demo(catalog, root / "images")
+    sessions = make_sessions(engine)
+    catalog = Catalog(sessions)
+    ensure_demo(catalog, root / "images", Transforms(sessions))
     u16, v2 = small_u16(), small_u8()
     stores = tmp_path_factory.mktemp("stores")
     write_pyramid(ArraySource(u16), stores / "u16.ome.zarr", voxel_size=(30.0, 4.0, 4.0),
@@ -73,6 +75,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
                   options=PyramidOptions(ome_version="0.4", chunk=32, name="v2"))
     add_existing(catalog, str(stores / "u16.ome.zarr"), "tests", name="u16")
     add_existing(catalog, str(stores / "v2.ome.zarr"), "tests", name="v2")
+    # The demo's two modalities again, without their transform, for registration tests to change.
+    for image in catalog.get_dataset("demo").images:
+        add_existing(catalog, image.uri, "correlative", name=image.name, modality=image.modality)
     fibsem = bodies = None
     if FIBSEM_TIFF.exists():
         import tifffile

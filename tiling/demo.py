@@ -38,7 +38,7 @@ def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, sigma: float
     return _upsample(field, shape)
 
 
-def _add_mitochondria(volume: np.ndarray, rng: np.random.Generator, count: int) -> None:
+def _add_mitochondria(volume: np.ndarray, rng: np.random.Generator, count: int, mask: np.ndarray | None) -> None:
     depth, height, width = volume.shape
     for _ in range(count):
         radii = rng.uniform([10, 14, 30], [18, 24, 60])
@@ -60,6 +60,8 @@ def _add_mitochondria(volume: np.ndarray, rng: np.random.Generator, count: int) 
         box[inside] = 105
         box[cristae & inside] = 150
         box[envelope] = 55
+        if mask is not None:
+            mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= inside | envelope
 
 
 def _add_vesicles(volume: np.ndarray, rng: np.random.Generator, count: int) -> None:
@@ -75,15 +77,63 @@ def _add_vesicles(volume: np.ndarray, rng: np.random.Generator, count: int) -> N
         box[np.abs(r - radius) < 1.2] = 70
 
 
-def make_demo_volume(shape: tuple[int, int, int] = DEMO_SHAPE, seed: int = 20261121) -> np.ndarray:
-    """The demo EM volume as a (z, y, x) uint8 array; same seed, same bytes."""
+def make_demo_volume(
+    shape: tuple[int, int, int] = DEMO_SHAPE, seed: int = 20261121, mitochondria: np.ndarray | None = None
+) -> np.ndarray:
+    """The demo EM volume as a (z, y, x) uint8 array; same seed, same bytes.
+
+    With ``mitochondria`` (a boolean array of ``shape``), also marks where the mitochondria are.
+    """
     rng = np.random.default_rng(seed)
     cells = max(8, int(np.prod(shape) / 1.2e6))
     gap = _membrane_distance(shape, rng, cells)
     volume = 185 + 14 * _smooth_noise(shape, rng, sigma=10)
     volume -= 120 * np.exp(-((gap / 1.6) ** 2))  # membranes about 3 voxels thick
-    _add_mitochondria(volume, rng, count=max(4, cells))
+    _add_mitochondria(volume, rng, count=max(4, cells), mask=mitochondria)
     _add_vesicles(volume, rng, count=max(20, cells * 20))
     volume = ndimage.gaussian_filter(volume, 0.7)
     volume += rng.normal(0, 9, size=shape).astype(np.float32)
     return np.clip(volume, 0, 255).astype(np.uint8)
+
+
+# The light-microscopy modality: its own grid, placed into the EM by this known affine (nm, x y z).
+FLUORESCENCE_VOXEL_NM = (40.0, 24.0, 24.0)  # z, y, x
+FLUORESCENCE_SHAPE = (56, 200, 200)  # z, y, x
+
+
+def fluorescence_affine() -> np.ndarray:
+    """Fluorescence physical nm -> EM physical nm: rotated 12 degrees about z, scaled 1.04, shifted."""
+    angle = np.deg2rad(12.0)
+    scale = 1.04
+    matrix = np.eye(4)
+    matrix[:2, :2] = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    matrix[2, 2] = scale
+    matrix[:3, 3] = [420.0, -380.0, -60.0]
+    return matrix
+
+
+def make_demo_fluorescence(
+    mitochondria: np.ndarray, em_voxel_nm: tuple[float, float, float] = DEMO_VOXEL_NM
+) -> np.ndarray:
+    """A mitochondrial stain seen by a light microscope, on its own grid: (z, y, x) uint16.
+
+    The EM's mitochondria are blurred (a point-spread function about 100 nm wide laterally),
+    then sampled at each fluorescence voxel centre mapped into the EM through
+    ``fluorescence_affine``, plus background and noise.
+    """
+    rng = np.random.default_rng(7)
+    # Blur at half resolution: the PSF is far wider than an EM voxel, and it is 8x cheaper.
+    half = mitochondria.reshape(
+        mitochondria.shape[0] // 2, 2, mitochondria.shape[1] // 2, 2, mitochondria.shape[2] // 2, 2
+    ).mean(axis=(1, 3, 5), dtype=np.float32)
+    signal = ndimage.gaussian_filter(half, sigma=(5.0, 3.0, 3.0))
+    half_voxel = np.asarray(em_voxel_nm) * 2
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in FLUORESCENCE_SHAPE], indexing="ij"))
+    physical_xyz = (grid.reshape(3, -1).T * FLUORESCENCE_VOXEL_NM)[:, ::-1]
+    em_xyz = physical_xyz @ fluorescence_affine()[:3, :3].T + fluorescence_affine()[:3, 3]
+    # Half-resolution voxel centres sit at (2i + 0.5) EM voxels.
+    index = (em_xyz[:, ::-1] / half_voxel - 0.25).T
+    sampled = ndimage.map_coordinates(signal, index, order=1, mode="constant", cval=0.0)
+    image = 120 + 3200 * sampled.reshape(FLUORESCENCE_SHAPE)
+    image = rng.poisson(np.clip(image, 0, None)).astype(np.float64) + rng.normal(0, 8, FLUORESCENCE_SHAPE)
+    return np.clip(image, 0, 65535).astype(np.uint16)

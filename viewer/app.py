@@ -6,13 +6,14 @@ from typing import Any
 
 from tornado.web import Application, url
 
-from viewer.handlers import api, data, pages, state_sync
+from viewer.handlers import api, correlation, data, pages, state_sync
 from viewer.handlers.base import NotFoundHandler
 from viewer.services import Services
 
 DATASET = r"(?P<dataset_ref>[A-Za-z0-9_\-]+)"
 IMAGE = r"(?P<image_name>[A-Za-z0-9_\-]+)"
 TOKEN = r"(?P<token>[A-Za-z0-9_\-]+)"
+TRANSFORM = r"(?P<transform_id>[0-9]{1,9})"
 IMAGE_BASE = rf"/api/datasets/{DATASET}/images/{IMAGE}"
 
 
@@ -37,6 +38,20 @@ def routes(services: Services) -> list[tuple[str, type, dict[str, Any], str]]:
             "precomputed-chunk",
         ),
         (rf"{IMAGE_BASE}/zarr/(?P<key>.*)", data.ZarrStoreHandler, inject, "zarr-store"),
+        # Correlative registration: transforms into the dataset's reference space.
+        (rf"{IMAGE_BASE}/transform", correlation.TransformHandler, inject, "transform"),
+        (rf"{IMAGE_BASE}/landmarks", correlation.LandmarksHandler, inject, "landmarks"),
+        (rf"{IMAGE_BASE}/warped/{TRANSFORM}/precomputed/info", correlation.WarpedInfoHandler, inject, "warped-info"),
+        (
+            rf"{IMAGE_BASE}/warped/{TRANSFORM}/precomputed/(?P<scale_key>[^/]+)/(?P<chunk_name>[^/]+)",
+            correlation.WarpedChunkHandler,
+            inject,
+            "warped-chunk",
+        ),
+        (rf"/api/sessions/{TOKEN}/display", correlation.SessionDisplayHandler, inject, "session-display"),
+        (rf"/api/sessions/{TOKEN}/landmark-layers", correlation.SessionLandmarkLayersHandler, inject,
+         "session-landmark-layers"),
+        (rf"/api/sessions/{TOKEN}/register", correlation.SessionRegisterHandler, inject, "session-register"),
         # Neuroglancer's Python-integration client and its state-sync protocol.
         (rf"/v/{TOKEN}/(?P<name>[^/]*)", pages.NeuroglancerClientHandler, inject, "neuroglancer-client"),
         (rf"/events/{TOKEN}", state_sync.EventsHandler, inject, "events"),

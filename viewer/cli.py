@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from sqlalchemy import Engine
@@ -19,6 +19,7 @@ from annotations.catalog import Catalog
 from annotations.db import make_engine, make_sessions, migrate
 from annotations.errors import CatalogError
 from annotations.metadata import DatasetMetadata, load_metadata
+from annotations.transforms import Transforms
 from tiling.errors import TilingError
 from tiling.pyramid import PyramidOptions
 from viewer.config import Settings
@@ -37,7 +38,7 @@ def with_common(function: Any) -> Any:
     return function
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.echo(f"lamella: error: {message}", err=True)
     sys.exit(1)
 
@@ -129,7 +130,8 @@ def serve(demo: bool, access_log: bool, **options: Any) -> None:
     if demo:
         from viewer.registration import ensure_demo
 
-        ensure_demo(Catalog(make_sessions(engine)), settings.images_dir)
+        sessions = make_sessions(engine)
+        ensure_demo(Catalog(sessions), settings.images_dir, Transforms(sessions))
     engine.dispose()  # server processes open their own connections
     run(settings)
 
@@ -150,7 +152,8 @@ def demo(**options: Any) -> None:
     from viewer.registration import ensure_demo
 
     settings = Settings.from_env(**options)
-    dataset = ensure_demo(open_catalog(settings), settings.images_dir)
+    sessions = make_sessions(open_database(settings))
+    dataset = ensure_demo(Catalog(sessions), settings.images_dir, Transforms(sessions))
     click.echo(f"dataset {dataset.name!r} (id {dataset.id}) ready with {len(dataset.images)} image(s)")
 
 
@@ -228,6 +231,51 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
         warn=lambda message: click.echo(f"lamella: warning: {message}", err=True),
     )
     click.echo(f"imported {image_name!r} into dataset {record.name!r} (id {record.id})")
+
+
+@main.command()
+@with_common
+@click.argument("dataset")
+@click.argument("image")
+@click.argument("transform_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--reference-points", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The reference image's coordinate list, when TRANSFORM_FILE lists the moving image's points.")
+@click.option("--fit", type=click.Choice(["rigid", "similarity", "affine", "tps"]), default="affine",
+              show_default=True, help="What to fit when the file holds landmarks only.")
+@click.option("--unit", default=None, help="Length unit of the file's physical numbers [default: the file's, else nm].")
+@click.option("--reference", default=None, help="Reference image [default: the dataset's].")
+@click.option("--set-reference", is_flag=True, help="Make --reference the dataset's reference image first.")
+@click.option("--author", default="", help="Who made the registration (provenance).")
+def register(dataset: str, image: str, transform_file: Path, reference_points: Path | None, fit: str,
+             unit: str | None, reference: str | None, set_reference: bool, author: str, **options: Any) -> None:
+    """Register IMAGE into the dataset's reference space from a transform or landmark file.
+
+    Reads matrices (JSON, CSV), MoBIE affines and views, eC-CLEM XML, BigWarp landmarks and
+    3DCT-style coordinate lists (with --reference-points).
+    """
+    from viewer.correlation import Correlation
+
+    settings = Settings.from_env(**options)
+    sessions = make_sessions(open_database(settings))
+    catalog = Catalog(sessions)
+    if set_reference:
+        if reference is None:
+            fail("--set-reference needs --reference IMAGE")
+        catalog.set_reference(dataset, reference)  # type: ignore[arg-type]
+    try:
+        text = transform_file.read_text(encoding="utf-8")
+        reference_text = reference_points.read_text(encoding="utf-8") if reference_points else None
+    except (OSError, UnicodeDecodeError) as error:
+        fail(f"{transform_file}: cannot read the file ({error})")
+    registration = Correlation(catalog, Transforms(sessions)).import_file(
+        dataset, image, transform_file.name, text, reference_text=reference_text, fit=fit, unit=unit,
+        reference=reference, author=author,
+    )  # fmt: skip
+    spec = registration.spec
+    for row in registration.report:
+        click.echo(f"landmark {row['name']}\tresidual {row['residual_nm']:.1f} nm ({row['residual_px']:.2f} px)")
+    rms = f", RMS {spec.rms_nm:.1f} nm" if spec.rms_nm is not None else ""
+    click.echo(f"registered {image!r} ({spec.kind} from {spec.method}{rms})")
 
 
 @main.command("datasets")

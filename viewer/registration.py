@@ -22,6 +22,7 @@ from tqdm import tqdm
 from annotations.catalog import Catalog, DatasetRecord, ImageSpec, check_name
 from annotations.errors import NameTaken
 from annotations.metadata import DatasetMetadata, parse_metadata
+from annotations.transforms import Transforms
 from tiling.errors import ImportProblem
 from tiling.omezarr import estimate_window, open_volume
 from tiling.precomputed import served_dtype
@@ -244,26 +245,61 @@ def _register_written(
         raise
 
 
-def ensure_demo(catalog: Catalog, images_dir: Path) -> DatasetRecord:
-    """Generate and register the demo dataset unless it is already there."""
-    from tiling.demo import DEMO_SHAPE, DEMO_VOXEL_NM, make_demo_volume  # scipy: only when making the demo
+def ensure_demo(catalog: Catalog, images_dir: Path, transforms: Transforms) -> DatasetRecord:
+    """Generate and register the demo dataset unless it is already there.
 
-    if catalog.has_image(DEMO_DATASET, "em"):
-        return catalog.get_dataset(DEMO_DATASET)
-    destination = images_dir / DEMO_DATASET / "em.ome.zarr"
-    shutil.rmtree(destination, ignore_errors=True)  # left by an interrupted earlier run
-    volume = make_demo_volume(DEMO_SHAPE)
-    write_pyramid(ArraySource(volume), destination, voxel_size=DEMO_VOXEL_NM, options=PyramidOptions(name="em"))
-    metadata = parse_metadata(
-        {
-            "title": "Demo: synthetic FIB-SEM-like volume",
-            "description": "A deterministic volume generated offline by `lamella demo`: cells with "
-            "membranes, mitochondria with cristae and vesicles, 512 x 512 x 256 voxels at 8 nm.",
-            "licence": "CC0-1.0",
-            "study": {"title": "Lamella demo", "keywords": ["vEM", "FIB-SEM", "synthetic"]},
-            "biosample": {"organism": "none (synthetic)"},
-            "image_acquisition": {"imaging_method": "FIB-SEM (simulated)", "voxel_size_nm": list(DEMO_VOXEL_NM)},
-            "image_data": {"file_format": "OME-Zarr 0.5"},
-        }
+    Two modalities: the EM volume, and a fluorescence-like mitochondrial stain on its own grid
+    placed by a known affine, stored as its transform.
+    """
+    from tiling.demo import (  # scipy: only when making the demo
+        DEMO_SHAPE,
+        DEMO_VOXEL_NM,
+        FLUORESCENCE_VOXEL_NM,
+        fluorescence_affine,
+        make_demo_fluorescence,
+        make_demo_volume,
     )
-    return _register_written(catalog, destination, DEMO_DATASET, "em", "EM", metadata)
+
+    has_em = catalog.has_image(DEMO_DATASET, "em")
+    has_fluorescence = catalog.has_image(DEMO_DATASET, "fluorescence")
+    if has_em and has_fluorescence:
+        return catalog.get_dataset(DEMO_DATASET)
+    mitochondria = np.zeros(DEMO_SHAPE, dtype=bool)
+    volume = make_demo_volume(DEMO_SHAPE, mitochondria=mitochondria)
+    if not has_em:
+        destination = images_dir / DEMO_DATASET / "em.ome.zarr"
+        shutil.rmtree(destination, ignore_errors=True)  # left by an interrupted earlier run
+        write_pyramid(ArraySource(volume), destination, voxel_size=DEMO_VOXEL_NM, options=PyramidOptions(name="em"))
+        _register_written(catalog, destination, DEMO_DATASET, "em", "EM", DEMO_METADATA)
+    del volume
+    destination = images_dir / DEMO_DATASET / "fluorescence.ome.zarr"
+    shutil.rmtree(destination, ignore_errors=True)
+    fluorescence = make_demo_fluorescence(mitochondria)
+    write_pyramid(
+        ArraySource(fluorescence), destination, voxel_size=FLUORESCENCE_VOXEL_NM,
+        options=PyramidOptions(name="fluorescence"),
+    )  # fmt: skip
+    dataset = _register_written(catalog, destination, DEMO_DATASET, "fluorescence", "fluorescence", None)
+    from viewer.correlation import Correlation
+
+    Correlation(catalog, transforms).set_matrix(
+        DEMO_DATASET, "fluorescence", fluorescence_affine(), unit="nm", method="demo", author="lamella demo",
+        note="the known affine the demo's fluorescence channel was generated with",
+    )  # fmt: skip
+    return catalog.get_dataset(dataset.id)
+
+
+DEMO_METADATA = parse_metadata(
+    {
+        "title": "Demo: synthetic FIB-SEM-like volume with a correlative fluorescence channel",
+        "description": "A deterministic volume generated offline by `lamella demo`: cells with "
+        "membranes, mitochondria with cristae and vesicles, 512 x 512 x 256 voxels at 8 nm; and a "
+        "fluorescence-like mitochondrial stain at 24 x 24 x 40 nm, rotated, scaled and shifted "
+        "by a known affine.",
+        "licence": "CC0-1.0",
+        "study": {"title": "Lamella demo", "keywords": ["vEM", "FIB-SEM", "CLEM", "synthetic"]},
+        "biosample": {"organism": "none (synthetic)"},
+        "image_acquisition": {"imaging_method": "FIB-SEM and fluorescence (simulated)", "voxel_size_nm": [8, 8, 8]},
+        "image_data": {"file_format": "OME-Zarr 0.5"},
+    }
+)

@@ -12,12 +12,17 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
-from annotations.catalog import Catalog, ImageRecord
+from annotations.catalog import Catalog, DatasetRecord, ImageRecord
 from annotations.db import make_engine, make_sessions
+from annotations.transforms import TransformRecord, Transforms
 from annotations.viewer_sessions import ViewerSessions
+from tiling.errors import InvalidTransform
 from tiling.omezarr import make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
+from tiling.transforms import ThinPlateSpline
+from tiling.warp import WarpedVolume
 from viewer.config import Settings
+from viewer.correlation import Correlation
 from viewer.session_watch import SessionWatch
 
 T = TypeVar("T")
@@ -33,14 +38,24 @@ class ImageRegistry:
 
     RECORD_TTL_SECONDS = 10.0  # how long a process trusts its copy of a catalog entry
 
-    def __init__(self, settings: Settings, lookup: Callable[[str, str], Awaitable[ImageRecord]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        lookup: Callable[[str, str], Awaitable[ImageRecord]],
+        lookup_dataset: Callable[[str], Awaitable[DatasetRecord]],
+        lookup_transform: Callable[[int], Awaitable[TransformRecord]],
+    ) -> None:
         self._lookup = lookup
+        self._lookup_dataset = lookup_dataset
+        self._lookup_transform = lookup_transform
+        self._transforms: dict[int, TransformRecord] = {}
+        self._image_names: dict[tuple[str, int], str] = {}
         self._records: dict[tuple[str, str], tuple[float, ImageRecord]] = {}
         self.context = make_context(settings.tensorstore_cache_mb << 20)
         self.chunk_cache = ChunkCache(settings.chunk_cache_mb << 20)
         self.jpeg_quality = settings.jpeg_quality
-        self._opened: dict[int, PrecomputedImage] = {}
-        self._opening: dict[int, asyncio.Future[PrecomputedImage]] = {}
+        self._opened: dict[Any, PrecomputedImage] = {}
+        self._opening: dict[Any, asyncio.Future[PrecomputedImage]] = {}
 
     async def resolve(self, dataset_ref: str, image_name: str) -> tuple[ImageRecord, PrecomputedImage]:
         """The catalog entry and opened image behind a data URL; the hot path of every chunk request.
@@ -58,15 +73,42 @@ class ImageRegistry:
             record = cached[1]
         return record, await self.get(record)
 
+    async def resolve_id(self, dataset_ref: str, image_id: int) -> tuple[ImageRecord, PrecomputedImage]:
+        """Like ``resolve``, for an image named by id (a transform's reference image)."""
+        name = self._image_names.get((dataset_ref, image_id))
+        if name is None:
+            dataset = await self._lookup_dataset(dataset_ref)
+            image = next((image for image in dataset.images if image.id == image_id), None)
+            if image is None:
+                raise InvalidTransform(f"image {image_id} is not in dataset {dataset_ref!r}")
+            name = self._image_names[(dataset_ref, image_id)] = image.name
+        return await self.resolve(dataset_ref, name)
+
+    async def transform(self, transform_id: int) -> TransformRecord:
+        """A stored transform; rows are never changed, so a process keeps them."""
+        record = self._transforms.get(transform_id)
+        if record is None:
+            record = self._transforms[transform_id] = await self._lookup_transform(transform_id)
+        return record
+
     async def get(self, image: ImageRecord) -> PrecomputedImage:
-        opened = self._opened.get(image.id)
+        return await self._once(image.id, lambda: self._open(image))
+
+    async def warped(
+        self, image: ImageRecord, reference: ImageRecord, transform: TransformRecord
+    ) -> PrecomputedImage:
+        """``image`` resampled on ``reference``'s grid through a thin-plate spline (immutable per transform)."""
+        return await self._once(("warped", transform.id), lambda: self._open_warped(image, reference, transform))
+
+    async def _once(self, key: Any, opener: Callable[[], Awaitable[PrecomputedImage]]) -> PrecomputedImage:
+        opened = self._opened.get(key)
         if opened is not None:
             return opened
-        pending = self._opening.get(image.id)
+        pending = self._opening.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._open(image))
-            self._opening[image.id] = pending
-            pending.add_done_callback(lambda _: self._opening.pop(image.id, None))
+            pending = asyncio.ensure_future(opener())
+            self._opening[key] = pending
+            pending.add_done_callback(lambda _: self._opening.pop(key, None))
         return await asyncio.shield(pending)
 
     async def _open(self, image: ImageRecord) -> PrecomputedImage:
@@ -81,6 +123,24 @@ class ImageRegistry:
         self._opened[image.id] = opened
         return opened
 
+    async def _open_warped(
+        self, image: ImageRecord, reference: ImageRecord, transform: TransformRecord
+    ) -> PrecomputedImage:
+        moving = await open_volume(image.uri, self.context)
+        reference_volume = await open_volume(reference.uri, self.context)
+        assert transform.landmarks is not None
+        spline = await asyncio.to_thread(
+            ThinPlateSpline, transform.landmarks["moving"], transform.landmarks["reference"], transform.dimensions
+        )
+        opened = PrecomputedImage(
+            WarpedVolume(moving, reference_volume.geometry, spline),  # type: ignore[arg-type]
+            cache_key=("warped", transform.id),
+            cache=self.chunk_cache,
+            jpeg_quality=self.jpeg_quality,
+        )
+        self._opened[("warped", transform.id)] = opened
+        return opened
+
 
 @dataclass
 class Services:
@@ -88,12 +148,20 @@ class Services:
     engine: Engine
     catalog: Catalog
     viewer_sessions: ViewerSessions
+    transforms: Transforms
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
     images: ImageRegistry = field(init=False)
     session_watch: SessionWatch = field(init=False)
+    correlation: Correlation = field(init=False)
 
     def __post_init__(self) -> None:
-        self.images = ImageRegistry(self.settings, lambda ref, name: self.call(self.catalog.get_image, ref, name))
+        self.correlation = Correlation(self.catalog, self.transforms)
+        self.images = ImageRegistry(
+            self.settings,
+            lambda ref, name: self.call(self.catalog.get_image, ref, name),
+            lambda ref: self.call(self.catalog.get_dataset, ref),
+            lambda transform_id: self.call(self.transforms.get, transform_id),
+        )
         self.session_watch = SessionWatch(
             lambda token: self.call(self.viewer_sessions.generations, token), self.settings.state_poll_seconds
         )
@@ -107,6 +175,7 @@ class Services:
             engine=engine,
             catalog=Catalog(sessions),
             viewer_sessions=ViewerSessions(sessions),
+            transforms=Transforms(sessions),
         )
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -2,52 +2,257 @@
 
 States name sources by absolute URL (Neuroglancer needs one), built from the origin the
 browser used to reach us, so a session works behind any host name or proxy.
+
+Every image appears in the dataset's reference space: the reference image as stored, other
+modalities through their current transform (affine: a Neuroglancer source transform;
+thin-plate spline: a server-resampled volume on the reference grid).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import numpy as np
+
 from annotations.catalog import DatasetRecord, ImageRecord
+from annotations.transforms import TransformRecord
+from tiling.transforms import neuroglancer_matrix
+
+OVERLAY_COLOURS = ["#00ff00", "#ff00ff", "#00ffff", "#ffff00", "#ff8000", "#0080ff"]
+COLOUR_SHADER = """#uicontrol vec3 color color(default="green")
+#uicontrol invlerp normalized
+void main() {
+  emitRGB(color * normalized());
+}
+"""
+GREY_SHADER = """#uicontrol invlerp normalized
+void main() {
+  emitGrayscale(normalized());
+}
+"""
+LANDMARK_COLOURS = {"reference": "#ffff00", "moving": "#00e5ff"}
+LAYOUTS = ("4panel", "xy", "overlay", "side-by-side")
 
 
 def image_base_url(origin: str, dataset: DatasetRecord, image: ImageRecord) -> str:
     return f"{origin}/api/datasets/{dataset.id}/images/{image.name}"
 
 
-def layer_for(origin: str, dataset: DatasetRecord, image: ImageRecord) -> dict[str, Any]:
-    source = f"precomputed://{image_base_url(origin, dataset, image)}/precomputed"
+def xyz(values: list[float]) -> np.ndarray:
+    """(z, y, x) as stored → (x, y, z) as transforms use."""
+    return np.asarray(values[::-1], dtype=np.float64)
+
+
+def output_dimensions(reference: ImageRecord) -> dict[str, list[Any]]:
+    size_x, size_y, size_z = xyz(reference.voxel_size_nm)
+    return {"x": [size_x * 1e-9, "m"], "y": [size_y * 1e-9, "m"], "z": [size_z * 1e-9, "m"]}
+
+
+def placed_by(dataset: DatasetRecord, image: ImageRecord) -> ImageRecord:
+    """The image whose transform places ``image``: a segmentation shares its image's space."""
+    if image.labels_of is not None:
+        return next((other for other in dataset.images if other.id == image.labels_of), image)
+    return image
+
+
+def layer_source(
+    origin: str, dataset: DatasetRecord, image: ImageRecord, transform: TransformRecord | None
+) -> str | dict[str, Any]:
+    base = image_base_url(origin, dataset, image)
+    reference = dataset.reference()
+    if reference is None or image.id == reference.id or placed_by(dataset, image).id == reference.id:
+        return f"precomputed://{base}/precomputed"
+    if transform is not None and transform.kind == "tps":
+        return f"precomputed://{base}/warped/{transform.id}/precomputed"
+    matrix = np.asarray(transform.matrix) if transform is not None and transform.matrix else np.eye(4)
+    # Even without a transform, emit the identity: it aligns voxel centres, not corners.
+    return {
+        "url": f"precomputed://{base}/precomputed",
+        "transform": {
+            "matrix": neuroglancer_matrix(matrix, xyz(image.voxel_size_nm), xyz(reference.voxel_size_nm)),
+            "outputDimensions": output_dimensions(reference),
+        },
+    }
+
+
+def layer_for(
+    origin: str,
+    dataset: DatasetRecord,
+    image: ImageRecord,
+    transform: TransformRecord | None = None,
+    colour: str | None = None,
+) -> dict[str, Any]:
+    source = layer_source(origin, dataset, image, transform)
     if image.kind == "segmentation":
         return {"type": "segmentation", "name": image.name, "source": source}
     low, high = image.window
-    return {
+    layer: dict[str, Any] = {
         "type": "image",
         "name": image.name,
         "source": source,
+        "shader": GREY_SHADER,
         "shaderControls": {"normalized": {"range": [low, high]}},
     }
+    if colour is not None:
+        layer["shader"] = COLOUR_SHADER
+        layer["shaderControls"]["color"] = colour
+        layer["blend"] = "additive"
+        layer["opacity"] = 1.0
+    return layer
 
 
-def dataset_state(origin: str, dataset: DatasetRecord) -> dict[str, Any]:
-    """The initial state: every image as a layer, centred on the first, 4-panel layout."""
-    if not dataset.images:
+def dataset_layers(
+    origin: str, dataset: DatasetRecord, transforms: dict[int, TransformRecord]
+) -> list[dict[str, Any]]:
+    """One layer per image; light-microscopy and other non-EM modalities in colour over the EM."""
+    layers = []
+    colours = iter(OVERLAY_COLOURS * 4)
+    for image in dataset.images:
+        owner = placed_by(dataset, image)
+        colour = next(colours) if image.kind == "image" and image.modality.upper() != "EM" else None
+        layers.append(layer_for(origin, dataset, image, transforms.get(owner.id), colour))
+    return layers
+
+
+def dataset_state(
+    origin: str, dataset: DatasetRecord, transforms: dict[int, TransformRecord] | None = None
+) -> dict[str, Any]:
+    """The initial state: every image as a layer in the reference space, centred on the reference."""
+    reference = dataset.reference()
+    if reference is None:
         return {"layers": [], "layout": "4panel"}
-    reference = dataset.images[0]
-    size_z, size_y, size_x = reference.voxel_size_nm
     depth, height, width = reference.shape
     return {
-        "dimensions": {
-            "x": [size_x * 1e-9, "m"],
-            "y": [size_y * 1e-9, "m"],
-            "z": [size_z * 1e-9, "m"],
-        },
+        "dimensions": output_dimensions(reference),
         "position": [width / 2, height / 2, depth / 2],
         "crossSectionScale": max(width, height) / 700,
         "projectionScale": max(width, height, depth) * 1.6,
-        "layers": [layer_for(origin, dataset, image) for image in dataset.images],
+        "layers": dataset_layers(origin, dataset, transforms or {}),
         "selectedLayer": {"layer": reference.name},
-        "layout": "4panel",
+        "layout": "4panel" if depth > 1 else "xy",
     }
+
+
+def replace_sources(
+    state: dict[str, Any], origin: str, dataset: DatasetRecord, transforms: dict[int, TransformRecord]
+) -> dict[str, Any]:
+    """``state`` with the sources of the dataset's layers placed by the current transforms.
+
+    Everything else the user changed (view, colours, windows, annotations) is kept.
+    """
+    fresh = {layer["name"]: layer["source"] for layer in dataset_layers(origin, dataset, transforms)}
+    new_state = copy.deepcopy(state)
+    for layer in new_state.get("layers", []):
+        if layer.get("name") in fresh:
+            layer["source"] = fresh[layer["name"]]
+    return new_state
+
+
+def apply_display(state: dict[str, Any], layers: dict[str, dict[str, Any]], layout: str | None) -> dict[str, Any]:
+    """``state`` with per-layer display settings and a layout applied (the overlay controls).
+
+    ``layers`` maps a layer name to any of ``colour`` ("#rrggbb"), ``window`` ([low, high]),
+    ``opacity`` (0-1) and ``visible`` (bool). Raises ValueError naming the bad setting.
+    """
+    new_state = copy.deepcopy(state)
+    by_name = {layer.get("name"): layer for layer in new_state.get("layers", [])}
+    for name, settings in layers.items():
+        layer = by_name.get(name)
+        if layer is None:
+            raise ValueError(f"the view has no layer {name!r}")
+        for key, value in settings.items():
+            _apply_setting(layer, key, value)
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}")
+        new_state["layout"] = _layout(new_state, layout)
+    return new_state
+
+
+def _apply_setting(layer: dict[str, Any], key: str, value: Any) -> None:
+    controls = layer.setdefault("shaderControls", {})
+    if key == "colour":
+        if not (isinstance(value, str) and len(value) == 7 and value.startswith("#")):
+            raise ValueError(f"colour of {layer['name']!r} must look like #rrggbb")
+        int(value[1:], 16)
+        layer["shader"] = COLOUR_SHADER
+        controls["color"] = value
+        layer["blend"] = "additive"
+    elif key == "window":
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int | float) for v in value)):
+            raise ValueError(f"window of {layer['name']!r} must be [low, high]")
+        if not value[0] < value[1]:
+            raise ValueError(f"window of {layer['name']!r} must have low < high")
+        controls["normalized"] = {"range": [float(value[0]), float(value[1])]}
+    elif key == "opacity":
+        if not (isinstance(value, int | float) and 0 <= value <= 1):
+            raise ValueError(f"opacity of {layer['name']!r} must be between 0 and 1")
+        layer["opacity"] = float(value)
+    elif key == "visible":
+        if not isinstance(value, bool):
+            raise ValueError(f"visible of {layer['name']!r} must be true or false")
+        layer["visible"] = value
+    else:
+        raise ValueError(f"unknown display setting {key!r}; use colour, window, opacity or visible")
+
+
+def _layout(state: dict[str, Any], layout: str) -> Any:
+    if layout == "overlay":
+        return "xy"
+    if layout != "side-by-side":
+        return layout
+    # Two linked panels: the reference (and anything in grey) left, the coloured modalities right.
+    names = [layer["name"] for layer in state.get("layers", []) if layer.get("type") == "image"]
+    coloured = [layer["name"] for layer in state.get("layers", []) if layer.get("blend") == "additive"]
+    annotations = [layer["name"] for layer in state.get("layers", []) if layer.get("type") == "annotation"]
+    left = [name for name in names if name not in coloured] + annotations
+    right = coloured + annotations
+    return {
+        "type": "row",
+        "children": [
+            {"type": "viewer", "layers": left, "layout": "xy"},
+            {"type": "viewer", "layers": right or names, "layout": "xy"},
+        ],
+    }
+
+
+def landmark_layer_name(image_name: str) -> str:
+    return f"{image_name} landmarks"
+
+
+def with_landmark_layers(state: dict[str, Any], reference: str, moving: str) -> dict[str, Any]:
+    """``state`` with a point-annotation layer for each image of a registration (kept if present)."""
+    new_state = copy.deepcopy(state)
+    layers = new_state.setdefault("layers", [])
+    present = {layer.get("name") for layer in layers}
+    for role, image_name in (("reference", reference), ("moving", moving)):
+        name = landmark_layer_name(image_name)
+        if name not in present:
+            layers.append(
+                {
+                    "type": "annotation",
+                    "name": name,
+                    "source": {"url": "local://annotations"},
+                    "tool": "annotatePoint",
+                    "annotationColor": LANDMARK_COLOURS[role],
+                    "annotations": [],
+                }
+            )
+    new_state["selectedLayer"] = {"layer": landmark_layer_name(reference), "visible": True}
+    return new_state
+
+
+def landmark_points(state: dict[str, Any], image_name: str) -> list[list[float]]:
+    """The points of an image's landmark layer in global (reference voxel) coordinates, in order."""
+    for layer in state.get("layers", []):
+        if layer.get("name") == landmark_layer_name(image_name):
+            return [
+                [float(v) for v in annotation["point"][:3]]
+                for annotation in layer.get("annotations", [])
+                if annotation.get("type") == "point"
+            ]
+    return []
 
 
 DEFAULT_CONFIG: dict[str, Any] = {}

@@ -1,5 +1,6 @@
 // The dataset page: metadata beside an embedded Neuroglancer whose state the server owns.
 import { element, getJSON } from "./api.js";
+import { mountOverlayControls } from "./overlay.js";
 
 const datasetRef = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const status = document.getElementById("status");
@@ -49,6 +50,7 @@ try {
   const frame = document.getElementById("viewer");
   frame.dataset.token = token;
   frame.src = `/v/${token}/`;
+  await mountOverlayControls(document.getElementById("controls"), dataset, token);
 } catch (error) {
   status.textContent = `Could not open the dataset: ${error.message}`;
   document.getElementById("title").textContent = "Dataset unavailable";

@@ -34,6 +34,7 @@ def image_json(origin: str, dataset: DatasetRecord, image: ImageRecord) -> dict[
             "precomputed": f"precomputed://{base}/precomputed",
             "zarr": f"zarr{image.zarr_format}://{base}/zarr/",
         },
+        "transform_url": f"{base}/transform",
     }
 
 
@@ -46,6 +47,7 @@ def dataset_json(origin: str, dataset: DatasetRecord) -> dict[str, Any]:
         "accession": dataset.accession,
         "licence": dataset.licence,
         "rembi": dataset.rembi,
+        "reference_image": reference.name if (reference := dataset.reference()) else None,
         "created_at": dataset.created_at.isoformat(),
         "url": f"{origin}/datasets/{dataset.id}",
         "images": [image_json(origin, dataset, image) for image in dataset.images],
@@ -84,7 +86,8 @@ class DatasetSessionsHandler(BaseHandler):
 
     async def post(self, dataset_ref: str) -> None:
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
-        state = dataset_state(origin_of(self), dataset)
+        transforms = await self.services.call(self.services.correlation.current_transforms, dataset)
+        state = dataset_state(origin_of(self), dataset, transforms)
         session = await self.services.call(
             self.services.viewer_sessions.create, dataset.id, state, DEFAULT_CONFIG
         )

@@ -1,0 +1,114 @@
+// Overlay controls and in-viewer landmark registration. The server owns the viewer state:
+// every control posts a change, and the embedded Neuroglancer receives it by state sync.
+import { element, getJSON } from "./api.js";
+
+const post = (url, body) => getJSON(url, {
+  method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+});
+
+function debounce(fn, ms) {
+  let timer;
+  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+}
+
+function layerControls(token, layer, isReference, report) {
+  const name = layer.name;
+  const controls = layer.shaderControls || {};
+  const [low, high] = controls.normalized?.range || [0, 255];
+  const send = debounce((settings) => post(`/api/sessions/${token}/display`, { layers: { [name]: settings } })
+    .then(() => report(""), (error) => report(error.message)), 150);
+  const visible = element("input", { type: "checkbox", "aria-label": `show ${name}` });
+  visible.checked = layer.visible !== false;
+  visible.addEventListener("change", () => send({ visible: visible.checked }));
+  const row = element("div", { class: "overlay-layer", "data-layer": name },
+    element("label", { class: "layer-name" }, visible, ` ${name}`));
+  if (!isReference) {
+    const colour = element("input", { type: "color", value: controls.color || "#00ff00", "aria-label": `${name} colour` });
+    colour.addEventListener("input", () => send({ colour: colour.value }));
+    const opacity = element("input", { type: "range", min: "0", max: "1", step: "0.05",
+      value: String(layer.opacity ?? 1), "aria-label": `${name} opacity` });
+    opacity.addEventListener("input", () => send({ opacity: Number(opacity.value) }));
+    row.append(element("label", {}, "colour ", colour), element("label", {}, "opacity ", opacity));
+  }
+  const lowInput = element("input", { type: "number", value: String(low), step: "any", "aria-label": `${name} window low` });
+  const highInput = element("input", { type: "number", value: String(high), step: "any", "aria-label": `${name} window high` });
+  const sendWindow = () => {
+    const range = [Number(lowInput.value), Number(highInput.value)];
+    if (range[0] < range[1]) send({ window: range }); else report("the window needs low < high");
+  };
+  lowInput.addEventListener("change", sendWindow);
+  highInput.addEventListener("change", sendWindow);
+  row.append(element("label", { class: "window" }, "window ", lowInput, " – ", highInput));
+  return row;
+}
+
+function residualTable(result) {
+  const table = element("table", { class: "residuals" },
+    element("tr", {}, element("th", {}, "pair"), element("th", {}, "residual (nm)"), element("th", {}, "px")));
+  for (const row of result.landmarks) {
+    table.append(element("tr", {}, element("td", {}, row.name),
+      element("td", {}, row.residual_nm.toFixed(1)), element("td", {}, row.residual_px.toFixed(2))));
+  }
+  return table;
+}
+
+export async function mountOverlayControls(container, dataset, token) {
+  const pictures = dataset.images.filter((image) => image.kind === "image");
+  if (pictures.length < 2) return;
+  const reference = dataset.reference_image;
+  const status = element("p", { class: "overlay-status", role: "status" });
+  const report = (message) => { status.textContent = message; };
+  const { state } = await getJSON(`/api/sessions/${token}`);
+  const section = element("section", { id: "overlay" }, element("h2", {}, "Overlay"));
+  const layout = element("select", { "aria-label": "layout" },
+    ...[["4panel", "4 panels"], ["overlay", "overlay (xy)"], ["side-by-side", "side by side, linked"]]
+      .map(([value, label]) => element("option", { value }, label)));
+  layout.value = typeof state.layout === "string" && state.layout !== "xy" ? state.layout : "4panel";
+  layout.addEventListener("change", () => post(`/api/sessions/${token}/display`, { layout: layout.value })
+    .then(() => report(""), (error) => report(error.message)));
+  section.append(element("label", {}, "layout ", layout));
+  for (const layer of state.layers.filter((l) => l.type === "image")) {
+    section.append(layerControls(token, layer, layer.name === reference, report));
+  }
+
+  // Transforms: how each modality is placed, and landmark registration in the viewer.
+  const moving = pictures.filter((image) => image.name !== reference);
+  const transforms = element("dl", { id: "transforms" });
+  async function showTransforms() {
+    transforms.replaceChildren();
+    for (const image of moving) {
+      const t = await getJSON(image.transform_url);
+      const how = t.method ? `${t.kind} (${t.method}${t.rms_nm != null ? `, RMS ${t.rms_nm.toFixed(1)} nm` : ""})`
+        : "identity (no transform stored)";
+      transforms.append(element("dt", {}, image.name), element("dd", {}, how, " ",
+        element("a", { href: `${image.transform_url}?format=mobie`, download: `${image.name}-mobie.json` }, "MoBIE"),
+        " ", element("a", { href: `${image.transform_url}?format=json`, download: `${image.name}-transform.json` }, "JSON")));
+    }
+  }
+  const target = element("select", { "aria-label": "image to register" },
+    ...moving.map((image) => element("option", { value: image.name }, image.name)));
+  const fit = element("select", { "aria-label": "fit" },
+    ...["affine", "similarity", "rigid", "tps"].map((kind) => element("option", { value: kind }, kind)));
+  const start = element("button", { type: "button", id: "place-landmarks" }, "Place landmarks");
+  const preview = element("button", { type: "button", id: "fit-landmarks" }, "Fit");
+  const save = element("button", { type: "button", id: "save-landmarks" }, "Fit and save");
+  const results = element("div", { id: "registration-result" });
+  const help = element("p", { class: "muted" },
+    `Select the "${reference} landmarks" layer and ctrl+click a feature in ${reference}; then select the `,
+    "moving image's landmarks layer and ctrl+click the same feature in the overlay. Repeat for at least 3 pairs, in the same order.");
+  start.addEventListener("click", () => post(`/api/sessions/${token}/landmark-layers`, { image: target.value })
+    .then(() => report("landmark layers added"), (error) => report(error.message)));
+  const register = (saveIt) => post(`/api/sessions/${token}/register`, { image: target.value, fit: fit.value, save: saveIt })
+    .then(async (result) => {
+      results.replaceChildren(element("p", {}, `${saveIt ? "Saved" : "Preview"}: RMS ${result.rms_nm.toFixed(1)} nm`),
+        residualTable(result));
+      report("");
+      if (saveIt) await showTransforms();
+    }, (error) => report(error.message));
+  preview.addEventListener("click", () => register(false));
+  save.addEventListener("click", () => register(true));
+  section.append(element("h2", {}, "Registration"), transforms,
+    element("div", { class: "register" }, target, fit, start, preview, save), help, results, status);
+  container.append(section);
+  await showTransforms();
+}

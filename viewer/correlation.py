@@ -1,0 +1,337 @@
+"""Registering modalities: matrices, landmark fits and transform files into stored transforms.
+
+Composes ``tiling.transforms`` (the geometry), ``tiling.transform_formats`` (the files) and
+``annotations.transforms`` (the storage). Everything is checked before anything is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from annotations.catalog import Catalog, DatasetRecord, ImageRecord
+from annotations.errors import ImageNotFound
+from annotations.transforms import TransformRecord, Transforms, TransformSpec
+from tiling.errors import InvalidTransform
+from tiling.transform_formats import ImportedTransform, matrix_json, mobie_view, parse_transform_file
+from tiling.transforms import (
+    FIT_KINDS,
+    ThinPlateSpline,
+    apply_affine,
+    check_affine,
+    check_points,
+    fit_affine,
+    scale_matrix,
+)
+from viewer.state import layer_for, xyz
+
+UNIT_NM = {
+    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
+    "um": 1e3, "µm": 1e3, "micrometer": 1e3, "micrometre": 1e3, "micron": 1e3,
+    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
+    "angstrom": 0.1, "a": 0.1, "å": 0.1,
+    "m": 1e9, "meter": 1e9, "metre": 1e9,
+}  # fmt: skip
+FITS = (*FIT_KINDS, "tps")
+
+
+def nm_per(unit: str | None) -> float:
+    if unit is None:
+        return 1.0
+    factor = UNIT_NM.get(unit.strip().lower())
+    if factor is None:
+        raise InvalidTransform(f"unknown unit {unit!r}; use nm, um, mm, angstrom or m")
+    return factor
+
+
+def pixels_to_nm(points: np.ndarray, image: ImageRecord) -> np.ndarray:
+    """Level-0 voxel indices (x, y, z) to physical nm (OME: voxel centres at index x size)."""
+    return points * xyz(image.voxel_size_nm)
+
+
+def global_to_nm(points: np.ndarray, reference: ImageRecord) -> np.ndarray:
+    """Neuroglancer global coordinates (reference voxels, centres at i + ½) to reference nm."""
+    return (points - 0.5) * xyz(reference.voxel_size_nm)
+
+
+def landmark_report(
+    names: list[str], moving_nm: np.ndarray, reference_nm: np.ndarray, residuals: np.ndarray, reference: ImageRecord
+) -> list[dict[str, Any]]:
+    """Per pair: where it is in each image and how far the transform misses (nm and reference pixels)."""
+    pixel = float(min(reference.voxel_size_nm[1:]))
+    return [
+        {
+            "name": name,
+            "moving_nm": moving_nm[i].tolist(),
+            "reference_nm": reference_nm[i].tolist(),
+            "residual_nm": float(residuals[i]),
+            "residual_px": float(residuals[i] / pixel),
+        }
+        for i, name in enumerate(names)
+    ]
+
+
+@dataclass
+class Registration:
+    """A fitted transform and its per-landmark report; ``record`` is set once it is saved."""
+
+    spec: TransformSpec
+    report: list[dict[str, Any]] = field(default_factory=list)
+    record: TransformRecord | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "saved": self.record is not None,
+            "transform": transform_json(self.record or self.spec),
+            "rms_nm": self.spec.rms_nm,
+            "landmarks": self.report,
+        }
+
+
+def transform_json(transform: TransformSpec) -> dict[str, Any]:
+    data = transform.model_dump(mode="json")
+    data["convention"] = "moving physical nm (x, y, z) -> reference physical nm (x, y, z); voxel centres at index*size"
+    return data
+
+
+class Correlation:
+    def __init__(self, catalog: Catalog, transforms: Transforms) -> None:
+        self.catalog = catalog
+        self.transforms = transforms
+
+    # Reading
+
+    def current_transforms(self, dataset: DatasetRecord) -> dict[int, TransformRecord]:
+        """Each image's current transform into the dataset's present reference image."""
+        reference = dataset.reference()
+        if reference is None:
+            return {}
+        current = self.transforms.current_for([image.id for image in dataset.images])
+        return {key: record for key, record in current.items() if record.reference_image_id == reference.id}
+
+    def lookup(
+        self, dataset_ref: str | int, image_name: str, reference_name: str | None = None
+    ) -> tuple[DatasetRecord, ImageRecord, ImageRecord]:
+        """(dataset, moving image, reference image) checked to belong together."""
+        dataset = self.catalog.get_dataset(dataset_ref)
+        image = dataset.image(image_name)
+        if reference_name is None:
+            reference = dataset.reference()
+        else:
+            try:
+                reference = dataset.image(reference_name)
+            except ImageNotFound:
+                raise InvalidTransform(
+                    f"dataset {dataset.name!r} has no image {reference_name!r}; "
+                    "a transform maps into an image of the same dataset"
+                ) from None
+        if reference is None:
+            raise InvalidTransform(f"dataset {dataset.name!r} has no reference image")
+        if image.id == reference.id:
+            raise InvalidTransform(f"{image.name!r} is the reference image: it defines the space others map into")
+        if image.labels_of is not None:
+            raise InvalidTransform(f"{image.name!r} is a segmentation: it follows the transform of the image it labels")
+        return dataset, image, reference
+
+    def current(self, dataset_ref: str | int, image_name: str) -> tuple[DatasetRecord, TransformRecord | None]:
+        dataset = self.catalog.get_dataset(dataset_ref)
+        image = dataset.image(image_name)
+        return dataset, self.current_transforms(dataset).get(image.id)
+
+    def moving_from_reference(self, dataset: DatasetRecord, image: ImageRecord, points_nm: np.ndarray) -> np.ndarray:
+        """Reference nm → moving nm through the image's current transform (identity if none)."""
+        record = self.current_transforms(dataset).get(image.id)
+        if record is None:
+            return points_nm
+        if record.kind == "tps" and record.landmarks:
+            spline = ThinPlateSpline(
+                record.landmarks["moving"], record.landmarks["reference"], record.dimensions
+            )
+            return spline.inverse(points_nm)
+        return apply_affine(np.linalg.inv(np.asarray(record.matrix)), points_nm)
+
+    # Writing
+
+    def set_matrix(
+        self,
+        dataset_ref: str | int,
+        image_name: str,
+        matrix: object,
+        *,
+        unit: str | None = "nm",
+        reference: str | None = None,
+        method: str = "matrix",
+        author: str = "",
+        note: str = "",
+    ) -> TransformRecord:
+        """Store an affine given in ``unit`` (its translation is converted to nm)."""
+        _, image, reference_image = self.lookup(dataset_ref, image_name, reference)
+        checked = check_affine(matrix).copy()
+        checked[:3, 3] *= nm_per(unit)
+        spec = TransformSpec(
+            kind="affine",
+            dimensions=3,
+            matrix=checked.tolist(),
+            method=method,
+            author=author,
+            note=note,
+        )
+        return self.transforms.save(image.id, reference_image.id, spec)
+
+    def fit_landmarks(
+        self,
+        dataset_ref: str | int,
+        image_name: str,
+        moving: object,
+        reference_points: object,
+        *,
+        fit: str = "affine",
+        units: str = "nm",
+        dimensions: int | None = None,
+        names: list[str] | None = None,
+        reference: str | None = None,
+        method: str = "landmarks",
+        author: str = "",
+        note: str = "",
+        save: bool = True,
+    ) -> Registration:
+        """Fit ``fit`` from paired points, report each pair's residual, and store it if ``save``.
+
+        ``units`` is "pixels" (level-0 voxel indices of each image) or a length unit.
+        """
+        if fit not in FITS:
+            raise InvalidTransform(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
+        _, image, reference_image = self.lookup(dataset_ref, image_name, reference)
+        moving_points = check_points(moving, "moving landmarks")
+        reference_xyz = check_points(reference_points, "reference landmarks")
+        if units == "pixels":
+            moving_nm = pixels_to_nm(moving_points, image)
+            reference_nm = pixels_to_nm(reference_xyz, reference_image)
+        else:
+            moving_nm, reference_nm = moving_points * nm_per(units), reference_xyz * nm_per(units)
+        if dimensions is None:
+            flat = image.shape[0] == 1 and reference_image.shape[0] == 1
+            coplanar = np.ptp(moving_nm[:, 2]) == 0 and np.ptp(reference_nm[:, 2]) == 0
+            dimensions = 2 if flat or coplanar else 3
+        names = names or [str(i + 1) for i in range(len(moving_nm))]
+        if len(names) != len(moving_nm):
+            raise InvalidTransform(f"{len(names)} landmark names for {len(moving_nm)} landmark pairs")
+        if fit == "tps":
+            spline = ThinPlateSpline(moving_nm, reference_nm, dimensions)
+            affine = fit_affine(moving_nm, reference_nm, "affine", dimensions).matrix
+            residuals = spline.leave_one_out_nm()
+            kind, matrix = "tps", affine
+        else:
+            fitted = fit_affine(moving_nm, reference_nm, fit, dimensions)  # type: ignore[arg-type]
+            residuals, kind, matrix = fitted.residuals_nm, "affine", fitted.matrix
+        rms = float(np.sqrt(np.mean(residuals**2)))
+        spec = TransformSpec(
+            kind=kind,
+            dimensions=dimensions,
+            matrix=None if matrix is None else matrix.tolist(),
+            landmarks={"moving": moving_nm.tolist(), "reference": reference_nm.tolist(), "names": names},
+            method=method,
+            fit=fit,
+            residuals_nm=residuals.tolist(),
+            rms_nm=rms,
+            author=author,
+            note=note,
+        )
+        report = landmark_report(names, moving_nm, reference_nm, residuals, reference_image)
+        registration = Registration(spec, report)
+        if save:
+            registration.record = self.transforms.save(image.id, reference_image.id, spec)
+        return registration
+
+    def import_file(
+        self,
+        dataset_ref: str | int,
+        image_name: str,
+        filename: str,
+        text: str,
+        *,
+        reference_text: str | None = None,
+        fit: str = "affine",
+        unit: str | None = None,
+        reference: str | None = None,
+        author: str = "",
+        save: bool = True,
+    ) -> Registration:
+        """A transform file (matrix, MoBIE, eC-CLEM, BigWarp, point lists) stored with its provenance."""
+        imported: ImportedTransform = parse_transform_file(filename, text, reference_text=reference_text)
+        note = f"{filename}: {imported.notes}"
+        pairs_in_physical = imported.landmarks is not None and not imported.landmarks.in_pixels
+        stated = imported.unit or (imported.landmarks.unit if imported.landmarks else None)
+        needs_unit = imported.matrix is not None or pairs_in_physical
+        if unit is None and stated is None and needs_unit and imported.format in ("mobie", "bigwarp"):
+            raise InvalidTransform(
+                f"{filename}: {imported.format} files do not state their length unit; give it (e.g. um or nm)"
+            )
+        _, image, reference_image = self.lookup(dataset_ref, image_name, reference)
+        pairs = imported.landmarks
+        if imported.matrix is None:
+            assert pairs is not None
+            registration = self.fit_landmarks(
+                dataset_ref, image_name, pairs.moving, pairs.reference,
+                fit=fit, units="pixels" if pairs.in_pixels else (unit or pairs.unit or "nm"),
+                dimensions=pairs.dimensions, names=list(pairs.names), reference=reference,
+                method=imported.format, author=author, note=note, save=False,
+            )  # fmt: skip
+        else:
+            # The file's own matrix is what its author validated: keep it, and judge it by its landmarks.
+            matrix = check_affine(imported.matrix).copy()
+            if imported.unit == "pixel":  # e.g. eC-CLEM 2D: moving pixels -> reference pixels
+                matrix = scale_matrix(xyz(reference_image.voxel_size_nm)) @ matrix @ np.linalg.inv(
+                    scale_matrix(xyz(image.voxel_size_nm))
+                )
+            else:
+                matrix[:3, 3] *= nm_per(unit or imported.unit or "nm")
+            spec = TransformSpec(
+                kind="affine", dimensions=imported.dimensions, matrix=matrix.tolist(),
+                method=imported.format, author=author, note=note,
+            )  # fmt: skip
+            report: list[dict[str, Any]] = []
+            if pairs is not None:
+                if pairs.in_pixels:
+                    moving_nm = pixels_to_nm(pairs.moving, image)
+                    reference_nm = pixels_to_nm(pairs.reference, reference_image)
+                else:
+                    factor = nm_per(unit or pairs.unit or imported.unit or "nm")
+                    moving_nm, reference_nm = pairs.moving * factor, pairs.reference * factor
+                residuals = np.linalg.norm(apply_affine(matrix, moving_nm) - reference_nm, axis=1)
+                spec.landmarks = {"moving": moving_nm.tolist(), "reference": reference_nm.tolist(),
+                                  "names": list(pairs.names)}
+                spec.residuals_nm = residuals.tolist()
+                spec.rms_nm = float(np.sqrt(np.mean(residuals**2)))
+                report = landmark_report(list(pairs.names), moving_nm, reference_nm, residuals, reference_image)
+            registration = Registration(spec, report)
+        if save:
+            registration.record = self.transforms.save(image.id, reference_image.id, registration.spec)
+        return registration
+
+    # Exports
+
+    def export(self, dataset_ref: str | int, image_name: str, form: str, origin: str) -> dict[str, Any]:
+        dataset, record = self.current(dataset_ref, image_name)
+        image = dataset.image(image_name)
+        reference = dataset.reference()
+        if form == "neuroglancer":
+            return {"layers": [layer_for(origin, dataset, image, record)]}
+        if record is None:
+            matrix = np.eye(4)
+        elif record.matrix is None:
+            raise InvalidTransform(f"{image_name!r} has no affine to export")
+        else:
+            matrix = np.asarray(record.matrix)
+        if form == "mobie":
+            if record is not None and record.kind == "tps":
+                raise InvalidTransform("MoBIE views hold affine transforms only; this image has a thin-plate spline")
+            return mobie_view(f"{dataset.name}-{image_name}", image_name, matrix, unit_scale=1e-3)
+        if form == "json":
+            data = transform_json(record) if record is not None else matrix_json(matrix, "nanometer")
+            data["image"] = image_name
+            data["reference"] = reference.name if reference else None
+            return data
+        raise InvalidTransform("format must be json, mobie or neuroglancer")

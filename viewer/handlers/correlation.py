@@ -1,0 +1,252 @@
+"""Correlative endpoints: transforms, landmark fits, thin-plate-spline volumes and overlay controls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from annotations.transforms import TransformRecord
+from tiling.errors import InvalidTransform
+from viewer.correlation import global_to_nm, transform_json
+from viewer.errors import BadRequest
+from viewer.handlers.api import origin_of
+from viewer.handlers.base import BaseHandler
+from viewer.handlers.data import CHUNK_CACHE_CONTROL, META_CACHE_CONTROL, PrecomputedChunkHandler
+from viewer.services import Services
+from viewer.state import (
+    apply_display,
+    landmark_points,
+    replace_sources,
+    with_landmark_layers,
+)
+
+
+class TextFile(BaseModel):
+    name: str = Field(max_length=255)
+    content: str = Field(max_length=20_000_000)
+
+
+class TransformBody(BaseModel):
+    """PUT a transform: a matrix, or a transform file (MoBIE, eC-CLEM, BigWarp, point lists, matrix)."""
+
+    matrix: list[list[float]] | None = None
+    file: TextFile | None = None
+    reference_file: TextFile | None = None  # the reference image's list, for paired coordinate lists
+    unit: str | None = None
+    fit: str = "affine"
+    reference: str | None = None
+    author: str = Field("", max_length=200)
+    note: str = Field("", max_length=2000)
+
+
+class LandmarksBody(BaseModel):
+    moving: list[list[float]]
+    reference: list[list[float]]
+    names: list[str] | None = None
+    fit: str = "affine"
+    units: str = "nm"
+    dimensions: int | None = None
+    reference_image: str | None = None
+    save: bool = True
+    author: str = Field("", max_length=200)
+    note: str = Field("", max_length=2000)
+
+
+class DisplayBody(BaseModel):
+    layers: dict[str, dict[str, Any]] = {}
+    layout: str | None = None
+
+
+class RegisterBody(BaseModel):
+    image: str
+    fit: str = "affine"
+    save: bool = True
+    author: str = Field("", max_length=200)
+
+
+def refresh_sessions(services: Services, dataset_ref: str | int, origin: str) -> list[str]:
+    """Re-place the dataset's layers in every viewer session of the dataset; returns their tokens.
+
+    Blocking (database): run through ``services.call``.
+    """
+    dataset = services.catalog.get_dataset(dataset_ref)
+    transforms = services.correlation.current_transforms(dataset)
+    tokens = services.viewer_sessions.tokens_for_dataset(dataset.id)
+    for token in tokens:
+        services.viewer_sessions.update_state(token, lambda state: replace_sources(state, origin, dataset, transforms))
+    return tokens
+
+
+class CorrelationHandler(BaseHandler):
+    async def saved(self, dataset_ref: str) -> None:
+        """After a transform is stored: every open viewer of the dataset moves the layer live."""
+        tokens = await self.services.call(refresh_sessions, self.services, dataset_ref, origin_of(self))
+        for token in tokens:
+            self.services.session_watch.changed(token)
+
+
+class TransformHandler(CorrelationHandler):
+    """GET the current transform (``?format=json|mobie|neuroglancer``, ``?history=1``); PUT a new one."""
+
+    async def get(self, dataset_ref: str, image_name: str) -> None:
+        form = self.get_query_argument("format", "json")
+        if self.get_query_argument("history", "0") == "1":
+            dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
+            image = dataset.image(image_name)
+            history = await self.services.call(self.services.transforms.history, image.id)
+            self.write_json({"image": image_name, "history": [transform_json(record) for record in history]})
+            return
+        document = await self.services.call(
+            self.services.correlation.export, dataset_ref, image_name, form, origin_of(self)
+        )
+        self.write_json(document)
+
+    async def put(self, dataset_ref: str, image_name: str) -> None:
+        body: TransformBody = self.parse_body(TransformBody)
+        correlation = self.services.correlation
+        if (body.matrix is None) == (body.file is None):
+            raise BadRequest('give either "matrix" or "file" ({"name", "content"})')
+        if body.matrix is not None:
+            record: TransformRecord = await self.services.call(
+                correlation.set_matrix, dataset_ref, image_name, body.matrix, unit=body.unit or "nm",
+                reference=body.reference, author=body.author, note=body.note,
+            )  # fmt: skip
+            document = {"saved": True, "transform": transform_json(record), "landmarks": []}
+        else:
+            assert body.file is not None
+            registration = await self.services.call(
+                correlation.import_file, dataset_ref, image_name, body.file.name, body.file.content,
+                reference_text=body.reference_file.content if body.reference_file else None,
+                fit=body.fit, unit=body.unit, reference=body.reference, author=body.author,
+            )  # fmt: skip
+            document = registration.to_json()
+        await self.saved(dataset_ref)
+        self.write_json(document)
+
+
+class LandmarksHandler(CorrelationHandler):
+    """POST landmark pairs: fit, report each pair's residual, and (unless ``save`` is false) store."""
+
+    async def post(self, dataset_ref: str, image_name: str) -> None:
+        body: LandmarksBody = self.parse_body(LandmarksBody)
+        registration = await self.services.call(
+            self.services.correlation.fit_landmarks, dataset_ref, image_name, body.moving, body.reference,
+            fit=body.fit, units=body.units, dimensions=body.dimensions, names=body.names,
+            reference=body.reference_image, author=body.author, note=body.note, save=body.save,
+        )  # fmt: skip
+        if registration.record is not None:
+            await self.saved(dataset_ref)
+        self.write_json(registration.to_json(), 201 if registration.record is not None else 200)
+
+
+class WarpedImageHandler(PrecomputedChunkHandler):
+    """A moving image resampled on the reference grid through a stored thin-plate spline."""
+
+    async def warped(self, dataset_ref: str, image_name: str, transform_id: str) -> Any:
+        services = self.services
+        image, _ = await services.images.resolve(dataset_ref, image_name)
+        transform = await services.images.transform(int(transform_id))
+        if transform.image_id != image.id or transform.kind != "tps":
+            raise InvalidTransform(f"transform {transform_id} is not a thin-plate spline of {image_name!r}")
+        reference, _ = await services.images.resolve_id(dataset_ref, transform.reference_image_id)
+        return await services.images.warped(image, reference, transform)
+
+
+class WarpedInfoHandler(WarpedImageHandler):
+    async def get(self, dataset_ref: str, image_name: str, transform_id: str) -> None:  # type: ignore[override]
+        warped = await self.warped(dataset_ref, image_name, transform_id)
+        self.set_header("Cache-Control", META_CACHE_CONTROL)
+        self.write_json(warped.info())
+
+    head = get
+
+
+class WarpedChunkHandler(WarpedImageHandler):
+    async def get(  # type: ignore[override]
+        self, dataset_ref: str, image_name: str, transform_id: str, scale_key: str, chunk_name: str
+    ) -> None:
+        warped = await self.warped(dataset_ref, image_name, transform_id)
+        gzip_ok = "gzip" in self.request.headers.get("Accept-Encoding", "")
+        chunk = await warped.chunk(scale_key, chunk_name, gzip_ok=gzip_ok)
+        self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)  # immutable: the URL names the transform
+        self.set_header("Vary", "Accept-Encoding")
+        if self.check_not_modified(chunk.etag):
+            return
+        self.set_header("Content-Type", chunk.content_type)
+        if chunk.content_encoding:
+            self.set_header("Content-Encoding", chunk.content_encoding)
+        self.finish(chunk.body)
+
+    head = get
+
+
+class SessionDisplayHandler(BaseHandler):
+    """POST overlay controls: per-layer colour, window, opacity, visibility, and the layout."""
+
+    async def post(self, token: str) -> None:
+        body: DisplayBody = self.parse_body(DisplayBody)
+
+        def change(state: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return apply_display(state, body.layers, body.layout)
+            except ValueError as error:
+                raise BadRequest(str(error)) from None
+
+        generation, state = await self.services.call(self.services.viewer_sessions.update_state, token, change)
+        self.services.session_watch.changed(token)
+        self.write_json({"token": token, "generation": generation, "state": state})
+
+
+class SessionLandmarkLayersHandler(BaseHandler):
+    """POST {"image"}: add point layers for pairing landmarks between the reference and ``image``."""
+
+    async def post(self, token: str) -> None:
+        body: RegisterBody = self.parse_body(RegisterBody)
+        session = await self.services.call(self.services.viewer_sessions.get, token)
+        if session.dataset_id is None:
+            raise BadRequest("this viewer session shows no dataset")
+        _, image, reference = await self.services.call(
+            self.services.correlation.lookup, session.dataset_id, body.image
+        )
+        generation, state = await self.services.call(
+            self.services.viewer_sessions.update_state,
+            token,
+            lambda current: with_landmark_layers(current, reference.name, image.name),
+        )
+        self.services.session_watch.changed(token)
+        self.write_json({"token": token, "generation": generation, "state": state})
+
+
+class SessionRegisterHandler(CorrelationHandler):
+    """POST {"image", "fit"}: fit the points placed in the session's landmark layers, report, save."""
+
+    async def post(self, token: str) -> None:
+        body: RegisterBody = self.parse_body(RegisterBody)
+        services = self.services
+        session = await services.call(services.viewer_sessions.get, token)
+        if session.dataset_id is None:
+            raise BadRequest("this viewer session shows no dataset")
+        dataset, image, reference = await services.call(services.correlation.lookup, session.dataset_id, body.image)
+        reference_points = landmark_points(session.state, reference.name)
+        moving_points = landmark_points(session.state, image.name)
+        if len(reference_points) != len(moving_points):
+            raise InvalidTransform(
+                f"{len(reference_points)} points on {reference.name!r} but {len(moving_points)} on {image.name!r}; "
+                "place them in pairs, in the same order"
+            )
+        if not reference_points:
+            raise InvalidTransform("no landmarks placed yet")
+        reference_nm = global_to_nm(np.asarray(reference_points), reference)
+        # Points on the moving layer were placed where it is shown now: undo its current transform.
+        shown_nm = global_to_nm(np.asarray(moving_points), reference)
+        moving_nm = await services.call(services.correlation.moving_from_reference, dataset, image, shown_nm)
+        registration = await services.call(
+            services.correlation.fit_landmarks, dataset.id, image.name, moving_nm, reference_nm,
+            fit=body.fit, units="nm", method="landmarks (viewer)", author=body.author, save=body.save,
+            note=f"placed in viewer session {token[:6]}…",
+        )  # fmt: skip
+        if registration.record is not None:
+            await self.saved(str(dataset.id))
+        self.write_json(registration.to_json(), 201 if registration.record is not None else 200)
