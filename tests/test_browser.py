@@ -126,3 +126,83 @@ def test_correlative_overlay_puts_fluorescence_on_the_mitochondria(  # type: ign
     # A control: the same glow moved by 60 screen pixels no longer sits on the mitochondria.
     shifted = np.roll(green, (60, 60), axis=(0, 1))
     assert em_only[shifted].mean() > inside + 10
+
+
+def client_state(driver) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """The state of the Neuroglancer client itself, inside the iframe."""
+    import json
+
+    driver.switch_to.frame(driver.find_element("id", "viewer"))
+    try:
+        return json.loads(driver.execute_script("return JSON.stringify(viewer.state.toJSON())"))
+    finally:
+        driver.switch_to.default_content()
+
+
+def ctrl_click(driver, offsets: list[tuple[int, int]]) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl+click (Neuroglancer's "annotate") at offsets from the centre of the slice view."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    driver.switch_to.frame(driver.find_element("id", "viewer"))
+    try:
+        panel = driver.find_element("css selector", ".neuroglancer-rendered-data-panel")
+        for dx, dy in offsets:
+            ActionChains(driver).move_to_element_with_offset(panel, dx, dy).key_down(Keys.CONTROL).click() \
+                .key_up(Keys.CONTROL).perform()
+            time.sleep(0.3)
+    finally:
+        driver.switch_to.default_content()
+
+
+def test_landmark_registration_in_the_browser_moves_the_overlay(  # type: ignore[no-untyped-def]
+    server: Server, browser, tmp_path: Path
+) -> None:
+    """Place point pairs with ctrl+click, fit and save from the side panel; the open viewer updates."""
+    import requests
+    from selenium.webdriver.support.ui import Select
+
+    base = f"{server.url}/api/datasets/correlative/images/fluorescence/transform"
+    assert requests.put(base, json={"matrix": np.eye(4).tolist()}, timeout=30).ok
+    browser.get(server.url + "/datasets/correlative")
+    layout = wait_for(lambda: next(iter(browser.find_elements("css selector", "#overlay select")), None), 60)
+    assert layout is not None
+    Select(layout).select_by_value("overlay")
+    token = browser.find_element("id", "viewer").get_attribute("data-token")
+    assert wait_for(lambda: True if server.get(f"/api/sessions/{token}").json()["state"]["layout"] == "xy" else None)
+    browser.find_element("id", "place-landmarks").click()
+    assert wait_for(lambda: True if any(layer["name"] == "em landmarks"
+                                        for layer in client_state(browser)["layers"]) else None, 30)
+    clicks = [(-120, -80), (110, -90), (-100, 100), (130, 120)]
+    shift = 40  # screen pixels: the "fluorescence" feature is drawn 40 px right of the EM one
+    ctrl_click(browser, clicks)
+    browser.find_element("css selector", '[data-pick="fluorescence"]').click()
+    assert wait_for(lambda: True if client_state(browser)["selectedLayer"]["layer"] == "fluorescence landmarks"
+                    else None, 30)
+    ctrl_click(browser, [(x + shift, y) for x, y in clicks])
+
+    def placed() -> bool | None:
+        state = server.get(f"/api/sessions/{token}").json()["state"]
+        counts = [len(layer.get("annotations", [])) for layer in state["layers"] if layer["type"] == "annotation"]
+        return True if counts == [4, 4] else None
+
+    assert wait_for(placed, 30), "the clicks did not reach the server's state"
+    browser.find_element("id", "save-landmarks").click()
+    result = wait_for(lambda: next(iter(browser.find_elements("css selector", "#registration-result table")), None), 30)
+    browser.save_screenshot(str(tmp_path / "registered.png"))
+    assert result is not None, browser.find_element("css selector", ".overlay-status").text
+    assert len(result.find_elements("css selector", "tr")) == 5  # header + 4 pairs
+    stored = requests.get(base, timeout=30).json()
+    assert stored["method"] == "landmarks (viewer)" and stored["rms_nm"] < 8.0  # within a voxel
+    matrix = np.asarray(stored["matrix"])
+    np.testing.assert_allclose(matrix[:3, :3], np.eye(3), atol=0.02)
+    assert matrix[0, 3] < -100 and abs(matrix[1, 3]) < 16  # moved left by the 40-pixel offset, in nm
+
+    def client_moved() -> bool | None:
+        layer = next(item for item in client_state(browser)["layers"] if item["name"] == "fluorescence")
+        source = layer["source"]
+        transform = source.get("transform", {}) if isinstance(source, dict) else {}
+        translation = np.asarray(transform.get("matrix", np.zeros((3, 4))))[0, 3]
+        return True if translation < -10 else None  # in reference voxels, without reloading
+
+    assert wait_for(client_moved, 30), "the open viewer did not receive the new transform"

@@ -149,11 +149,14 @@ def replace_sources(
     return new_state
 
 
-def apply_display(state: dict[str, Any], layers: dict[str, dict[str, Any]], layout: str | None) -> dict[str, Any]:
+def apply_display(
+    state: dict[str, Any], layers: dict[str, dict[str, Any]], layout: str | None, select: str | None = None
+) -> dict[str, Any]:
     """``state`` with per-layer display settings and a layout applied (the overlay controls).
 
     ``layers`` maps a layer name to any of ``colour`` ("#rrggbb"), ``window`` ([low, high]),
-    ``opacity`` (0-1) and ``visible`` (bool). Raises ValueError naming the bad setting.
+    ``opacity`` (0-1) and ``visible`` (bool); ``select`` opens a layer's panel (e.g. a landmark
+    layer, so that ctrl+click places its points). Raises ValueError naming the bad setting.
     """
     new_state = copy.deepcopy(state)
     by_name = {layer.get("name"): layer for layer in new_state.get("layers", [])}
@@ -167,6 +170,10 @@ def apply_display(state: dict[str, Any], layers: dict[str, dict[str, Any]], layo
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}")
         new_state["layout"] = _layout(new_state, layout)
+    if select is not None:
+        if select not in by_name:
+            raise ValueError(f"the view has no layer {select!r}")
+        new_state["selectedLayer"] = {"layer": select, "visible": True}
     return new_state
 
 

@@ -90,14 +90,25 @@ export async function mountOverlayControls(container, dataset, token) {
   const fit = element("select", { "aria-label": "fit" },
     ...["affine", "similarity", "rigid", "tps"].map((kind) => element("option", { value: kind }, kind)));
   const start = element("button", { type: "button", id: "place-landmarks" }, "Place landmarks");
+  const pickers = element("div", { class: "register", id: "landmark-pickers" });
   const preview = element("button", { type: "button", id: "fit-landmarks" }, "Fit");
   const save = element("button", { type: "button", id: "save-landmarks" }, "Fit and save");
   const results = element("div", { id: "registration-result" });
   const help = element("p", { class: "muted" },
-    `Select the "${reference} landmarks" layer and ctrl+click a feature in ${reference}; then select the `,
-    "moving image's landmarks layer and ctrl+click the same feature in the overlay. Repeat for at least 3 pairs, in the same order.");
+    `Place landmarks, then with "Points on ${reference}" ctrl+click features in ${reference}, and with the other `,
+    "button ctrl+click the same features in the overlay, in the same order (at least 3 pairs; 4 in 3D). ",
+    "Fit shows each pair's residual; Fit and save stores the transform and moves the overlay.");
+  const pick = (name) => post(`/api/sessions/${token}/display`, { select: `${name} landmarks` })
+    .then(() => report(`ctrl+click in the viewer to place a point on ${name}`), (error) => report(error.message));
   start.addEventListener("click", () => post(`/api/sessions/${token}/landmark-layers`, { image: target.value })
-    .then(() => report("landmark layers added"), (error) => report(error.message)));
+    .then(() => {
+      pickers.replaceChildren(...[reference, target.value].map((name) => {
+        const button = element("button", { type: "button", "data-pick": name }, `Points on ${name}`);
+        button.addEventListener("click", () => pick(name));
+        return button;
+      }));
+      return pick(reference);
+    }, (error) => report(error.message)));
   const register = (saveIt) => post(`/api/sessions/${token}/register`, { image: target.value, fit: fit.value, save: saveIt })
     .then(async (result) => {
       results.replaceChildren(element("p", {}, `${saveIt ? "Saved" : "Preview"}: RMS ${result.rms_nm.toFixed(1)} nm`),
@@ -108,7 +119,7 @@ export async function mountOverlayControls(container, dataset, token) {
   preview.addEventListener("click", () => register(false));
   save.addEventListener("click", () => register(true));
   section.append(element("h2", {}, "Registration"), transforms,
-    element("div", { class: "register" }, target, fit, start, preview, save), help, results, status);
+    element("div", { class: "register" }, target, fit, start, preview, save), pickers, help, results, status);
   container.append(section);
   await showTransforms();
 }

@@ -57,6 +57,7 @@ class LandmarksBody(BaseModel):
 class DisplayBody(BaseModel):
     layers: dict[str, dict[str, Any]] = {}
     layout: str | None = None
+    select: str | None = None
 
 
 class RegisterBody(BaseModel):
@@ -190,7 +191,7 @@ class SessionDisplayHandler(BaseHandler):
 
         def change(state: dict[str, Any]) -> dict[str, Any]:
             try:
-                return apply_display(state, body.layers, body.layout)
+                return apply_display(state, body.layers, body.layout, body.select)
             except ValueError as error:
                 raise BadRequest(str(error)) from None
 
