@@ -47,6 +47,7 @@ bench: $(VENV)/.bench-installed
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk nginx-light; fi
 	$(BIN)/python benchmarks/serve_chunks.py
 	$(BIN)/python benchmarks/import_pyramid.py
+	$(BIN)/python benchmarks/tps_chunks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
