@@ -262,3 +262,43 @@ def test_landmarks_placed_in_the_viewer_are_fitted_and_move_the_layer(server: Se
     put(server, f"/api/sessions/{token}", {"state": current["state"], "generation": current["generation"]})
     answer = post(server, f"/api/sessions/{token}/register", {"image": "fluorescence"})
     assert answer.status_code == 400 and "pairs" in answer.json()["message"]
+
+
+def test_transform_files_through_the_api(server: Server) -> None:
+    """eC-CLEM landmark schemas (µm) and BigWarp CSVs become stored transforms with their provenance."""
+    from tests.test_transform_formats import ec_clem_schema
+
+    truth_um = fluorescence_affine()
+    truth_um[2] = [0, 0, 1, 0]  # a 2D registration: z untouched
+    truth_um[:2, 2] = 0
+    truth_um[:2, 3] /= 1000
+    rng = np.random.default_rng(2)
+    source = np.c_[rng.uniform(0, 4, (6, 2)), np.zeros(6)]
+    target = apply_affine(truth_um, source)
+    answer = put(server, f"{BASE}/transform", {"file": {"name": "lm.transformation_schema.xml",
+                                                        "content": ec_clem_schema(source, target)},
+                                               "author": "ec-clem user"})
+    assert answer.status_code == 200, answer.text
+    stored = server.get(f"{BASE}/transform").json()
+    assert stored["method"] == "ec-clem" and stored["author"] == "ec-clem user" and stored["dimensions"] == 2
+    assert stored["note"].startswith("lm.transformation_schema.xml:") and stored["rms_nm"] < 1e-6
+    expected = truth_um.copy()
+    expected[:3, 3] *= 1000  # stored in nm
+    np.testing.assert_allclose(stored["matrix"], expected, atol=1e-6)
+    rows = "\n".join(f'"Pt-{i}","true",' + ",".join(f'"{v}"' for v in [*m, *r])
+                     for i, (m, r) in enumerate(zip(source * 1000, target * 1000, strict=True)))
+    bigwarp = {"file": {"name": "landmarks.csv", "content": rows}, "fit": "similarity"}
+    answer = put(server, f"{BASE}/transform", bigwarp)
+    assert answer.status_code == 400 and "unit" in answer.json()["message"]
+    answer = put(server, f"{BASE}/transform", {**bigwarp, "unit": "nm"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["transform"]["method"] == "bigwarp" and len(answer.json()["landmarks"]) == 6
+
+
+def test_points_of_mixed_dimensions_are_refused(server: Server) -> None:
+    answer = post(server, f"{BASE}/landmarks", {"moving": [[0, 0], [10, 0], [0, 10]],
+                                                "reference": [[0, 0, 0], [10, 0, 0], [0, 10, 0]]})
+    assert answer.status_code == 400 and "dimension" in answer.json()["message"]
+    answer = post(server, f"{BASE}/landmarks", {"moving": [[0, 0], [10, 0], [0, 10]],
+                                                "reference": [[0, 0], [10, 0], [0, 10]], "dimensions": 3})
+    assert answer.status_code == 400 and "3D" in answer.json()["message"]

@@ -100,8 +100,23 @@ def check_points(points: object, name: str) -> np.ndarray:
     return array
 
 
+def check_pair_dimensions(moving: object, reference: object, dimensions: int | None) -> None:
+    """Both point sets 2D or both 3D, and 3D if a 3D fit is asked for."""
+    moving_points = check_points(moving, "moving landmarks")
+    reference_points = check_points(reference, "reference landmarks")
+    given = (np.asarray(moving, dtype=object).shape[-1], np.asarray(reference, dtype=object).shape[-1])
+    if len(moving_points) and len(reference_points) and given[0] != given[1]:
+        raise InvalidTransform(
+            f"moving landmarks have {given[0]} coordinates and reference landmarks {given[1]}; "
+            "both must be 2D (x, y) or both 3D (x, y, z): mismatched dimensions"
+        )
+    if dimensions == 3 and given[0] == 2:
+        raise InvalidTransform("a 3D fit needs x, y, z landmarks; these are 2D (give dimensions 2)")
+
+
 def check_pairs(moving: object, reference: object, kind: str, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
     """Validated (n, 3) point arrays: equal counts, enough pairs, no duplicates."""
+    check_pair_dimensions(moving, reference, dimensions)
     moving_points = check_points(moving, "moving landmarks")
     reference_points = check_points(reference, "reference landmarks")
     if len(moving_points) != len(reference_points):

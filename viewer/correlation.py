@@ -21,6 +21,7 @@ from tiling.transforms import (
     ThinPlateSpline,
     apply_affine,
     check_affine,
+    check_pair_dimensions,
     check_points,
     fit_affine,
     scale_matrix,
@@ -204,6 +205,7 @@ class Correlation:
         if fit not in FITS:
             raise InvalidTransform(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
         _, image, reference_image = self.lookup(dataset_ref, image_name, reference)
+        check_pair_dimensions(moving, reference_points, dimensions)
         moving_points = check_points(moving, "moving landmarks")
         reference_xyz = check_points(reference_points, "reference landmarks")
         if units == "pixels":
