@@ -22,7 +22,7 @@ class TransformSpec(BaseModel):
     landmarks: dict[str, Any] | None = None  # {"moving": [[x, y, z], …], "reference": […], "names": […]}
     method: str
     fit: str | None = None
-    residuals_nm: list[float] | None = None
+    residuals_nm: list[float | None] | None = None  # null where not measurable
     rms_nm: float | None = None
     author: str = ""
     note: str = ""
@@ -43,17 +43,17 @@ class Transforms:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
-    def current(self, image_id: int) -> TransformRecord | None:
-        return self.current_for([image_id]).get(image_id)
-
-    def current_for(self, image_ids: list[int]) -> dict[int, TransformRecord]:
-        """The newest transform of each image that has one."""
+    def current_for(self, image_ids: list[int], reference_image_id: int) -> dict[int, TransformRecord]:
+        """The newest transform into ``reference_image_id`` of each image that has one."""
         if not image_ids:
             return {}
         with self.sessions() as session:
             rows = session.scalars(
                 select(ImageTransform)
-                .where(ImageTransform.image_id.in_(image_ids))
+                .where(
+                    ImageTransform.image_id.in_(image_ids),
+                    ImageTransform.reference_image_id == reference_image_id,
+                )
                 .order_by(ImageTransform.image_id, ImageTransform.id.desc())
             )
             current: dict[int, TransformRecord] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -109,9 +110,13 @@ class ViewerSessions:
                 continue
         raise StaleGeneration(f"session {token!r} kept changing; try again")
 
-    def tokens_for_dataset(self, dataset_id: int) -> list[str]:
+    def tokens_for_dataset(self, dataset_id: int, *, active_within_days: float | None = None) -> list[str]:
+        """Sessions showing the dataset; with ``active_within_days``, only those changed since."""
         with self.sessions() as session:
             query = select(ViewerSession.token).where(ViewerSession.dataset_id == dataset_id)
+            if active_within_days is not None:
+                since = utcnow() - timedelta(days=active_within_days)
+                query = query.where(ViewerSession.updated_at >= since)
             return list(session.scalars(query))
 
     def set_config(self, token: str, config: dict[str, Any]) -> str:

@@ -107,7 +107,7 @@ def test_correlative_overlay_puts_fluorescence_on_the_mitochondria(  # type: ign
     assert layout is not None, "the overlay controls did not appear"
     rows = browser.find_elements("css selector", "#overlay .overlay-layer")
     assert [row.get_attribute("data-layer") for row in rows] == ["em", "fluorescence"]
-    Select(layout).select_by_value("overlay")  # one large xy panel
+    Select(layout).select_by_value("xy")  # one large xy panel
     overlay = wait_for(lambda: (lambda rgb: rgb if green_mask(rgb).mean() > 0.01 else None)(colour_panel(browser)))
     browser.save_screenshot(str(tmp_path / "overlay.png"))
     assert overlay is not None, "no fluorescence was drawn over the EM"
@@ -167,7 +167,7 @@ def test_landmark_registration_in_the_browser_moves_the_overlay(  # type: ignore
     browser.get(server.url + "/datasets/correlative")
     layout = wait_for(lambda: next(iter(browser.find_elements("css selector", "#overlay select")), None), 60)
     assert layout is not None
-    Select(layout).select_by_value("overlay")
+    Select(layout).select_by_value("xy")
     token = browser.find_element("id", "viewer").get_attribute("data-token")
     assert wait_for(lambda: True if server.get(f"/api/sessions/{token}").json()["state"]["layout"] == "xy" else None)
     browser.find_element("id", "place-landmarks").click()

@@ -218,7 +218,8 @@ def test_overlay_controls_change_the_session_state(server: Server) -> None:
     assert [child["layers"] for child in state["layout"]["children"]] == [["em"], ["fluorescence"]]
     for bad in ({"layers": {"nope": {"opacity": 1}}}, {"layers": {"em": {"opacity": 3}}},
                 {"layers": {"em": {"window": [5, 1]}}}, {"layers": {"em": {"colour": "red"}}},
-                {"layout": "diagonal"}, {"layers": {"em": {"blink": True}}}):
+                {"layout": "diagonal"}, {"layers": {"em": {"blink": True}}}, {"layers": {"em": {"colour": "#-12345"}}},
+                {"layers": {"em": {"window": [True, 3]}}}, {"layers": {"em": {"opacity": None}}}):
         answer = post(server, f"/api/sessions/{token}/display", bad)
         assert answer.status_code == 400 and answer.json()["message"], bad
     assert server.get(f"/api/sessions/{token}").json()["state"] == state
@@ -256,6 +257,10 @@ def test_landmarks_placed_in_the_viewer_are_fitted_and_move_the_layer(server: Se
         placed = emitted_placement(current, "fluorescence", np.array([24.0, 24.0, 40.0]), np.array([8.0] * 3),
                                    moving_nm / [24, 24, 40])
         np.testing.assert_allclose(placed, reference_nm, atol=1e-3)
+    # The points placed on the fluorescence moved with it: they sit on its features, now on the EM's.
+    current = server.get(f"/api/sessions/{token}").json()["state"]
+    moved = np.array([a["point"] for a in layer(current, "fluorescence landmarks")["annotations"]])
+    np.testing.assert_allclose((moved - 0.5) * 8.0, reference_nm, atol=1e-3)
     # Unequal numbers of points: a clear refusal.
     current = server.get(f"/api/sessions/{token}").json()
     layer(current["state"], "em landmarks")["annotations"].pop()
@@ -302,3 +307,34 @@ def test_points_of_mixed_dimensions_are_refused(server: Server) -> None:
     answer = post(server, f"{BASE}/landmarks", {"moving": [[0, 0], [10, 0], [0, 10]],
                                                 "reference": [[0, 0], [10, 0], [0, 10]], "dimensions": 3})
     assert answer.status_code == 400 and "3D" in answer.json()["message"]
+
+
+def test_malformed_session_states_and_odd_bodies_get_400(server: Server) -> None:
+    token = new_session(server, "correlative")["token"]
+    answer = post(server, f"/api/sessions/{token}/display", None)
+    assert answer.status_code == 400
+    answer = requests.post(f"{server.url}/api/sessions/{token}/display", data="[" * 100_000, timeout=30)
+    assert answer.status_code == 400 and answer.json()["code"] == "bad_request"
+    answer = requests.post(f"{server.url}/api/sessions/{token}/display", timeout=30,
+                           data='{"layers": {"em": {"window": [1, Infinity]}}}')
+    assert answer.status_code == 400
+    current = server.get(f"/api/sessions/{token}").json()
+    assert put(server, f"/api/sessions/{token}", {"state": {"layers": "x"}, "generation": current["generation"]}).ok
+    for path, body in (("display", {"layout": "xy"}), ("landmark-layers", {"image": "fluorescence"}),
+                       ("register", {"image": "fluorescence"})):
+        answer = post(server, f"/api/sessions/{token}/{path}", body)
+        assert answer.status_code == 400, (path, answer.text)
+    # A saved transform is not undone by one broken session of the dataset.
+    answer = put(server, f"{BASE}/transform", {"matrix": np.eye(4).tolist()})
+    assert answer.status_code == 200, answer.text
+
+
+def test_spline_through_the_minimum_pairs_reports_residuals_as_not_measurable(server: Server) -> None:
+    moving = [[0, 0, 0], [1000, 0, 0], [0, 1000, 0], [0, 0, 1000]]
+    answer = post(server, f"{BASE}/landmarks", {"moving": moving, "reference": moving, "fit": "tps", "save": False})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["rms_nm"] is None and all(row["residual_nm"] is None for row in result["landmarks"])
+    too_many = np.random.default_rng(0).uniform(0, 1e6, (2500, 3)).tolist()
+    answer = post(server, f"{BASE}/landmarks", {"moving": too_many, "reference": too_many, "save": False})
+    assert answer.status_code == 400 and "at most" in answer.json()["message"]

@@ -69,10 +69,11 @@ from typing import Any
 import numpy as np
 
 from tiling.errors import InvalidTransform
+from tiling.transforms import MIN_PAIRS, lift_2d
 
 FORMATS = ("matrix-json", "matrix-csv", "mobie", "ec-clem", "bigwarp", "point-lists")
 CONVENTION = "moving physical x,y,z -> reference physical x,y,z"
-MIN_POINT_LIST_PAIRS = 3
+MIN_POINT_LIST_PAIRS = MIN_PAIRS["affine"][0]  # enough for a 2D affine
 HOMOGENEOUS_TOLERANCE = 1e-9
 
 _UNITS = {
@@ -234,14 +235,6 @@ def canonical_unit(unit: object) -> str | None:
     if name is None:
         raise _fail(f"unknown unit {_show(unit)}; use nanometer, micrometer, millimeter, angstrom or meter")
     return name
-
-
-def lift_2d(matrix: np.ndarray) -> np.ndarray:
-    """A 3x3 homogeneous 2D affine as a 4x4 that maps z identically."""
-    lifted = np.eye(4)
-    lifted[:2, :2] = matrix[:2, :2]
-    lifted[:2, 3] = matrix[:2, 2]
-    return lifted
 
 
 def _homogeneous(rows: Sequence[Sequence[float]], what: str, last_row: str) -> tuple[np.ndarray, int]:

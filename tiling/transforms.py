@@ -7,7 +7,8 @@ Conventions, used everywhere in Lamella:
 - Affine transforms are homogeneous 4x4 matrices acting on column vectors ``[x, y, z, 1]``.
   2D transforms are lifted to 3D with z mapped identically.
 - A thin-plate spline is kept as its landmark pairs; it is evaluated forwards (moving → reference,
-  for points) and backwards (reference → moving, for resampling), each fitted from the same pairs.
+  for points) and backwards (reference → moving, for resampling), each fitted from the same pairs:
+  both pass through every landmark, but between landmarks they are only approximately inverse.
 
 Neuroglancer applies an affine itself through a layer's source transform; ``neuroglancer_matrix``
 converts one, accounting for the half-voxel shift between OME's voxel centres and the corner
@@ -21,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 from scipy.interpolate import RBFInterpolator
+from scipy.spatial import cKDTree
 from skimage import transform as sktransform
 
 from tiling.errors import InvalidTransform
@@ -36,6 +38,10 @@ _ESTIMATORS = {
 MIN_PAIRS = {"rigid": (2, 3), "similarity": (2, 3), "affine": (3, 4), "tps": (3, 4)}
 # Points closer than this (nm) are the same point.
 DUPLICATE_NM = 1e-6
+# More pairs than anyone clicks or a registration tool writes; keeps a fit's cost bounded.
+MAX_PAIRS = 2000
+# Leave-one-out costs one spline per pair: above this many pairs it is not reported.
+MAX_LEAVE_ONE_OUT = 150
 
 
 def check_affine(matrix: object) -> np.ndarray:
@@ -126,15 +132,16 @@ def check_pairs(moving: object, reference: object, kind: str, dimensions: int) -
     if dimensions not in (2, 3):
         raise InvalidTransform(f"dimensions must be 2 or 3, not {dimensions}")
     needed = MIN_PAIRS[kind][dimensions - 2]
+    if len(moving_points) > MAX_PAIRS:
+        raise InvalidTransform(f"{len(moving_points)} landmark pairs; at most {MAX_PAIRS} are accepted")
     if len(moving_points) < needed:
         raise InvalidTransform(
             f"a {dimensions}D {kind} fit needs at least {needed} landmark pairs, got {len(moving_points)}"
         )
     for label, points in (("moving", moving_points), ("reference", reference_points)):
-        distances = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1)
-        distances[np.diag_indices(len(points))] = np.inf
-        if np.min(distances) < DUPLICATE_NM:
-            first, second = np.unravel_index(np.argmin(distances), distances.shape)
+        duplicates = sorted(cKDTree(points).query_pairs(DUPLICATE_NM))
+        if duplicates:
+            first, second = duplicates[0]
             raise InvalidTransform(f"{label} landmarks {first + 1} and {second + 1} are the same point")
     return moving_points, reference_points
 
@@ -178,20 +185,22 @@ class ThinPlateSpline:
     the biharmonic one in three dimensions.
     """
 
-    def __init__(self, moving: object, reference: object, dimensions: int = 3) -> None:
+    def __init__(self, moving: object, reference: object, dimensions: int = 3, *, inverse: bool = True) -> None:
         self.moving, self.reference = check_pairs(moving, reference, "tps", dimensions)
         self.dimensions = dimensions
         kernel = "thin_plate_spline" if dimensions == 2 else "linear"
         axes = slice(0, dimensions)
         try:
             self._forward = RBFInterpolator(self.moving[:, axes], self.reference[:, axes], kernel=kernel, degree=1)
-            self._backward = RBFInterpolator(self.reference[:, axes], self.moving[:, axes], kernel=kernel, degree=1)
+            self._backward = (
+                RBFInterpolator(self.reference[:, axes], self.moving[:, axes], kernel=kernel, degree=1)
+                if inverse
+                else None
+            )
         except (ValueError, np.linalg.LinAlgError) as error:
             raise InvalidTransform(f"the landmarks do not determine a thin-plate spline: {error}") from None
         # 2D splines keep z; the pairs' z offset (e.g. different section planes) is a translation.
         self._z_shift = float(np.mean(self.reference[:, 2] - self.moving[:, 2])) if dimensions == 2 else 0.0
-        # The spline interpolates its landmarks, so the fit residual is the round trip's error.
-        self.residuals_nm = np.linalg.norm(self.inverse(self.forward(self.moving)) - self.moving, axis=1)
 
     def _apply(self, interpolator: RBFInterpolator, points: np.ndarray, z_shift: float) -> np.ndarray:
         out = np.array(points, dtype=np.float64)
@@ -201,19 +210,20 @@ class ThinPlateSpline:
                 out[:, 2] += z_shift
         return out
 
-    def leave_one_out_nm(self) -> np.ndarray:
+    def leave_one_out_nm(self) -> np.ndarray | None:
         """Per pair, how far the spline fitted without it misses it: the honest error of an interpolant.
 
-        Zeros when there are too few pairs to leave one out.
+        None when there are too few pairs to leave one out (or too many to afford it); NaN for a
+        pair whose absence leaves the others degenerate.
         """
         count = len(self.moving)
-        if count <= MIN_PAIRS["tps"][self.dimensions - 2]:
-            return np.zeros(count)
+        if count <= MIN_PAIRS["tps"][self.dimensions - 2] or count > MAX_LEAVE_ONE_OUT:
+            return None
         errors = np.zeros(count)
         for left_out in range(count):
             keep = np.arange(count) != left_out
             try:
-                spline = ThinPlateSpline(self.moving[keep], self.reference[keep], self.dimensions)
+                spline = ThinPlateSpline(self.moving[keep], self.reference[keep], self.dimensions, inverse=False)
             except InvalidTransform:
                 errors[left_out] = np.nan
                 continue
@@ -227,6 +237,7 @@ class ThinPlateSpline:
 
     def inverse(self, points: np.ndarray) -> np.ndarray:
         """Reference physical points (n, 3) → moving physical points (for resampling)."""
+        assert self._backward is not None, "built with inverse=False"
         return self._apply(self._backward, points, -self._z_shift)
 
 

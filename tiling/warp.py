@@ -23,10 +23,18 @@ CONTROL_SPACING = 8
 class WarpedVolume:
     """``moving`` seen on ``reference``'s levels through ``spline`` (reference → moving, nm)."""
 
-    def __init__(self, moving: Volume, reference_geometry: list[LevelGeometry], spline: ThinPlateSpline) -> None:
+    def __init__(
+        self,
+        moving: Volume,
+        reference_geometry: list[LevelGeometry],
+        spline: ThinPlateSpline,
+        *,
+        labels: bool = False,
+    ) -> None:
         self.moving = moving
         self.geometry = reference_geometry
         self.spline = spline
+        self.order = 0 if labels else 1  # label ids are picked, never blended
         self.dtype = moving.dtype
         self.num_channels = moving.num_channels
 
@@ -89,14 +97,20 @@ class WarpedVolume:
         return chosen
 
     def _sample(self, data: np.ndarray, coordinates: np.ndarray, out: np.ndarray) -> np.ndarray:
+        # A voxel covers +-1/2 around its centre: clamp that margin onto the edge voxels and
+        # mark what lies beyond as outside (also makes single-plane images one voxel thick).
+        coords = coordinates.copy()
+        outside = np.zeros(coords.shape[1:], dtype=bool)
+        for axis in range(3):
+            size = data.shape[axis + 1]
+            outside |= (coords[axis] < -0.5) | (coords[axis] > size - 0.5)
+            np.clip(coords[axis], 0, size - 1, out=coords[axis])
+        wide = np.issubdtype(self.dtype, np.integer) and self.dtype.itemsize > 2
+        work = np.float64 if wide or self.dtype == np.float64 else np.float32
         for channel in range(self.num_channels):
-            values = data[channel]
-            # Singleton axes (2D images) are sampled as constant along that axis.
-            coords = coordinates.copy()
-            for axis in range(3):
-                if values.shape[axis] == 1:
-                    coords[axis] = np.where(np.abs(coords[axis]) <= 0.5, 0.0, -10.0)
-            sampled = ndimage.map_coordinates(values.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
+            values = data[channel].astype(work, copy=False)
+            sampled = ndimage.map_coordinates(values, coords, order=self.order, mode="nearest")
+            sampled[outside] = 0
             if np.issubdtype(self.dtype, np.integer):
                 info = np.iinfo(self.dtype)
                 sampled = np.clip(np.rint(sampled), info.min, info.max)

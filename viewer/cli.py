@@ -253,27 +253,40 @@ def register(dataset: str, image: str, transform_file: Path, reference_points: P
     Reads matrices (JSON, CSV), MoBIE affines and views, eC-CLEM XML, BigWarp landmarks and
     3DCT-style coordinate lists (with --reference-points).
     """
+    from annotations.viewer_sessions import ViewerSessions
     from viewer.correlation import Correlation
 
     settings = Settings.from_env(**options)
     sessions = make_sessions(open_database(settings))
     catalog = Catalog(sessions)
-    if set_reference:
-        if reference is None:
-            fail("--set-reference needs --reference IMAGE")
-        catalog.set_reference(dataset, reference)  # type: ignore[arg-type]
+    if set_reference and reference is None:
+        fail("--set-reference needs --reference IMAGE")
     try:
         text = transform_file.read_text(encoding="utf-8")
         reference_text = reference_points.read_text(encoding="utf-8") if reference_points else None
     except (OSError, UnicodeDecodeError) as error:
         fail(f"{transform_file}: cannot read the file ({error})")
-    registration = Correlation(catalog, Transforms(sessions)).import_file(
-        dataset, image, transform_file.name, text, reference_text=reference_text, fit=fit, unit=unit,
-        reference=reference, author=author,
-    )  # fmt: skip
+    correlation = Correlation(catalog, Transforms(sessions))
+
+    def register_file(save: bool) -> Any:
+        return correlation.import_file(
+            dataset, image, transform_file.name, text, reference_text=reference_text, fit=fit, unit=unit,
+            reference=reference, author=author, save=save,
+        )  # fmt: skip
+
+    if set_reference:
+        register_file(save=False)  # check everything before changing the dataset
+        catalog.set_reference(dataset, reference)  # type: ignore[arg-type]
+    _, previous = correlation.current(dataset, image)
+    registration = register_file(save=True)
+    # Viewers open on the dataset follow (each server process polls their state in the database).
+    correlation.refresh_sessions(ViewerSessions(sessions), dataset, moved=(image, previous))
     spec = registration.spec
     for row in registration.report:
-        click.echo(f"landmark {row['name']}\tresidual {row['residual_nm']:.1f} nm ({row['residual_px']:.2f} px)")
+        if row["residual_nm"] is None:
+            click.echo(f"landmark {row['name']}\tresidual not measurable")
+        else:
+            click.echo(f"landmark {row['name']}\tresidual {row['residual_nm']:.1f} nm ({row['residual_px']:.2f} px)")
     rms = f", RMS {spec.rms_nm:.1f} nm" if spec.rms_nm is not None else ""
     click.echo(f"registered {image!r} ({spec.kind} from {spec.method}{rms})")
 

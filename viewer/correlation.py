@@ -6,6 +6,7 @@ Composes ``tiling.transforms`` (the geometry), ``tiling.transform_formats`` (the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +15,17 @@ import numpy as np
 from annotations.catalog import Catalog, DatasetRecord, ImageRecord
 from annotations.errors import ImageNotFound
 from annotations.transforms import TransformRecord, Transforms, TransformSpec
+from annotations.viewer_sessions import ViewerSessions
 from tiling.errors import InvalidTransform
-from tiling.transform_formats import ImportedTransform, matrix_json, mobie_view, parse_transform_file
+from tiling.omezarr import UNIT_TO_NM
+from tiling.transform_formats import (
+    CONVENTION,
+    ImportedTransform,
+    canonical_unit,
+    matrix_json,
+    mobie_view,
+    parse_transform_file,
+)
 from tiling.transforms import (
     FIT_KINDS,
     ThinPlateSpline,
@@ -26,25 +36,20 @@ from tiling.transforms import (
     fit_affine,
     scale_matrix,
 )
-from viewer.state import layer_for, xyz
+from viewer.state import layer_for, move_landmarks, replace_sources, session_origin, xyz
 
-UNIT_NM = {
-    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
-    "um": 1e3, "µm": 1e3, "micrometer": 1e3, "micrometre": 1e3, "micron": 1e3,
-    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
-    "angstrom": 0.1, "a": 0.1, "å": 0.1,
-    "m": 1e9, "meter": 1e9, "metre": 1e9,
-}  # fmt: skip
 FITS = (*FIT_KINDS, "tps")
+log = logging.getLogger("lamella")
 
 
 def nm_per(unit: str | None) -> float:
-    if unit is None:
+    """Nanometres per ``unit`` (nm, um, µm, micron, angstrom, mm, m and their long names)."""
+    name = canonical_unit(unit)
+    if name is None:
         return 1.0
-    factor = UNIT_NM.get(unit.strip().lower())
-    if factor is None:
-        raise InvalidTransform(f"unknown unit {unit!r}; use nm, um, mm, angstrom or m")
-    return factor
+    if name not in UNIT_TO_NM:
+        raise InvalidTransform(f"{unit!r} is not a length unit here; use nm, um, mm, angstrom or m")
+    return UNIT_TO_NM[name]
 
 
 def pixels_to_nm(points: np.ndarray, image: ImageRecord) -> np.ndarray:
@@ -57,18 +62,59 @@ def global_to_nm(points: np.ndarray, reference: ImageRecord) -> np.ndarray:
     return (points - 0.5) * xyz(reference.voxel_size_nm)
 
 
+def to_moving(record: TransformRecord | None, points_nm: np.ndarray) -> np.ndarray:
+    """Reference nm → moving nm through ``record`` (identity when None)."""
+    if record is None:
+        return points_nm
+    if record.kind == "tps" and record.landmarks:
+        landmarks = record.landmarks
+        return ThinPlateSpline(landmarks["moving"], landmarks["reference"], record.dimensions).inverse(points_nm)
+    return apply_affine(np.linalg.inv(np.asarray(record.matrix)), points_nm)
+
+
+def to_reference(record: TransformRecord | None, points_nm: np.ndarray) -> np.ndarray:
+    """Moving nm → reference nm through ``record`` (identity when None)."""
+    if record is None:
+        return points_nm
+    if record.kind == "tps" and record.landmarks:
+        landmarks = record.landmarks
+        spline = ThinPlateSpline(landmarks["moving"], landmarks["reference"], record.dimensions, inverse=False)
+        return spline.forward(points_nm)
+    return apply_affine(np.asarray(record.matrix), points_nm)
+
+
+def finite_or_none(values: np.ndarray | None) -> list[float | None] | None:
+    """Residuals for JSON and the database: NaN (not measurable) becomes null."""
+    if values is None:
+        return None
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def rms_of(values: np.ndarray | None) -> float | None:
+    finite = values[np.isfinite(values)] if values is not None else np.array([])
+    return float(np.sqrt(np.mean(finite**2))) if len(finite) else None
+
+
 def landmark_report(
-    names: list[str], moving_nm: np.ndarray, reference_nm: np.ndarray, residuals: np.ndarray, reference: ImageRecord
+    names: list[str],
+    moving_nm: np.ndarray,
+    reference_nm: np.ndarray,
+    residuals: np.ndarray | None,
+    reference: ImageRecord,
 ) -> list[dict[str, Any]]:
-    """Per pair: where it is in each image and how far the transform misses (nm and reference pixels)."""
+    """Per pair: where it is in each image and how far the transform misses (nm and reference pixels).
+
+    A residual is null when it cannot be measured (a spline through too few pairs).
+    """
     pixel = float(min(reference.voxel_size_nm[1:]))
+    measured = finite_or_none(residuals) or [None] * len(names)
     return [
         {
             "name": name,
             "moving_nm": moving_nm[i].tolist(),
             "reference_nm": reference_nm[i].tolist(),
-            "residual_nm": float(residuals[i]),
-            "residual_px": float(residuals[i] / pixel),
+            "residual_nm": measured[i],
+            "residual_px": None if measured[i] is None else measured[i] / pixel,
         }
         for i, name in enumerate(names)
     ]
@@ -93,7 +139,7 @@ class Registration:
 
 def transform_json(transform: TransformSpec) -> dict[str, Any]:
     data = transform.model_dump(mode="json")
-    data["convention"] = "moving physical nm (x, y, z) -> reference physical nm (x, y, z); voxel centres at index*size"
+    data["convention"] = f"{CONVENTION}, in nm; voxel centres at index*size"
     return data
 
 
@@ -109,8 +155,7 @@ class Correlation:
         reference = dataset.reference()
         if reference is None:
             return {}
-        current = self.transforms.current_for([image.id for image in dataset.images])
-        return {key: record for key, record in current.items() if record.reference_image_id == reference.id}
+        return self.transforms.current_for([image.id for image in dataset.images], reference.id)
 
     def lookup(
         self, dataset_ref: str | int, image_name: str, reference_name: str | None = None
@@ -143,15 +188,53 @@ class Correlation:
 
     def moving_from_reference(self, dataset: DatasetRecord, image: ImageRecord, points_nm: np.ndarray) -> np.ndarray:
         """Reference nm → moving nm through the image's current transform (identity if none)."""
-        record = self.current_transforms(dataset).get(image.id)
-        if record is None:
-            return points_nm
-        if record.kind == "tps" and record.landmarks:
-            spline = ThinPlateSpline(
-                record.landmarks["moving"], record.landmarks["reference"], record.dimensions
-            )
-            return spline.inverse(points_nm)
-        return apply_affine(np.linalg.inv(np.asarray(record.matrix)), points_nm)
+        return to_moving(self.current_transforms(dataset).get(image.id), points_nm)
+
+    def refresh_sessions(
+        self,
+        viewer_sessions: ViewerSessions,
+        dataset_ref: str | int,
+        *,
+        moved: tuple[str, TransformRecord | None] | None = None,
+        default_origin: str | None = None,
+        active_days: float = 7.0,
+    ) -> list[str]:
+        """Re-place the dataset's layers in its recently active viewer sessions; returns their tokens.
+
+        ``moved`` (image name, its previous transform) also carries the points of that image's
+        landmark layer along with it. Each session keeps the origin it was opened through; one
+        session that cannot be updated is logged and skipped, never fails the save behind it.
+        """
+        dataset = self.catalog.get_dataset(dataset_ref)
+        transforms = self.current_transforms(dataset)
+        reference = dataset.reference()
+        mapping = None
+        if moved is not None and reference is not None:
+            image = dataset.image(moved[0])
+            old, new = moved[1], transforms.get(image.id)
+            size = xyz(reference.voxel_size_nm)
+
+            def mapping(points: np.ndarray) -> np.ndarray:
+                moving_nm = to_moving(old, (points - 0.5) * size)
+                return to_reference(new, moving_nm) / size + 0.5
+
+        updated = []
+        for token in viewer_sessions.tokens_for_dataset(dataset.id, active_within_days=active_days):
+
+            def change(state: dict[str, Any]) -> dict[str, Any]:
+                origin = session_origin(state) or default_origin
+                if origin is None:
+                    return state
+                if mapping is not None and moved is not None:
+                    state = move_landmarks(state, moved[0], mapping)
+                return replace_sources(state, origin, dataset, transforms)
+
+            try:
+                viewer_sessions.update_state(token, change)
+                updated.append(token)
+            except Exception as error:  # a malformed or contended session must not undo a saved transform
+                log.warning("viewer session %s… not updated after a new transform: %s", token[:6], error)
+        return updated
 
     # Writing
 
@@ -214,21 +297,25 @@ class Correlation:
         else:
             moving_nm, reference_nm = moving_points * nm_per(units), reference_xyz * nm_per(units)
         if dimensions is None:
-            flat = image.shape[0] == 1 and reference_image.shape[0] == 1
+            # A flat moving image (a section, a projection) or points all in one plane: fit in x, y.
+            flat = image.shape[0] == 1
             coplanar = np.ptp(moving_nm[:, 2]) == 0 and np.ptp(reference_nm[:, 2]) == 0
             dimensions = 2 if flat or coplanar else 3
         names = names or [str(i + 1) for i in range(len(moving_nm))]
         if len(names) != len(moving_nm):
             raise InvalidTransform(f"{len(names)} landmark names for {len(moving_nm)} landmark pairs")
+        residuals: np.ndarray | None
         if fit == "tps":
-            spline = ThinPlateSpline(moving_nm, reference_nm, dimensions)
-            affine = fit_affine(moving_nm, reference_nm, "affine", dimensions).matrix
+            spline = ThinPlateSpline(moving_nm, reference_nm, dimensions, inverse=False)
             residuals = spline.leave_one_out_nm()
-            kind, matrix = "tps", affine
+            kind = "tps"
+            try:  # the spline's affine part, for exports and as a fallback view
+                matrix: np.ndarray | None = fit_affine(moving_nm, reference_nm, "affine", dimensions).matrix
+            except InvalidTransform:
+                matrix = None
         else:
             fitted = fit_affine(moving_nm, reference_nm, fit, dimensions)  # type: ignore[arg-type]
             residuals, kind, matrix = fitted.residuals_nm, "affine", fitted.matrix
-        rms = float(np.sqrt(np.mean(residuals**2)))
         spec = TransformSpec(
             kind=kind,
             dimensions=dimensions,
@@ -236,8 +323,8 @@ class Correlation:
             landmarks={"moving": moving_nm.tolist(), "reference": reference_nm.tolist(), "names": names},
             method=method,
             fit=fit,
-            residuals_nm=residuals.tolist(),
-            rms_nm=rms,
+            residuals_nm=finite_or_none(residuals),
+            rms_nm=rms_of(residuals),
             author=author,
             note=note,
         )
@@ -305,8 +392,8 @@ class Correlation:
                 residuals = np.linalg.norm(apply_affine(matrix, moving_nm) - reference_nm, axis=1)
                 spec.landmarks = {"moving": moving_nm.tolist(), "reference": reference_nm.tolist(),
                                   "names": list(pairs.names)}
-                spec.residuals_nm = residuals.tolist()
-                spec.rms_nm = float(np.sqrt(np.mean(residuals**2)))
+                spec.residuals_nm = finite_or_none(residuals)
+                spec.rms_nm = rms_of(residuals)
                 report = landmark_report(list(pairs.names), moving_nm, reference_nm, residuals, reference_image)
             registration = Registration(spec, report)
         if save:

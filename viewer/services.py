@@ -98,7 +98,8 @@ class ImageRegistry:
         self, image: ImageRecord, reference: ImageRecord, transform: TransformRecord
     ) -> PrecomputedImage:
         """``image`` resampled on ``reference``'s grid through a thin-plate spline (immutable per transform)."""
-        return await self._once(("warped", transform.id), lambda: self._open_warped(image, reference, transform))
+        key = ("warped", transform.id, image.id)
+        return await self._once(key, lambda: self._open_warped(image, reference, transform))
 
     async def _once(self, key: Any, opener: Callable[[], Awaitable[PrecomputedImage]]) -> PrecomputedImage:
         opened = self._opened.get(key)
@@ -132,13 +133,15 @@ class ImageRegistry:
         spline = await asyncio.to_thread(
             ThinPlateSpline, transform.landmarks["moving"], transform.landmarks["reference"], transform.dimensions
         )
+        labels = image.kind == "segmentation"
         opened = PrecomputedImage(
-            WarpedVolume(moving, reference_volume.geometry, spline),  # type: ignore[arg-type]
-            cache_key=("warped", transform.id),
+            WarpedVolume(moving, reference_volume.geometry, spline, labels=labels),  # type: ignore[arg-type]
+            cache_key=("warped", transform.id, image.id),
             cache=self.chunk_cache,
+            layer_type="segmentation" if labels else "image",
             jpeg_quality=self.jpeg_quality,
         )
-        self._opened[("warped", transform.id)] = opened
+        self._opened[("warped", transform.id, image.id)] = opened
         return opened
 
 

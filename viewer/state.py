@@ -11,6 +11,9 @@ thin-plate spline: a server-resampled volume on the reference grid).
 from __future__ import annotations
 
 import copy
+import math
+import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,7 @@ void main() {
 }
 """
 LANDMARK_COLOURS = {"reference": "#ffff00", "moving": "#00e5ff"}
-LAYOUTS = ("4panel", "xy", "overlay", "side-by-side")
+LAYOUTS = ("4panel", "xy", "side-by-side")
 
 
 def image_base_url(origin: str, dataset: DatasetRecord, image: ImageRecord) -> str:
@@ -177,23 +180,29 @@ def apply_display(
     return new_state
 
 
+COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _apply_setting(layer: dict[str, Any], key: str, value: Any) -> None:
     controls = layer.setdefault("shaderControls", {})
     if key == "colour":
-        if not (isinstance(value, str) and len(value) == 7 and value.startswith("#")):
+        if not (isinstance(value, str) and COLOUR.fullmatch(value)):
             raise ValueError(f"colour of {layer['name']!r} must look like #rrggbb")
-        int(value[1:], 16)
         layer["shader"] = COLOUR_SHADER
         controls["color"] = value
         layer["blend"] = "additive"
     elif key == "window":
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int | float) for v in value)):
-            raise ValueError(f"window of {layer['name']!r} must be [low, high]")
+        if not (isinstance(value, list) and len(value) == 2 and all(is_number(v) for v in value)):
+            raise ValueError(f"window of {layer['name']!r} must be [low, high], finite numbers")
         if not value[0] < value[1]:
             raise ValueError(f"window of {layer['name']!r} must have low < high")
         controls["normalized"] = {"range": [float(value[0]), float(value[1])]}
     elif key == "opacity":
-        if not (isinstance(value, int | float) and 0 <= value <= 1):
+        if not (is_number(value) and 0 <= value <= 1):
             raise ValueError(f"opacity of {layer['name']!r} must be between 0 and 1")
         layer["opacity"] = float(value)
     elif key == "visible":
@@ -205,21 +214,21 @@ def _apply_setting(layer: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _layout(state: dict[str, Any], layout: str) -> Any:
-    if layout == "overlay":
-        return "xy"
     if layout != "side-by-side":
         return layout
     # Two linked panels: the reference (and anything in grey) left, the coloured modalities right.
     names = [layer["name"] for layer in state.get("layers", []) if layer.get("type") == "image"]
     coloured = [layer["name"] for layer in state.get("layers", []) if layer.get("blend") == "additive"]
     annotations = [layer["name"] for layer in state.get("layers", []) if layer.get("type") == "annotation"]
-    left = [name for name in names if name not in coloured] + annotations
-    right = coloured + annotations
+    grey = [name for name in names if name not in coloured]
+    # Each landmark layer goes beside the image it marks; others on both sides.
+    left = grey + [a for a in annotations if not any(a == landmark_layer_name(c) for c in coloured)]
+    right = (coloured or names) + [a for a in annotations if not any(a == landmark_layer_name(g) for g in grey)]
     return {
         "type": "row",
         "children": [
             {"type": "viewer", "layers": left, "layout": "xy"},
-            {"type": "viewer", "layers": right or names, "layout": "xy"},
+            {"type": "viewer", "layers": right, "layout": "xy"},
         ],
     }
 
@@ -260,6 +269,37 @@ def landmark_points(state: dict[str, Any], image_name: str) -> list[list[float]]
                 if annotation.get("type") == "point"
             ]
     return []
+
+
+def move_landmarks(
+    state: dict[str, Any], image_name: str, mapping: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, Any]:
+    """``state`` with the points of an image's landmark layer moved by ``mapping`` (global coordinates).
+
+    When an image's transform changes, points placed on its features must follow them.
+    """
+    new_state = copy.deepcopy(state)
+    for layer in new_state.get("layers", []):
+        if layer.get("name") != landmark_layer_name(image_name):
+            continue
+        points = [a for a in layer.get("annotations", []) if a.get("type") == "point"]
+        if points:
+            moved = mapping(np.asarray([a["point"][:3] for a in points], dtype=np.float64))
+            for annotation, point in zip(points, moved, strict=True):
+                annotation["point"] = [float(v) for v in point] + list(annotation["point"][3:])
+    return new_state
+
+
+def session_origin(state: dict[str, Any]) -> str | None:
+    """The origin a session's viewer reaches us through, read off its own layer URLs."""
+    for layer in state.get("layers", []):
+        source = layer.get("source")
+        url = source.get("url") if isinstance(source, dict) else source
+        if isinstance(url, str) and url.startswith("precomputed://http"):
+            match = re.match(r"precomputed://(https?://[^/]+)/api/", url)
+            if match:
+                return match.group(1)
+    return None
 
 
 DEFAULT_CONFIG: dict[str, Any] = {}

@@ -50,7 +50,9 @@ try {
   const frame = document.getElementById("viewer");
   frame.dataset.token = token;
   frame.src = `/v/${token}/`;
-  await mountOverlayControls(document.getElementById("controls"), dataset, token);
+  // The viewer works without the side controls: report their failure, not the dataset's.
+  mountOverlayControls(document.getElementById("controls"), dataset, token)
+    .catch((error) => { status.textContent = `Overlay controls unavailable: ${error.message}`; });
 } catch (error) {
   status.textContent = `Could not open the dataset: ${error.message}`;
   document.getElementById("title").textContent = "Dataset unavailable";

@@ -15,8 +15,15 @@ function layerControls(token, layer, isReference, report) {
   const name = layer.name;
   const controls = layer.shaderControls || {};
   const [low, high] = controls.normalized?.range || [0, 255];
-  const send = debounce((settings) => post(`/api/sessions/${token}/display`, { layers: { [name]: settings } })
-    .then(() => report(""), (error) => report(error.message)), 150);
+  // Changes within the debounce window are merged, so a quick colour-then-opacity keeps both.
+  let pending = {};
+  const flush = debounce(() => {
+    const settings = pending;
+    pending = {};
+    post(`/api/sessions/${token}/display`, { layers: { [name]: settings } })
+      .then(() => report(""), (error) => report(error.message));
+  }, 150);
+  const send = (settings) => { pending = { ...pending, ...settings }; flush(); };
   const visible = element("input", { type: "checkbox", "aria-label": `show ${name}` });
   visible.checked = layer.visible !== false;
   visible.addEventListener("change", () => send({ visible: visible.checked }));
@@ -45,9 +52,10 @@ function layerControls(token, layer, isReference, report) {
 function residualTable(result) {
   const table = element("table", { class: "residuals" },
     element("tr", {}, element("th", {}, "pair"), element("th", {}, "residual (nm)"), element("th", {}, "px")));
+  const show = (value, digits) => (value == null ? "n/a" : value.toFixed(digits));
   for (const row of result.landmarks) {
     table.append(element("tr", {}, element("td", {}, row.name),
-      element("td", {}, row.residual_nm.toFixed(1)), element("td", {}, row.residual_px.toFixed(2))));
+      element("td", {}, show(row.residual_nm, 1)), element("td", {}, show(row.residual_px, 2))));
   }
   return table;
 }
@@ -61,9 +69,10 @@ export async function mountOverlayControls(container, dataset, token) {
   const { state } = await getJSON(`/api/sessions/${token}`);
   const section = element("section", { id: "overlay" }, element("h2", {}, "Overlay"));
   const layout = element("select", { "aria-label": "layout" },
-    ...[["4panel", "4 panels"], ["overlay", "overlay (xy)"], ["side-by-side", "side by side, linked"]]
+    ...[["4panel", "4 panels"], ["xy", "overlay (xy)"], ["side-by-side", "side by side, linked"]]
       .map(([value, label]) => element("option", { value }, label)));
-  layout.value = typeof state.layout === "string" && state.layout !== "xy" ? state.layout : "4panel";
+  layout.value = typeof state.layout === "string" ? state.layout : "side-by-side";
+  if (!layout.value) layout.value = "4panel";
   layout.addEventListener("change", () => post(`/api/sessions/${token}/display`, { layout: layout.value })
     .then(() => report(""), (error) => report(error.message)));
   section.append(element("label", {}, "layout ", layout));
@@ -87,6 +96,7 @@ export async function mountOverlayControls(container, dataset, token) {
   }
   const target = element("select", { "aria-label": "image to register" },
     ...moving.map((image) => element("option", { value: image.name }, image.name)));
+  target.addEventListener("change", () => pickers.replaceChildren());  // "Place landmarks" again
   const fit = element("select", { "aria-label": "fit" },
     ...["affine", "similarity", "rigid", "tps"].map((kind) => element("option", { value: kind }, kind)));
   const start = element("button", { type: "button", id: "place-landmarks" }, "Place landmarks");
@@ -111,15 +121,15 @@ export async function mountOverlayControls(container, dataset, token) {
     }, (error) => report(error.message)));
   const register = (saveIt) => post(`/api/sessions/${token}/register`, { image: target.value, fit: fit.value, save: saveIt })
     .then(async (result) => {
-      results.replaceChildren(element("p", {}, `${saveIt ? "Saved" : "Preview"}: RMS ${result.rms_nm.toFixed(1)} nm`),
-        residualTable(result));
+      const rms = result.rms_nm == null ? "RMS not measurable" : `RMS ${result.rms_nm.toFixed(1)} nm`;
+      results.replaceChildren(element("p", {}, `${saveIt ? "Saved" : "Preview"}: ${rms}`), residualTable(result));
       report("");
       if (saveIt) await showTransforms();
-    }, (error) => report(error.message));
+    }).catch((error) => report(error.message));
   preview.addEventListener("click", () => register(false));
   save.addEventListener("click", () => register(true));
   section.append(element("h2", {}, "Registration"), transforms,
     element("div", { class: "register" }, target, fit, start, preview, save), pickers, help, results, status);
   container.append(section);
-  await showTransforms();
+  await showTransforms().catch((error) => report(error.message));
 }

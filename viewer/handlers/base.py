@@ -52,7 +52,7 @@ class BaseHandler(RequestHandler):
     def json_body(self) -> Any:
         try:
             return json.loads(self.request.body or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadRequest("the request body is not valid JSON") from None
 
     def parse_body(self, model: type[BaseModel]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,9 @@ from viewer.errors import BadRequest
 from viewer.handlers.api import origin_of
 from viewer.handlers.base import BaseHandler
 from viewer.handlers.data import CHUNK_CACHE_CONTROL, META_CACHE_CONTROL, PrecomputedChunkHandler
-from viewer.services import Services
 from viewer.state import (
     apply_display,
     landmark_points,
-    replace_sources,
     with_landmark_layers,
 )
 
@@ -67,25 +66,38 @@ class RegisterBody(BaseModel):
     author: str = Field("", max_length=200)
 
 
-def refresh_sessions(services: Services, dataset_ref: str | int, origin: str) -> list[str]:
-    """Re-place the dataset's layers in every viewer session of the dataset; returns their tokens.
+class LandmarkLayersBody(BaseModel):
+    image: str
 
-    Blocking (database): run through ``services.call``.
-    """
-    dataset = services.catalog.get_dataset(dataset_ref)
-    transforms = services.correlation.current_transforms(dataset)
-    tokens = services.viewer_sessions.tokens_for_dataset(dataset.id)
-    for token in tokens:
-        services.viewer_sessions.update_state(token, lambda state: replace_sources(state, origin, dataset, transforms))
-    return tokens
+
+def session_edit(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``change`` with bad settings and malformed stored states (any JSON can be PUT) answered 400."""
+
+    def guarded(state: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return change(state)
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
+        except (TypeError, KeyError, AttributeError, IndexError) as error:
+            raise BadRequest(f"the session's state is malformed ({type(error).__name__}: {error})") from None
+
+    return guarded
 
 
 class CorrelationHandler(BaseHandler):
-    async def saved(self, dataset_ref: str) -> None:
+    async def previous(self, dataset_ref: str | int, image_name: str) -> TransformRecord | None:
+        _, record = await self.services.call(self.services.correlation.current, dataset_ref, image_name)
+        return record
+
+    async def saved(self, dataset_ref: str | int, image_name: str, previous: TransformRecord | None) -> None:
         """After a transform is stored: every open viewer of the dataset moves the layer live."""
-        tokens = await self.services.call(refresh_sessions, self.services, dataset_ref, origin_of(self))
+        services = self.services
+        tokens = await services.call(
+            services.correlation.refresh_sessions, services.viewer_sessions, dataset_ref,
+            moved=(image_name, previous), default_origin=origin_of(self),
+        )  # fmt: skip
         for token in tokens:
-            self.services.session_watch.changed(token)
+            services.session_watch.changed(token)
 
 
 class TransformHandler(CorrelationHandler):
@@ -107,6 +119,7 @@ class TransformHandler(CorrelationHandler):
     async def put(self, dataset_ref: str, image_name: str) -> None:
         body: TransformBody = self.parse_body(TransformBody)
         correlation = self.services.correlation
+        previous = await self.previous(dataset_ref, image_name)
         if (body.matrix is None) == (body.file is None):
             raise BadRequest('give either "matrix" or "file" ({"name", "content"})')
         if body.matrix is not None:
@@ -123,7 +136,7 @@ class TransformHandler(CorrelationHandler):
                 fit=body.fit, unit=body.unit, reference=body.reference, author=body.author,
             )  # fmt: skip
             document = registration.to_json()
-        await self.saved(dataset_ref)
+        await self.saved(dataset_ref, image_name, previous)
         self.write_json(document)
 
 
@@ -132,13 +145,14 @@ class LandmarksHandler(CorrelationHandler):
 
     async def post(self, dataset_ref: str, image_name: str) -> None:
         body: LandmarksBody = self.parse_body(LandmarksBody)
+        previous = await self.previous(dataset_ref, image_name)
         registration = await self.services.call(
             self.services.correlation.fit_landmarks, dataset_ref, image_name, body.moving, body.reference,
             fit=body.fit, units=body.units, dimensions=body.dimensions, names=body.names,
             reference=body.reference_image, author=body.author, note=body.note, save=body.save,
         )  # fmt: skip
         if registration.record is not None:
-            await self.saved(dataset_ref)
+            await self.saved(dataset_ref, image_name, previous)
         self.write_json(registration.to_json(), 201 if registration.record is not None else 200)
 
 
@@ -149,7 +163,8 @@ class WarpedImageHandler(PrecomputedChunkHandler):
         services = self.services
         image, _ = await services.images.resolve(dataset_ref, image_name)
         transform = await services.images.transform(int(transform_id))
-        if transform.image_id != image.id or transform.kind != "tps":
+        # A segmentation follows the transform of the image it labels.
+        if transform.image_id not in (image.id, image.labels_of) or transform.kind != "tps":
             raise InvalidTransform(f"transform {transform_id} is not a thin-plate spline of {image_name!r}")
         reference, _ = await services.images.resolve_id(dataset_ref, transform.reference_image_id)
         return await services.images.warped(image, reference, transform)
@@ -188,13 +203,7 @@ class SessionDisplayHandler(BaseHandler):
 
     async def post(self, token: str) -> None:
         body: DisplayBody = self.parse_body(DisplayBody)
-
-        def change(state: dict[str, Any]) -> dict[str, Any]:
-            try:
-                return apply_display(state, body.layers, body.layout, body.select)
-            except ValueError as error:
-                raise BadRequest(str(error)) from None
-
+        change = session_edit(lambda state: apply_display(state, body.layers, body.layout, body.select))
         generation, state = await self.services.call(self.services.viewer_sessions.update_state, token, change)
         self.services.session_watch.changed(token)
         self.write_json({"token": token, "generation": generation, "state": state})
@@ -204,7 +213,7 @@ class SessionLandmarkLayersHandler(BaseHandler):
     """POST {"image"}: add point layers for pairing landmarks between the reference and ``image``."""
 
     async def post(self, token: str) -> None:
-        body: RegisterBody = self.parse_body(RegisterBody)
+        body: LandmarkLayersBody = self.parse_body(LandmarkLayersBody)
         session = await self.services.call(self.services.viewer_sessions.get, token)
         if session.dataset_id is None:
             raise BadRequest("this viewer session shows no dataset")
@@ -214,7 +223,7 @@ class SessionLandmarkLayersHandler(BaseHandler):
         generation, state = await self.services.call(
             self.services.viewer_sessions.update_state,
             token,
-            lambda current: with_landmark_layers(current, reference.name, image.name),
+            session_edit(lambda current: with_landmark_layers(current, reference.name, image.name)),
         )
         self.services.session_watch.changed(token)
         self.write_json({"token": token, "generation": generation, "state": state})
@@ -230,8 +239,11 @@ class SessionRegisterHandler(CorrelationHandler):
         if session.dataset_id is None:
             raise BadRequest("this viewer session shows no dataset")
         dataset, image, reference = await services.call(services.correlation.lookup, session.dataset_id, body.image)
-        reference_points = landmark_points(session.state, reference.name)
-        moving_points = landmark_points(session.state, image.name)
+        read_points = session_edit(lambda state: {
+            "reference": landmark_points(state, reference.name), "moving": landmark_points(state, image.name)
+        })
+        points = read_points(session.state)
+        reference_points, moving_points = points["reference"], points["moving"]
         if len(reference_points) != len(moving_points):
             raise InvalidTransform(
                 f"{len(reference_points)} points on {reference.name!r} but {len(moving_points)} on {image.name!r}; "
@@ -242,6 +254,7 @@ class SessionRegisterHandler(CorrelationHandler):
         reference_nm = global_to_nm(np.asarray(reference_points), reference)
         # Points on the moving layer were placed where it is shown now: undo its current transform.
         shown_nm = global_to_nm(np.asarray(moving_points), reference)
+        previous = await self.previous(dataset.id, image.name)
         moving_nm = await services.call(services.correlation.moving_from_reference, dataset, image, shown_nm)
         registration = await services.call(
             services.correlation.fit_landmarks, dataset.id, image.name, moving_nm, reference_nm,
@@ -249,5 +262,5 @@ class SessionRegisterHandler(CorrelationHandler):
             note=f"placed in viewer session {token[:6]}…",
         )  # fmt: skip
         if registration.record is not None:
-            await self.saved(str(dataset.id))
+            await self.saved(dataset.id, image.name, previous)
         self.write_json(registration.to_json(), 201 if registration.record is not None else 200)
