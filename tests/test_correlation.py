@@ -290,6 +290,9 @@ def test_transform_files_through_the_api(server: Server) -> None:
     expected = truth_um.copy()
     expected[:3, 3] *= 1000  # stored in nm
     np.testing.assert_allclose(stored["matrix"], expected, atol=1e-6)
+    spline = ec_clem_schema(source, target).replace('type="AFFINE"', 'type="SPLINE"')
+    answer = put(server, f"{BASE}/transform", {"file": {"name": "nl.transformation_schema.xml", "content": spline}})
+    assert answer.status_code == 200 and answer.json()["transform"]["kind"] == "tps", answer.text
     rows = "\n".join(f'"Pt-{i}","true",' + ",".join(f'"{v}"' for v in [*m, *r])
                      for i, (m, r) in enumerate(zip(source * 1000, target * 1000, strict=True)))
     bigwarp = {"file": {"name": "landmarks.csv", "content": rows}, "fit": "similarity"}

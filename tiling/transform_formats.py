@@ -133,6 +133,7 @@ class ImportedTransform:
     unit: str | None  # unit of the matrix translation / of physical coordinates, if the file says
     dimensions: int  # 2 or 3
     notes: str  # short provenance text, e.g. "eC-CLEM XML, 7 point pairs, 2D"
+    nonlinear: bool = False  # the file's own registration was non-linear (eC-CLEM spline)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -644,7 +645,8 @@ def parse_ec_clem_xml(text: str) -> ImportedTransform:
     if len(transformations) > 1:
         parts.append(f"last of {len(transformations)} transformations")
     parts.extend(details)
-    return ImportedTransform("ec-clem", matrix, landmarks, unit, dimensions, ", ".join(parts))
+    nonlinear = matrix is None and (kind == "SPLINE" or bool(v1_pairs))
+    return ImportedTransform("ec-clem", matrix, landmarks, unit, dimensions, ", ".join(parts), nonlinear)
 
 
 # BigWarp

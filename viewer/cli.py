@@ -240,13 +240,13 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
 @click.argument("transform_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--reference-points", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The reference image's coordinate list, when TRANSFORM_FILE lists the moving image's points.")
-@click.option("--fit", type=click.Choice(["rigid", "similarity", "affine", "tps"]), default="affine",
-              show_default=True, help="What to fit when the file holds landmarks only.")
+@click.option("--fit", type=click.Choice(["rigid", "similarity", "affine", "tps"]), default=None,
+              help="What to fit when the file holds landmarks only [default: tps for an eC-CLEM spline, else affine].")
 @click.option("--unit", default=None, help="Length unit of the file's physical numbers [default: the file's, else nm].")
 @click.option("--reference", default=None, help="Reference image [default: the dataset's].")
 @click.option("--set-reference", is_flag=True, help="Make --reference the dataset's reference image first.")
 @click.option("--author", default="", help="Who made the registration (provenance).")
-def register(dataset: str, image: str, transform_file: Path, reference_points: Path | None, fit: str,
+def register(dataset: str, image: str, transform_file: Path, reference_points: Path | None, fit: str | None,
              unit: str | None, reference: str | None, set_reference: bool, author: str, **options: Any) -> None:
     """Register IMAGE into the dataset's reference space from a transform or landmark file.
 

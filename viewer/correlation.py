@@ -342,14 +342,19 @@ class Correlation:
         text: str,
         *,
         reference_text: str | None = None,
-        fit: str = "affine",
+        fit: str | None = None,
         unit: str | None = None,
         reference: str | None = None,
         author: str = "",
         save: bool = True,
     ) -> Registration:
-        """A transform file (matrix, MoBIE, eC-CLEM, BigWarp, point lists) stored with its provenance."""
+        """A transform file (matrix, MoBIE, eC-CLEM, BigWarp, point lists) stored with its provenance.
+
+        Landmark-only files are fitted by ``fit``; by default a spline if the file's own registration
+        was non-linear, else an affine.
+        """
         imported: ImportedTransform = parse_transform_file(filename, text, reference_text=reference_text)
+        fit = fit or ("tps" if imported.nonlinear else "affine")
         note = f"{filename}: {imported.notes}"
         pairs_in_physical = imported.landmarks is not None and not imported.landmarks.in_pixels
         stated = imported.unit or (imported.landmarks.unit if imported.landmarks else None)

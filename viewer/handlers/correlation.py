@@ -34,7 +34,7 @@ class TransformBody(BaseModel):
     file: TextFile | None = None
     reference_file: TextFile | None = None  # the reference image's list, for paired coordinate lists
     unit: str | None = None
-    fit: str = "affine"
+    fit: str | None = None  # for landmark-only files; default: what the file did (spline or affine)
     reference: str | None = None
     author: str = Field("", max_length=200)
     note: str = Field("", max_length=2000)
