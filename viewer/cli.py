@@ -109,6 +109,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its problems reach the user as our one line
+    logging.getLogger("pyvips").setLevel(logging.CRITICAL)  # likewise, and its INFO lines are per region read
 
 
 @main.command()
