@@ -80,23 +80,6 @@ def test_import_tiff_mrc_and_slices(tmp_path: Path) -> None:
     assert scale == [2.0, 2.0, 2.0]  # 20 Å in nm
 
 
-def test_import_real_data(tmp_path: Path) -> None:
-    """Real files from ../shared/data: a legacy EMDB map and the PNG slices of the FIB-SEM cube."""
-    emdb = shared_file(SHARED_DATA / "mrc_emdb_maps_mrcfile_testdata" / "EMD-3197.map")
-    pngs = shared_file(SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "original" / "grayscale_maps")
-    data_dir = tmp_path / "data"
-    lamella("import", str(emdb), "--dataset", "emdb", "--quiet", "--data-dir", str(data_dir), check=True)
-    with mrcfile.open(emdb, permissive=True) as mrc:
-        expected = np.asarray(mrc.data)
-    got = zarr.open_group(data_dir / "images" / "emdb" / "emd-3197.ome.zarr", mode="r")["0"][:]
-    np.testing.assert_array_equal(got, expected)
-    lamella("import", str(pngs), "--dataset", "fly", "--name", "png", "--voxel-size", "10,10,10", "--quiet",
-            "--data-dir", str(data_dir), check=True)
-    stacked = tifffile.imread(SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "raw_uint8_zyx.tif")
-    got = zarr.open_group(data_dir / "images" / "fly" / "png.ome.zarr", mode="r")["0"][:]
-    np.testing.assert_array_equal(got, stacked)
-
-
 def test_failed_imports_leave_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     lamella("init-db", "--data-dir", str(data_dir), check=True)
