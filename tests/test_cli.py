@@ -88,6 +88,12 @@ def test_failed_imports_leave_nothing(tmp_path: Path) -> None:
     truncated.write_bytes((tmp_path / "whole.tif").read_bytes()[:5000])
     assert_one_line_error(lamella("import", str(truncated), "--dataset", "x", "--data-dir", str(data_dir)),
                           "truncated.tif")
+    tifffile.imwrite(tmp_path / "zlib.tif", np.random.default_rng(8).integers(0, 255, (8, 64, 64), np.uint8),
+                     compression="zlib")
+    half = tmp_path / "half-zlib.tif"  # found through tifffile's log, which the CLI otherwise silences
+    half.write_bytes((tmp_path / "zlib.tif").read_bytes()[: (tmp_path / "zlib.tif").stat().st_size // 2])
+    assert_one_line_error(lamella("import", str(half), "--dataset", "x", "--data-dir", str(data_dir)),
+                          "half-zlib.tif", "truncated")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_one_line_error(lamella("import", str(empty), "--dataset", "x", "--data-dir", str(data_dir)), "no TIFF")

@@ -214,14 +214,16 @@ class _LogCapture(logging.Handler):
             raise problem(path, "damaged or truncated TIFF", errors[0])
 
     def __enter__(self) -> _LogCapture:
-        self._propagate = self._logger.propagate
+        self._propagate, self._level = self._logger.propagate, self._logger.level
         self._logger.addHandler(self)
         self._logger.propagate = False  # one-line CLI errors: keep tifffile's own lines off stderr
+        self._logger.setLevel(logging.WARNING)  # even where tifffile was silenced (the CLI does)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._logger.removeHandler(self)
         self._logger.propagate = self._propagate
+        self._logger.setLevel(self._level)
 
 
 class TiffStackSource(RegionSource):
