@@ -348,11 +348,11 @@ class _Pipeline:
     """Keeps a bounded number of tensorstore writes in flight; reports each block once it is stored."""
 
     def __init__(self, on_done: Callable[[str], None], depth: int = 4) -> None:
-        self.pending: deque[tuple[list[Any], str]] = deque()
+        self.pending: deque[tuple[list[ts.WriteFutures], str]] = deque()
         self.on_done = on_done
         self.depth = depth
 
-    def submit(self, futures: list[Any], key: str) -> None:
+    def submit(self, futures: list[ts.WriteFutures], key: str) -> None:
         self.pending.append((futures, key))
         while len(self.pending) > self.depth:
             self._finish_oldest()
@@ -425,8 +425,9 @@ def _write_block(
     region: tuple[slice, ...],
     level0: ts.TensorStore,
     reduce: tuple[ts.TensorStore, list[int], str] | None,
-) -> list[Any]:
+) -> list[ts.WriteFutures]:
     """Start writing a level-0 block and, with ``reduce`` (level 1, factors, method), its reduction."""
+    # Neither array is changed afterwards, so tensorstore may keep them instead of copying.
     futures = [level0[region].write(data, can_reference_source_data_indefinitely=True)]
     if reduce is not None:
         level1, factors, method = reduce
