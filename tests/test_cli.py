@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import mrcfile
@@ -79,23 +80,6 @@ def test_import_tiff_mrc_and_slices(tmp_path: Path) -> None:
     assert scale == [2.0, 2.0, 2.0]  # 20 Å in nm
 
 
-def test_import_real_data(tmp_path: Path) -> None:
-    """Real files from ../shared/data: a legacy EMDB map and the PNG slices of the FIB-SEM cube."""
-    emdb = shared_file(SHARED_DATA / "mrc_emdb_maps_mrcfile_testdata" / "EMD-3197.map")
-    pngs = shared_file(SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "original" / "grayscale_maps")
-    data_dir = tmp_path / "data"
-    lamella("import", str(emdb), "--dataset", "emdb", "--quiet", "--data-dir", str(data_dir), check=True)
-    with mrcfile.open(emdb, permissive=True) as mrc:
-        expected = np.asarray(mrc.data)
-    got = zarr.open_group(data_dir / "images" / "emdb" / "emd-3197.ome.zarr", mode="r")["0"][:]
-    np.testing.assert_array_equal(got, expected)
-    lamella("import", str(pngs), "--dataset", "fly", "--name", "png", "--voxel-size", "10,10,10", "--quiet",
-            "--data-dir", str(data_dir), check=True)
-    stacked = tifffile.imread(SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "raw_uint8_zyx.tif")
-    got = zarr.open_group(data_dir / "images" / "fly" / "png.ome.zarr", mode="r")["0"][:]
-    np.testing.assert_array_equal(got, stacked)
-
-
 def test_failed_imports_leave_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     lamella("init-db", "--data-dir", str(data_dir), check=True)
@@ -104,6 +88,12 @@ def test_failed_imports_leave_nothing(tmp_path: Path) -> None:
     truncated.write_bytes((tmp_path / "whole.tif").read_bytes()[:5000])
     assert_one_line_error(lamella("import", str(truncated), "--dataset", "x", "--data-dir", str(data_dir)),
                           "truncated.tif")
+    tifffile.imwrite(tmp_path / "zlib.tif", np.random.default_rng(8).integers(0, 255, (8, 64, 64), np.uint8),
+                     compression="zlib")
+    half = tmp_path / "half-zlib.tif"  # found through tifffile's log, which the CLI otherwise silences
+    half.write_bytes((tmp_path / "zlib.tif").read_bytes()[: (tmp_path / "zlib.tif").stat().st_size // 2])
+    assert_one_line_error(lamella("import", str(half), "--dataset", "x", "--data-dir", str(data_dir)),
+                          "half-zlib.tif", "truncated")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_one_line_error(lamella("import", str(empty), "--dataset", "x", "--data-dir", str(data_dir)), "no TIFF")
@@ -240,3 +230,56 @@ def test_import_rescaled_montage_and_units(tmp_path: Path) -> None:
             "--quiet", "--data-dir", str(data_dir), check=True)
     um = zarr.open_group(images / "um.ome.zarr", mode="r")
     assert um.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [50, 10, 10]
+
+
+# ``lamella`` in a process that reports its peak RSS (VmHWM: since exec, unlike ru_maxrss of a child
+# spawned from this large test process, which starts at this process's size).
+PEAK_RSS = """import atexit, pathlib, re, runpy, sys
+atexit.register(lambda: print(re.search(r"VmHWM:\\s+(\\d+) kB", pathlib.Path("/proc/self/status").read_text())[1],
+                              file=sys.stderr))
+sys.argv = ["lamella", *sys.argv[1:]]
+runpy.run_module("viewer.cli", run_name="__main__")
+"""
+
+
+def peak_rss_mib(*args: str) -> float:
+    """Run ``lamella ARGS`` and return the peak resident memory of that process."""
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return int(result.stderr.split()[-1]) / 1024
+
+
+def test_large_2d_tiff_montage_streamed_through_vips(tmp_path: Path) -> None:
+    """A 20000 x 12000 uint16 tiled deflate BigTIFF is read by region through libvips, never whole."""
+    import pyvips
+
+    from tiling.sources import VipsImageSource, open_source
+
+    height, width = 12000, 20000
+    xyz = pyvips.Image.xyz(width, height)
+    ((xyz[0] * 31 + xyz[1] * 17) % 65536).cast("ushort").tiffsave(
+        str(tmp_path / "montage.tif"), tile=True, tile_width=512, tile_height=512, compression="deflate",
+        bigtiff=True)
+
+    def expected(y: slice, x: slice) -> np.ndarray:
+        rows, cols = np.mgrid[y, x]
+        return ((cols * 31 + rows * 17) % 65536).astype(np.uint16)
+
+    with open_source(str(tmp_path / "montage.tif")) as source:  # type: ignore[attr-defined]
+        assert isinstance(source, VipsImageSource) and source.shape == (height, width)
+    tifffile.imwrite(tmp_path / "small.tif", expected(slice(0, 1200), slice(0, 2000)), tile=(256, 256),
+                     compression="zlib")
+    data_dir = str(tmp_path / "data")
+    baseline = peak_rss_mib("import", str(tmp_path / "small.tif"), "--dataset", "m", "--quiet", "--data-dir", data_dir)
+    peak = peak_rss_mib("import", str(tmp_path / "montage.tif"), "--dataset", "m", "--quiet", "--data-dir", data_dir)
+    image_mib = height * width * 2 / (1 << 20)
+    assert peak - baseline < image_mib / 2, (baseline, peak, image_mib)  # 458 MiB image: about 110 MiB more
+    level0 = zarr.open_group(tmp_path / "data" / "images" / "m" / "montage.ome.zarr", mode="r")["0"]
+    assert level0.shape == (height, width) and level0.dtype == np.uint16
+    rng = np.random.default_rng(9)
+    corners = [(0, 0), (height - 700, width - 900)] + [(int(rng.integers(0, height - 700)),
+                                                         int(rng.integers(0, width - 900))) for _ in range(6)]
+    for y0, x0 in corners:  # odd sizes, across tile and shard edges
+        region = (slice(y0, y0 + 700), slice(x0, x0 + 900))
+        np.testing.assert_array_equal(level0[region], expected(*region))

@@ -9,7 +9,7 @@ import tensorstore as ts
 import zarr
 
 from tiling.errors import ImportProblem
-from tiling.pyramid import PyramidOptions, plan_pyramid, write_pyramid
+from tiling.pyramid import PyramidOptions, plan_pyramid, reduce_block, write_pyramid
 from tiling.sources import ArraySource
 
 
@@ -81,3 +81,37 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
 def test_rejects_unsupported_dtype(tmp_path: Path) -> None:
     with pytest.raises(ImportProblem, match="complex"):
         write_pyramid(ArraySource(np.zeros((4, 4, 4), np.complex64)), tmp_path / "c", voxel_size=(1, 1, 1))
+
+
+REDUCE_CASES = [((9, 7, 13), (2, 2, 2)), ((70, 6, 4), (1, 2, 2)), ((65, 12), (2, 2)), ((1, 3, 5), (1, 2, 2)),
+                ((67, 5, 3), (2, 1, 2))]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32"])
+def test_reduce_block_is_the_downsample_driver(dtype: str) -> None:
+    """Level 1 is reduced from blocks in memory: the same values tensorstore's downsample driver gives."""
+    rng = np.random.default_rng(3)
+    for shape, factors in REDUCE_CASES:
+        if dtype == "float32":
+            block = rng.normal(0, 1000, shape).astype(np.float32)
+        else:
+            info = np.iinfo(dtype)
+            block = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+        for method in ("mean", "stride", "mode"):
+            expected = ts.downsample(ts.array(block), list(factors), method).read().result()
+            got = reduce_block(block, factors, method)
+            assert got.dtype == block.dtype and got.shape == expected.shape
+            if dtype == "float32" and method == "mean":  # summed in float64 here, in float32 there
+                np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-3)
+            else:
+                np.testing.assert_array_equal(got, expected, err_msg=f"{shape} {factors} {method}")
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_level1_from_blocks_equals_downsampling_level0(tmp_path: Path, labels: bool) -> None:
+    data = np.random.default_rng(4).integers(0, 7 if labels else 60000, size=(37, 70, 45), dtype=np.uint16)
+    options = PyramidOptions(chunk=8, shard_chunks=2, labels=labels)  # many 16-voxel blocks, odd far edges
+    write_pyramid(ArraySource(data), tmp_path / "p.ome.zarr", voxel_size=(8.0, 8.0, 8.0), options=options)
+    group = zarr.open_group(tmp_path / "p.ome.zarr", mode="r")
+    expected = ts.downsample(ts.array(data), [2, 2, 2], "mode" if labels else "mean").read().result()
+    np.testing.assert_array_equal(group["1"][:], expected)

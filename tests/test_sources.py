@@ -213,6 +213,28 @@ def test_large_tiled_tiff_through_vips_and_tifffile(tmp_path: Path) -> None:
         np.testing.assert_array_equal(source.read((slice(1000, 3100), slice(4000, 5000))), image[1000:3100, 4000:])
 
 
+def test_large_2d_tiffs_routed_to_vips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One large compressed 2D image goes to libvips (metadata still from tifffile); the rest stays."""
+    import tiling.source_formats
+
+    monkeypatch.setattr(tiling.source_formats, "VIPS_MIN_PIXELS", 300 * 200)
+    plane = np.random.default_rng(12).integers(0, 4000, (300, 200), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "tiled.tif", plane, tile=(64, 64), compression="zlib", resolution=(2e5, 2e5),
+                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "strips.tif", plane, compression="zlib", rowsperstrip=32)
+    tifffile.imwrite(tmp_path / "plain.tif", plane)  # uncompressed: memory-mapped, faster than libvips
+    tifffile.imwrite(tmp_path / "small.tif", plane[:299], compression="zlib")
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([plane, plane]), compression="zlib")
+    for name, kind in (("tiled", VipsImageSource), ("strips", VipsImageSource), ("plain", TiffStackSource),
+                       ("small", TiffStackSource), ("stack", TiffStackSource)):
+        with open_source(str(tmp_path / f"{name}.tif")) as source:  # type: ignore[attr-defined]
+            assert isinstance(source, kind), name
+            expected = np.stack([plane, plane]) if name == "stack" else plane[: source.shape[0]]
+            np.testing.assert_array_equal(read_blocks(source, (1, 128, 96)[-expected.ndim :]), expected)
+    with open_source(str(tmp_path / "tiled.tif")) as source:  # type: ignore[attr-defined]
+        np.testing.assert_allclose(source.voxel_size_nm, (50.0, 50.0))  # from the resolution tags
+
+
 def test_compressed_stack_and_strips_read_by_region(tmp_path: Path) -> None:
     volume = np.random.default_rng(3).normal(size=(9, 130, 110)).astype(np.float32)
     path = tmp_path / "stack.tif"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import zlib
 
-import compressed_segmentation
-import imagecodecs
 import numpy as np
 
 JPEG_DTYPES = (np.dtype(np.uint8),)
@@ -32,6 +30,8 @@ def encode_jpeg(data: np.ndarray, quality: int) -> bytes:
         image = np.ascontiguousarray(data.reshape(depth * height, width))
     else:
         image = np.ascontiguousarray(np.moveaxis(data, 0, -1).reshape(depth * height, width, 3))
+    import imagecodecs  # here: only serving needs it, and it slows every CLI start by 0.05 s
+
     return bytes(imagecodecs.jpeg8_encode(image, level=quality))
 
 
@@ -49,5 +49,7 @@ def encode_compressed_segmentation(data: np.ndarray, block: tuple[int, int, int]
 
     The (c, z, y, x) C-order array, transposed, is the Fortran-order [x, y, z, c] the format wants.
     """
+    import compressed_segmentation  # here, like imagecodecs
+
     labels = np.transpose(data, (3, 2, 1, 0))
     return bytes(compressed_segmentation.compress(labels, block_size=block, order="F"))

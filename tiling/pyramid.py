@@ -1,10 +1,11 @@
 """Write OME-Zarr multiscale pyramids (0.5 on sharded Zarr v3, or 0.4 on Zarr v2) with tensorstore.
 
-The image is written beside its destination and moved into place only when complete,
-so a failed or interrupted write never leaves something a catalog could point at.
-Level 0 is copied from a source in shard-aligned blocks; each further level is computed
-from the one before by tensorstore's ``downsample`` driver, block by block, so memory
-stays bounded by a few shards whatever the image size.
+The image is written beside its destination and moved into place only when complete (after
+one flush of the whole tree to disk), so a failed or interrupted write never leaves something a
+catalog could point at. Level 0 is copied from a source in shard-aligned blocks, and each block,
+while in memory, is also reduced into level 1; the further levels are computed from the one
+before by tensorstore's ``downsample`` driver, block by block, so memory stays bounded by a few
+shards whatever the image size.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import contextlib
 import functools
 import json
 import math
+import os
 import pickle
 import shutil
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -29,6 +32,12 @@ from tiling.errors import ImportProblem
 
 OmeVersion = Literal["0.4", "0.5"]
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32"}
+# Shards are not fsynced one by one as they are written: the finished tree is flushed once.
+WRITE_CONTEXT = {"file_io_sync": False}
+MEAN_ACCUMULATORS = {
+    "uint8": np.uint16, "int8": np.int16, "uint16": np.uint32, "int16": np.int32, "uint32": np.uint64,
+    "int32": np.int64, "float32": np.float64,
+}  # fmt: skip
 
 
 class SourceArray(Protocol):
@@ -107,6 +116,100 @@ def _blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[tuple[sl
             slice(g[i], min(g[i] + block[d], shape[d]))
             for d, (g, i) in enumerate(zip(grids, starts, strict=True))
         )
+
+
+def reduce_block(block: np.ndarray, factors: Sequence[int], method: str) -> np.ndarray:
+    """``block`` downsampled as tensorstore's ``downsample`` driver does, for a block whose origin is a
+    multiple of ``factors`` (cells cut by the block's far edge are reduced over what they hold).
+
+    Integer means are rounded half to even, as the driver rounds; float32 means are summed in
+    float64. Modes, and means of factors other than 1 and 2, are left to tensorstore itself.
+    """
+    if method == "stride":
+        return block[tuple(slice(None, None, f) for f in factors)]
+    if method == "mean" and block.dtype.name in MEAN_ACCUMULATORS and set(factors) <= {1, 2}:
+        return _mean_of_pairs(block, factors)
+    return ts.downsample(ts.array(block), list(factors), method).read().result()
+
+
+def _mean_of_pairs(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    accumulator = np.dtype(MEAN_ACCUMULATORS[block.dtype.name])
+    total: np.ndarray = block
+    count: Any = 1  # voxels per sum: a number, or an array when a cell is cut by an odd edge
+    for axis, factor in enumerate(factors):
+        if factor == 1:
+            continue
+        size, pairs = total.shape[axis], total.shape[axis] // 2
+
+        def along(part: slice, axis: int = axis) -> tuple[slice, ...]:
+            return (slice(None),) * axis + (part,)
+
+        summed = np.empty((*total.shape[:axis], size - pairs, *total.shape[axis + 1 :]), accumulator)
+        np.add(total[along(slice(0, 2 * pairs, 2))], total[along(slice(1, 2 * pairs, 2))],
+               out=summed[along(slice(0, pairs))], dtype=accumulator)
+        if size % 2:
+            summed[along(slice(pairs, None))] = total[along(slice(size - 1, None))]
+            counts = np.full(size - pairs, 2)
+            counts[-1] = 1
+            count = count * counts.reshape((-1,) + (1,) * (block.ndim - axis - 1))
+        else:
+            count *= 2
+        total = summed
+    if block.dtype.kind == "f" or not isinstance(count, int):
+        mean = total / count
+        return (mean if block.dtype.kind == "f" else np.rint(mean, out=mean)).astype(block.dtype)
+    if count == 1:
+        return block.copy()
+    # total / count rounded half to even, in integers (count is a power of two; >> floors negatives too)
+    shift = count.bit_length() - 1
+    rounded = total >> shift
+    rounded &= 1
+    rounded += total
+    rounded += count // 2 - 1
+    rounded >>= shift
+    return rounded.astype(block.dtype)
+
+
+def _reduced_region(region: tuple[slice, ...], factors: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(r.start // f, -(-r.stop // f)) for r, f in zip(region, factors, strict=True))
+
+
+def _shard_file(level: Path, region: tuple[slice, ...], shard: tuple[int, ...], options: PyramidOptions) -> Path | None:
+    """The file holding a shard-aligned block (Zarr v3 default keys), None for Zarr v2's chunk files."""
+    if options.ome_version == "0.4":
+        return None
+    return level.joinpath("c", *(str(r.start // s) for r, s in zip(region, shard, strict=True)))
+
+
+def _level1_from_blocks(levels: list[LevelPlan], options: PyramidOptions) -> bool:
+    """Whether every level-0 block starts on a level-1 cell boundary, so each block reduces on its own."""
+    if len(levels) < 2:
+        return False
+    block = options.shard_shape(levels[0].shape)
+    return all(b % f == 0 or b >= s for b, f, s in zip(block, levels[1].factors, levels[0].shape, strict=True))
+
+
+def _fsync(path: str | Path, *, missing_ok: bool = False) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_tree(root: Path, *, recursive: bool = True) -> None:
+    """Flush the files and folders under ``root`` (or only those directly in it) to disk."""
+    for folder, folders, names in os.walk(root):
+        for name in names:
+            _fsync(os.path.join(folder, name))
+        _fsync(folder)
+        if not recursive:
+            folders.clear()
 
 
 def _array_spec(
@@ -245,12 +348,12 @@ class _Pipeline:
     """Keeps a bounded number of tensorstore writes in flight; reports each block once it is stored."""
 
     def __init__(self, on_done: Callable[[str], None], depth: int = 4) -> None:
-        self.pending: deque[tuple[ts.Future, str]] = deque()
+        self.pending: deque[tuple[list[ts.WriteFutures], str]] = deque()
         self.on_done = on_done
         self.depth = depth
 
-    def submit(self, future: ts.Future, key: str) -> None:
-        self.pending.append((future, key))
+    def submit(self, futures: list[ts.WriteFutures], key: str) -> None:
+        self.pending.append((futures, key))
         while len(self.pending) > self.depth:
             self._finish_oldest()
 
@@ -259,8 +362,9 @@ class _Pipeline:
             self._finish_oldest()
 
     def _finish_oldest(self) -> None:
-        future, key = self.pending.popleft()
-        future.result()
+        futures, key = self.pending.popleft()
+        for future in futures:
+            future.result()
         self.on_done(key)
 
 
@@ -287,7 +391,7 @@ MANIFEST = "lamella-import.json"
 
 def _open_spec(path: Path, options: PyramidOptions) -> dict[str, Any]:
     return {"driver": "zarr" if options.ome_version == "0.4" else "zarr3",
-            "kvstore": {"driver": "file", "path": str(path) + "/"}, "open": True}
+            "kvstore": {"driver": "file", "path": str(path) + "/"}, "open": True, "context": WRITE_CONTEXT}
 
 
 @functools.lru_cache(maxsize=32)
@@ -300,14 +404,36 @@ _SOURCES: dict[bytes, SourceArray] = {}
 
 
 def _write_source_block(
-    build: str, region: tuple[slice, ...], opener: Callable[[], SourceArray], spec_json: str
+    build: str,
+    region: tuple[slice, ...],
+    opener: Callable[[], SourceArray],
+    spec_json: str,
+    reduce: tuple[str, list[int], str] | None = None,
 ) -> int:
     key = pickle.dumps(opener)
     source = _SOURCES.get(key)
     if source is None:
         source = _SOURCES[key] = opener()
-    _open_cached(build, spec_json)[region].write(np.ascontiguousarray(source.read(region))).result()
+    for future in _write_block(np.ascontiguousarray(source.read(region)), region, _open_cached(build, spec_json),
+                               None if reduce is None else (_open_cached(build, reduce[0]), *reduce[1:])):
+        future.result()
     return int(np.prod([r.stop - r.start for r in region]))
+
+
+def _write_block(
+    data: np.ndarray,
+    region: tuple[slice, ...],
+    level0: ts.TensorStore,
+    reduce: tuple[ts.TensorStore, list[int], str] | None,
+) -> list[ts.WriteFutures]:
+    """Start writing a level-0 block and, with ``reduce`` (level 1, factors, method), its reduction."""
+    # Neither array is changed afterwards, so tensorstore may keep them instead of copying.
+    futures = [level0[region].write(data, can_reference_source_data_indefinitely=True)]
+    if reduce is not None:
+        level1, factors, method = reduce
+        futures.append(level1[_reduced_region(region, factors)].write(
+            reduce_block(data, factors, method), can_reference_source_data_indefinitely=True))
+    return futures
 
 
 def _reduce_block(
@@ -362,7 +488,7 @@ def write_pyramid(
     if client is not None and source_opener is None:
         raise ValueError("a distributed build needs a source_opener the workers can call")
     axes = ["z", "y", "x"][-len(shape) :]
-    context = context or ts.Context()
+    context = ts.Context(WRITE_CONTEXT, context)
     levels = plan_pyramid(shape, tuple(voxel_size), options.chunk_shape(shape))
     manifest = {"shape": list(shape), "dtype": dtype.name, "voxel_size": list(voxel_size),
                 "options": {k: v for k, v in asdict(options).items() if k != "extra_attributes"}}
@@ -373,7 +499,16 @@ def write_pyramid(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     done = _DoneLog(partial / "blocks-done.txt")
-    pipeline = _Pipeline(done.add)
+    flusher = ThreadPoolExecutor(1)  # fsyncs finished files while the rest is computed
+    flushed: list[Future[None]] = []
+    level0_files: dict[str, Path | None] = {}
+
+    def finished(key: str) -> None:
+        done.add(key)
+        if level0_files.get(key) is not None:  # written whole, once: it can go to disk now
+            flushed.append(flusher.submit(_fsync, level0_files[key], missing_ok=True))  # all-zero: not stored
+
+    pipeline = _Pipeline(finished)
     try:
         if resuming:
             arrays = [
@@ -387,6 +522,9 @@ def write_pyramid(
             (partial / MANIFEST).write_text(json.dumps(manifest))
         specs = [json.dumps(_open_spec(partial / str(i), options)) for i in range(len(levels))]
         method = options.label_downsample if options.labels else "mean"
+        # Level 1 from each level-0 block while it is in memory; the rest from the level before.
+        in_memory = _level1_from_blocks(levels, options)
+        factors1 = list(levels[1].factors) if in_memory else []
 
         def todo(level: int) -> list[tuple[str, tuple[slice, ...]]]:
             regions = _blocks(levels[level].shape, options.shard_shape(levels[level].shape))
@@ -396,53 +534,70 @@ def write_pyramid(
             return int(np.prod([r.stop - r.start for r in region]))
 
         first = todo(0)
+        shard0 = options.shard_shape(shape)
+        level0_files.update((key, _shard_file(partial / "0", region, shard0, options)) for key, region in first)
         if progress is not None:
             progress(int(np.prod(shape)) - sum(voxels(region) for _, region in first))
+        build = uuid.uuid4().hex
+        from_level0 = 2 if in_memory else 1  # levels complete once level 0 is
         if client is not None:
-            build = uuid.uuid4().hex
-            _run_distributed(client, done, progress, [
-                (key, client.submit(_write_source_block, build, region, source_opener, specs[0], pure=False))
+            reduce = (specs[1], factors1, method) if in_memory else None
+            _run_distributed(client, finished, progress, [
+                (key, client.submit(_write_source_block, build, region, source_opener, specs[0], reduce, pure=False))
                 for key, region in first
             ])
-            for i in range(1, len(levels)):
-                factors = list(levels[i].factors)
-                _run_distributed(client, done, None, [
+        else:
+            reduce_here = (arrays[1], factors1, method) if in_memory else None
+            for key, region in first:
+                pipeline.submit(_write_block(np.ascontiguousarray(source.read(region)), region, arrays[0],
+                                             reduce_here), key)
+                if progress is not None:
+                    progress(voxels(region))
+            pipeline.drain()
+        flushed += [flusher.submit(sync_tree, partial / str(i)) for i in range(from_level0)]
+        for i in range(from_level0, len(levels)):
+            factors = list(levels[i].factors)
+            if client is not None:
+                _run_distributed(client, finished, None, [
                     (key, client.submit(_reduce_block, build, region, specs[i - 1], specs[i], factors, method,
                                         pure=False))
                     for key, region in todo(i)
                 ])
-        else:
-            for key, region in first:
-                pipeline.submit(arrays[0][region].write(np.ascontiguousarray(source.read(region))), key)
-                if progress is not None:
-                    progress(voxels(region))
-            pipeline.drain()
-            for i in range(1, len(levels)):
-                reduced = ts.downsample(arrays[i - 1], list(levels[i].factors), method)
+            else:
+                reduced = ts.downsample(arrays[i - 1], factors, method)
                 for key, region in todo(i):
-                    pipeline.submit(arrays[i][region].write(reduced[region]), key)
+                    pipeline.submit([arrays[i][region].write(reduced[region])], key)
                 pipeline.drain()
+            flushed.append(flusher.submit(sync_tree, partial / str(i)))
+        for future in flushed:
+            future.result()
         window = None if options.labels else data_window(arrays[-1])
         _write_group(partial, multiscale_metadata(levels, axes, options, window), options.ome_version)
         done.close()
         (partial / MANIFEST).unlink()
         (partial / "blocks-done.txt").unlink()
+        sync_tree(partial, recursive=False)  # the group metadata and the level folders' entries
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial.rename(destination)
+        _fsync(destination.parent)  # the rename itself
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
             pipeline.drain()  # writes already under way finish and count as done
+        flusher.shutdown()
         done.close()  # keep the partial image: resume=True continues it
         raise
     except BaseException:
+        flusher.shutdown()
         done.close()
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    finally:
+        flusher.shutdown()
     return levels
 
 
 def _run_distributed(
-    client: Any, done: _DoneLog, progress: ProgressCallback | None, tasks: list[tuple[str, Any]]
+    client: Any, finished: Callable[[str], None], progress: ProgressCallback | None, tasks: list[tuple[str, Any]]
 ) -> None:
     """Wait for one level's block tasks, recording each as done as soon as it finishes."""
     from distributed import as_completed
@@ -450,7 +605,7 @@ def _run_distributed(
     keys = {future.key: key for key, future in tasks}
     for future in as_completed([future for _, future in tasks]):
         result = future.result()
-        done.add(keys[future.key])
+        finished(keys[future.key])
         if progress is not None and result:
             progress(result)
 

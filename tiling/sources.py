@@ -6,7 +6,8 @@ None when the file records none), ``read(region)``, ``close()`` and ``warnings``
 decodes a whole large image; problems become one-line ImportProblems naming the file.
 
 Formats: TIFF/BigTIFF/OME-TIFF (``TiffStackSource``), folders or globs of 2D TIFF/PNG/JPEG slices
-(``SliceFolderSource``), large 2D images via libvips (``VipsImageSource``), MRC (``MrcSource``),
+(``SliceFolderSource``), large 2D images via libvips (``VipsImageSource``: PNG, JPEG, ... and
+compressed 2D TIFF montages of ``VIPS_MIN_PIXELS`` or more), MRC (``MrcSource``),
 Zarr v2/v3, OME-Zarr, N5 and Neuroglancer precomputed (``TensorstoreSource``).
 """
 
@@ -36,6 +37,7 @@ from tiling.source_formats import (
     VipsImageSource,
     check_dtype,
     grey_from_samples,
+    open_tiff,
     problem,
     tiff_voxel_size,
     volume_driver,
@@ -320,7 +322,7 @@ def _open(location: str) -> Source:
         raise problem(location, f"is a compressed archive ({suffix}); unpack it first")
     kind = kind or _sniff(path)
     if kind == "tiff":
-        return TiffStackSource(path)
+        return open_tiff(path)
     if kind == "mrc":
         return MrcSource(path)
     if kind == "vips":
