@@ -14,7 +14,7 @@ from viewer.correlation import global_to_nm, transform_json
 from viewer.errors import BadRequest
 from viewer.handlers.api import origin_of
 from viewer.handlers.base import BaseHandler
-from viewer.handlers.data import CHUNK_CACHE_CONTROL, META_CACHE_CONTROL, PrecomputedChunkHandler
+from viewer.handlers.data import META_CACHE_CONTROL, PrecomputedChunkHandler
 from viewer.state import (
     apply_display,
     landmark_points,
@@ -184,16 +184,7 @@ class WarpedChunkHandler(WarpedImageHandler):
         self, dataset_ref: str, image_name: str, transform_id: str, scale_key: str, chunk_name: str
     ) -> None:
         warped = await self.warped(dataset_ref, image_name, transform_id)
-        gzip_ok = "gzip" in self.request.headers.get("Accept-Encoding", "")
-        chunk = await warped.chunk(scale_key, chunk_name, gzip_ok=gzip_ok)
-        self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)  # immutable: the URL names the transform
-        self.set_header("Vary", "Accept-Encoding")
-        if self.check_not_modified(chunk.etag):
-            return
-        self.set_header("Content-Type", chunk.content_type)
-        if chunk.content_encoding:
-            self.set_header("Content-Encoding", chunk.content_encoding)
-        self.finish(chunk.body)
+        await self.send_chunk(warped, scale_key, chunk_name)  # the URL names the transform: immutable
 
     head = get
 

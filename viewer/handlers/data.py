@@ -43,6 +43,10 @@ class PrecomputedInfoHandler(ImageDataHandler):
 class PrecomputedChunkHandler(ImageDataHandler):
     async def get(self, dataset_ref: str, image_name: str, scale_key: str, chunk_name: str) -> None:
         _, image = await self.image(dataset_ref, image_name)
+        await self.send_chunk(image, scale_key, chunk_name)
+
+    async def send_chunk(self, image: PrecomputedImage, scale_key: str, chunk_name: str) -> None:
+        """One encoded chunk with caching headers (immutable: the URL names what it shows)."""
         gzip_ok = "gzip" in self.request.headers.get("Accept-Encoding", "")
         chunk = await image.chunk(scale_key, chunk_name, gzip_ok=gzip_ok)
         self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)
