@@ -109,7 +109,9 @@ def test_put_matrix_in_micrometres_and_export(server: Server) -> None:
     parameters = view["sourceTransforms"][0]["affine"]["parameters"]
     np.testing.assert_allclose(parameters, [1, 0, 0, 1.5, 0, 1, 0, -2.0, 0, 0, 1, 0.25])
     neuroglancer = server.get(f"{BASE}/transform", params={"format": "neuroglancer"}).json()
-    assert neuroglancer["layers"][0]["source"]["transform"]["outputDimensions"]["x"] == [8e-9, "m"]
+    assert [item["name"] for item in neuroglancer["layers"]] == ["em", "fluorescence"]
+    assert neuroglancer["dimensions"]["x"] == [8e-9, "m"]
+    assert layer(neuroglancer, "fluorescence")["source"]["transform"]["outputDimensions"]["x"] == [8e-9, "m"]
 
 
 @pytest.mark.parametrize(

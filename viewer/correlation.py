@@ -36,7 +36,7 @@ from tiling.transforms import (
     fit_affine,
     scale_matrix,
 )
-from viewer.state import layer_for, move_landmarks, replace_sources, session_origin, xyz
+from viewer.state import dataset_state, move_landmarks, replace_sources, session_origin, xyz
 
 FITS = (*FIT_KINDS, "tps")
 log = logging.getLogger("lamella")
@@ -412,7 +412,12 @@ class Correlation:
         image = dataset.image(image_name)
         reference = dataset.reference()
         if form == "neuroglancer":
-            return {"layers": [layer_for(origin, dataset, image, record)]}
+            # A whole viewer state: the reference and this image (and its labels) in reference space.
+            shown = {image.id, *(i.id for i in dataset.images if i.labels_of == image.id)}
+            if reference is not None:
+                shown.add(reference.id)
+            subset = dataset.model_copy(update={"images": [i for i in dataset.images if i.id in shown]})
+            return dataset_state(origin, subset, self.current_transforms(dataset))
         if record is None:
             matrix = np.eye(4)
         elif record.matrix is None:
