@@ -175,7 +175,15 @@ def test_landmark_registration_in_the_browser_moves_the_overlay(  # type: ignore
                                         for layer in client_state(browser)["layers"]) else None, 30)
     clicks = [(-120, -80), (110, -90), (-100, 100), (130, 120)]
     shift = 40  # screen pixels: the "fluorescence" feature is drawn 40 px right of the EM one
+
+    def client_points(name: str) -> int:
+        layer = next((item for item in client_state(browser)["layers"] if item["name"] == name), {})
+        return len(layer.get("annotations", []))
+
+    assert wait_for(lambda: True if client_state(browser).get("selectedLayer", {}).get("layer") == "em landmarks"
+                    else None, 30)
     ctrl_click(browser, clicks)
+    assert wait_for(lambda: True if client_points("em landmarks") == 4 else None, 30)
     browser.find_element("css selector", '[data-pick="fluorescence"]').click()
     assert wait_for(lambda: True if client_state(browser)["selectedLayer"]["layer"] == "fluorescence landmarks"
                     else None, 30)

@@ -60,6 +60,28 @@ function residualTable(result) {
   return table;
 }
 
+const neuroglancer = () => document.getElementById("viewer")?.contentWindow?.viewer;
+
+function pointCounts(state, names) {
+  return names.map((name) => {
+    const layer = (state.layers || []).find((l) => l.name === `${name} landmarks`);
+    return (layer?.annotations || []).length;
+  }).join(",");
+}
+
+// The viewer sends its state a moment after a change: before fitting, wait until the server
+// holds the same landmark points as the viewer shows.
+async function pointsSynced(token, names) {
+  const viewer = neuroglancer();
+  if (!viewer) return;
+  const want = pointCounts(viewer.state.toJSON(), names);
+  for (let attempt = 0; attempt < 30; attempt += 1) {
+    const { state } = await getJSON(`/api/sessions/${token}`);
+    if (pointCounts(state, names) === want) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
 export async function mountOverlayControls(container, dataset, token) {
   const pictures = dataset.images.filter((image) => image.kind === "image");
   if (pictures.length < 2) return;
@@ -108,8 +130,19 @@ export async function mountOverlayControls(container, dataset, token) {
     `Place landmarks, then with "Points on ${reference}" ctrl+click features in ${reference}, and with the other `,
     "button ctrl+click the same features in the overlay, in the same order (at least 3 pairs; 4 in 3D). ",
     "Fit shows each pair's residual; Fit and save stores the transform and moves the overlay.");
-  const pick = (name) => post(`/api/sessions/${token}/display`, { select: `${name} landmarks` })
-    .then(() => report(`ctrl+click in the viewer to place a point on ${name}`), (error) => report(error.message));
+  // Selecting a layer happens in the viewer itself: a server-side change could overtake points
+  // the viewer has placed but not yet sent, and replace them.
+  const pick = async (name) => {
+    const viewer = neuroglancer();
+    const layer = viewer?.layerManager.getLayerByName(`${name} landmarks`);
+    if (!layer) {
+      await post(`/api/sessions/${token}/display`, { select: `${name} landmarks` });
+    } else {
+      viewer.selectedLayer.layer = layer;
+      viewer.selectedLayer.visible = true;
+    }
+    report(`ctrl+click in the viewer to place a point on ${name}`);
+  };
   start.addEventListener("click", () => post(`/api/sessions/${token}/landmark-layers`, { image: target.value })
     .then(() => {
       pickers.replaceChildren(...[reference, target.value].map((name) => {
@@ -119,7 +152,8 @@ export async function mountOverlayControls(container, dataset, token) {
       }));
       return pick(reference);
     }, (error) => report(error.message)));
-  const register = (saveIt) => post(`/api/sessions/${token}/register`, { image: target.value, fit: fit.value, save: saveIt })
+  const register = (saveIt) => pointsSynced(token, [reference, target.value])
+    .then(() => post(`/api/sessions/${token}/register`, { image: target.value, fit: fit.value, save: saveIt }))
     .then(async (result) => {
       const rms = result.rms_nm == null ? "RMS not measurable" : `RMS ${result.rms_nm.toFixed(1)} nm`;
       results.replaceChildren(element("p", {}, `${saveIt ? "Saved" : "Preview"}: ${rms}`), residualTable(result));
