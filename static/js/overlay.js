@@ -116,13 +116,13 @@ export async function mountOverlayControls(container, dataset, token) {
         " ", element("a", { href: `${image.transform_url}?format=json`, download: `${image.name}-transform.json` }, "JSON")));
     }
   }
+  const pickers = element("div", { class: "register", id: "landmark-pickers" });
   const target = element("select", { "aria-label": "image to register" },
     ...moving.map((image) => element("option", { value: image.name }, image.name)));
   target.addEventListener("change", () => pickers.replaceChildren());  // "Place landmarks" again
   const fit = element("select", { "aria-label": "fit" },
     ...["affine", "similarity", "rigid", "tps"].map((kind) => element("option", { value: kind }, kind)));
   const start = element("button", { type: "button", id: "place-landmarks" }, "Place landmarks");
-  const pickers = element("div", { class: "register", id: "landmark-pickers" });
   const preview = element("button", { type: "button", id: "fit-landmarks" }, "Fit");
   const save = element("button", { type: "button", id: "save-landmarks" }, "Fit and save");
   const results = element("div", { id: "registration-result" });
@@ -147,11 +147,11 @@ export async function mountOverlayControls(container, dataset, token) {
     .then(() => {
       pickers.replaceChildren(...[reference, target.value].map((name) => {
         const button = element("button", { type: "button", "data-pick": name }, `Points on ${name}`);
-        button.addEventListener("click", () => pick(name));
+        button.addEventListener("click", () => pick(name).catch((error) => report(error.message)));
         return button;
       }));
       return pick(reference);
-    }, (error) => report(error.message)));
+    }).catch((error) => report(error.message)));
   const register = (saveIt) => pointsSynced(token, [reference, target.value])
     .then(() => post(`/api/sessions/${token}/register`, { image: target.value, fit: fit.value, save: saveIt }))
     .then(async (result) => {
