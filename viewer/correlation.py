@@ -52,6 +52,13 @@ def nm_per(unit: str | None) -> float:
     return UNIT_TO_NM[name]
 
 
+def affine_in_nm(matrix: object, unit: str | None) -> np.ndarray:
+    """A checked affine whose translation, given in ``unit``, is converted to nm."""
+    checked = check_affine(matrix).copy()
+    checked[:3, 3] *= nm_per(unit)
+    return checked
+
+
 def pixels_to_nm(points: np.ndarray, image: ImageRecord) -> np.ndarray:
     """Level-0 voxel indices (x, y, z) to physical nm (OME: voxel centres at index x size)."""
     return points * xyz(image.voxel_size_nm)
@@ -186,10 +193,6 @@ class Correlation:
         image = dataset.image(image_name)
         return dataset, self.current_transforms(dataset).get(image.id)
 
-    def moving_from_reference(self, dataset: DatasetRecord, image: ImageRecord, points_nm: np.ndarray) -> np.ndarray:
-        """Reference nm → moving nm through the image's current transform (identity if none)."""
-        return to_moving(self.current_transforms(dataset).get(image.id), points_nm)
-
     def refresh_sessions(
         self,
         viewer_sessions: ViewerSessions,
@@ -252,12 +255,10 @@ class Correlation:
     ) -> TransformRecord:
         """Store an affine given in ``unit`` (its translation is converted to nm)."""
         _, image, reference_image = self.lookup(dataset_ref, image_name, reference)
-        checked = check_affine(matrix).copy()
-        checked[:3, 3] *= nm_per(unit)
         spec = TransformSpec(
             kind="affine",
             dimensions=3,
-            matrix=checked.tolist(),
+            matrix=affine_in_nm(matrix, unit).tolist(),
             method=method,
             author=author,
             note=note,
@@ -375,13 +376,12 @@ class Correlation:
             )  # fmt: skip
         else:
             # The file's own matrix is what its author validated: keep it, and judge it by its landmarks.
-            matrix = check_affine(imported.matrix).copy()
             if imported.unit == "pixel":  # e.g. eC-CLEM 2D: moving pixels -> reference pixels
-                matrix = scale_matrix(xyz(reference_image.voxel_size_nm)) @ matrix @ np.linalg.inv(
-                    scale_matrix(xyz(image.voxel_size_nm))
-                )
+                to_reference_nm = scale_matrix(xyz(reference_image.voxel_size_nm))
+                from_moving_nm = np.linalg.inv(scale_matrix(xyz(image.voxel_size_nm)))
+                matrix = to_reference_nm @ check_affine(imported.matrix) @ from_moving_nm
             else:
-                matrix[:3, 3] *= nm_per(unit or imported.unit or "nm")
+                matrix = affine_in_nm(imported.matrix, unit or imported.unit or "nm")
             spec = TransformSpec(
                 kind="affine", dimensions=imported.dimensions, matrix=matrix.tolist(),
                 method=imported.format, author=author, note=note,

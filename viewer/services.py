@@ -95,11 +95,11 @@ class ImageRegistry:
         return await self._once(image.id, lambda: self._open(image))
 
     async def warped(
-        self, image: ImageRecord, reference: ImageRecord, transform: TransformRecord
+        self, image: ImageRecord, moving: PrecomputedImage, reference: PrecomputedImage, transform: TransformRecord
     ) -> PrecomputedImage:
-        """``image`` resampled on ``reference``'s grid through a thin-plate spline (immutable per transform)."""
+        """``moving`` resampled on ``reference``'s grid through a thin-plate spline (immutable per transform)."""
         key = ("warped", transform.id, image.id)
-        return await self._once(key, lambda: self._open_warped(image, reference, transform))
+        return await self._once(key, lambda: self._open_warped(key, image, moving, reference, transform))
 
     async def _once(self, key: Any, opener: Callable[[], Awaitable[PrecomputedImage]]) -> PrecomputedImage:
         opened = self._opened.get(key)
@@ -125,23 +125,26 @@ class ImageRegistry:
         return opened
 
     async def _open_warped(
-        self, image: ImageRecord, reference: ImageRecord, transform: TransformRecord
+        self,
+        key: Any,
+        image: ImageRecord,
+        moving: PrecomputedImage,
+        reference: PrecomputedImage,
+        transform: TransformRecord,
     ) -> PrecomputedImage:
-        moving = await open_volume(image.uri, self.context)
-        reference_volume = await open_volume(reference.uri, self.context)
         assert transform.landmarks is not None
         spline = await asyncio.to_thread(
             ThinPlateSpline, transform.landmarks["moving"], transform.landmarks["reference"], transform.dimensions
         )
         labels = image.kind == "segmentation"
         opened = PrecomputedImage(
-            WarpedVolume(moving, reference_volume.geometry, spline, labels=labels),  # type: ignore[arg-type]
-            cache_key=("warped", transform.id, image.id),
+            WarpedVolume(moving.volume, reference.volume.geometry, spline, labels=labels),  # type: ignore[arg-type]
+            cache_key=key,
             cache=self.chunk_cache,
             layer_type="segmentation" if labels else "image",
             jpeg_quality=self.jpeg_quality,
         )
-        self._opened[("warped", transform.id, image.id)] = opened
+        self._opened[key] = opened
         return opened
 
 

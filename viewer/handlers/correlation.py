@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from annotations.transforms import TransformRecord
 from tiling.errors import InvalidTransform
-from viewer.correlation import global_to_nm, transform_json
+from viewer.correlation import global_to_nm, to_moving, transform_json
 from viewer.errors import BadRequest
 from viewer.handlers.api import origin_of
 from viewer.handlers.base import BaseHandler
@@ -161,13 +162,13 @@ class WarpedImageHandler(PrecomputedChunkHandler):
 
     async def warped(self, dataset_ref: str, image_name: str, transform_id: str) -> Any:
         services = self.services
-        image, _ = await services.images.resolve(dataset_ref, image_name)
+        image, moving = await services.images.resolve(dataset_ref, image_name)
         transform = await services.images.transform(int(transform_id))
         # A segmentation follows the transform of the image it labels.
         if transform.image_id not in (image.id, image.labels_of) or transform.kind != "tps":
             raise InvalidTransform(f"transform {transform_id} is not a thin-plate spline of {image_name!r}")
-        reference, _ = await services.images.resolve_id(dataset_ref, transform.reference_image_id)
-        return await services.images.warped(image, reference, transform)
+        _, reference = await services.images.resolve_id(dataset_ref, transform.reference_image_id)
+        return await services.images.warped(image, moving, reference, transform)
 
 
 class WarpedInfoHandler(WarpedImageHandler):
@@ -246,7 +247,7 @@ class SessionRegisterHandler(CorrelationHandler):
         # Points on the moving layer were placed where it is shown now: undo its current transform.
         shown_nm = global_to_nm(np.asarray(moving_points), reference)
         previous = await self.previous(dataset.id, image.name)
-        moving_nm = await services.call(services.correlation.moving_from_reference, dataset, image, shown_nm)
+        moving_nm = await asyncio.to_thread(to_moving, previous, shown_nm)
         registration = await services.call(
             services.correlation.fit_landmarks, dataset.id, image.name, moving_nm, reference_nm,
             fit=body.fit, units="nm", method="landmarks (viewer)", author=body.author, save=body.save,
