@@ -6,14 +6,17 @@ with EM-like content (``tiling.demo.make_demo_volume`` tiles, mirrored so tiles 
 seamlessly) and converts that same file with:
 
 * Lamella: ``lamella import STACK.tif --dataset bench --voxel-size 8,8,8 --quiet --data-dir D``
-  (OME-Zarr 0.5, Zarr v3 sharded, 64³ inner chunks in 256³ shards, zstd 3, mean pyramid
+  (OME-Zarr 0.5, Zarr v3 sharded, 64³ inner chunks in 256³ shards, zstd, mean pyramid
   down to one chunk, then catalog registration);
 * ome-zarr-py: ``ome_zarr.writer.write_image`` on a dask array over the TIFF (tifffile's
   ``imread(aszarr=True)`` store, rechunked to the level-0 shard shape; ``--peer-input memmap``
   uses a read-only memory map instead), FormatV05 (Zarr v3), the same chunk and shard shapes
-  per level, zstd 3, ``Methods.LOCAL_MEAN`` (the same 2x2x2 mean) and as many levels;
+  per level, zstd, ``Methods.LOCAL_MEAN`` (the same 2x2x2 mean) and as many levels;
 * ngff-zarr: ``to_multiscales`` (``Methods.DASK_BIN_SHRINK``, the mean, chunks 64) and
-  ``to_ngff_zarr`` (version 0.5, 4 chunks per shard edge, zstd 3) on the same dask array.
+  ``to_ngff_zarr`` (version 0.5, 4 chunks per shard edge, zstd) on the same dask array.
+
+Every converter writes the same zstd level (``--zstd-level``, default Lamella's own default, 1);
+the level stored in each output's metadata is checked.
 
 The peers run through ``benchmarks/import_peer.py``. Each converter runs once, in its own
 process under GNU time (peak RSS = ru_maxrss, which counts touched pages of a memory-mapped
@@ -379,19 +382,21 @@ def converters(args: argparse.Namespace, stack: Path, work: Path, levels: int) -
         data_dir = work / "lamella-data"
         command = ([str(lamella)] if lamella.exists() else [python, "-m", "viewer.cli"]) + [
             "import", str(stack), "--dataset", DATASET, "--voxel-size", ",".join(f"{v:g}" for v in VOXEL_NM),
-            "--quiet", "--data-dir", str(data_dir)]
+            "--quiet", "--data-dir", str(data_dir), "--zstd-level", str(args.zstd_level)]
         result.append(Converter(
             "lamella", "Lamella", "mean",
-            "lamella import CLI: tensorstore, 64³ chunks in 256³ shards, zstd 3, mean, + catalog registration",
+            f"lamella import CLI: tensorstore, 64³ chunks in 256³ shards, zstd {args.zstd_level}, mean, "
+            "+ catalog registration",
             command, data_dir / "images" / DATASET / f"{stack.stem}.ome.zarr", data_dir))
-    peer_common = ["--levels", str(levels), "--chunk", "64", "--shard-chunks", "4", "--zstd-level", "3",
-                   "--input", args.peer_input, "--threads", str(args.threads), "--ome-version", "0.5"]
+    peer_common = ["--levels", str(levels), "--chunk", "64", "--shard-chunks", "4",
+                   "--zstd-level", str(args.zstd_level), "--input", args.peer_input, "--threads", str(args.threads),
+                   "--ome-version", "0.5"]
     if "ome-zarr" in args.peers:
         output = work / "ome-zarr.ome.zarr"
         result.append(Converter(
             "ome-zarr", "ome-zarr-py", args.ome_zarr_method,
             f"write_image, FormatV05, dask {args.peer_input} input, per-level chunks/shards as Lamella, "
-            f"zstd 3, Methods({args.ome_zarr_method!r}), {args.threads} dask threads",
+            f"zstd {args.zstd_level}, Methods({args.ome_zarr_method!r}), {args.threads} dask threads",
             [python, str(PEER_SCRIPT), "ome-zarr", str(stack), str(output), "--method", args.ome_zarr_method,
              *peer_common], output, output))
     if "ngff-zarr" in args.peers:
@@ -399,7 +404,8 @@ def converters(args: argparse.Namespace, stack: Path, work: Path, levels: int) -
         result.append(Converter(
             "ngff-zarr", "ngff-zarr", args.ngff_zarr_method,
             f"to_multiscales(chunks=64, Methods({args.ngff_zarr_method!r})) + to_ngff_zarr(version 0.5, "
-            f"chunks_per_shard=4, zstd 3), dask {args.peer_input} input, {args.threads} dask threads",
+            f"chunks_per_shard=4, zstd {args.zstd_level}), dask {args.peer_input} input, "
+            f"{args.threads} dask threads",
             [python, str(PEER_SCRIPT), "ngff-zarr", str(stack), str(output), "--method", args.ngff_zarr_method,
              *peer_common], output, output))
     return result
@@ -564,6 +570,9 @@ def run_converter(
         print(f"  FAILED (exit {result.exit_code}):\n{result.stderr_tail}", flush=True)
         return row
     check = verify(converter.output, data, converter.method, args.blocks, seed=seed)
+    if check.layout.get("zstd_level") != args.zstd_level:  # the comparison is only fair at the same level
+        check.ok = False
+        check.problems.append(f"stored zstd level {check.layout.get('zstd_level')} != {args.zstd_level}")
     size, files = directory_bytes(converter.output)
     row.update(verified=check.ok, problems=check.problems, levels=check.levels, level_shapes=check.level_shapes,
                layout=check.layout, ome_version=check.ome_version, zarr_format=check.zarr_format,
@@ -598,6 +607,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--peer-input", choices=["aszarr", "memmap"], default="aszarr",
                         help="how peers read the TIFF: dask over tifffile's Zarr view of the pages (default, "
                              "measured as fast or faster for both peers) or over a memory map, as Lamella reads it")
+    parser.add_argument("--zstd-level", type=int, default=PyramidOptions.zstd_level,
+                        help="zstd level for every converter (the same for all) [default: Lamella's, %(default)s]")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="dask threads for the peers")
     parser.add_argument("--blocks", type=int, default=12, help="random level-0 blocks compared per output")
     parser.add_argument("--settle", type=float, default=None,

@@ -9,7 +9,7 @@ import tensorstore as ts
 import zarr
 
 from tiling.errors import ImportProblem
-from tiling.pyramid import PyramidOptions, plan_pyramid, reduce_block, write_pyramid
+from tiling.pyramid import PyramidOptions, Scratch, plan_pyramid, reduce_block, write_pyramid
 from tiling.sources import ArraySource
 
 
@@ -91,6 +91,8 @@ REDUCE_CASES = [((9, 7, 13), (2, 2, 2)), ((70, 6, 4), (1, 2, 2)), ((65, 12), (2,
 def test_reduce_block_is_the_downsample_driver(dtype: str) -> None:
     """Level 1 is reduced from blocks in memory: the same values tensorstore's downsample driver gives."""
     rng = np.random.default_rng(3)
+    scratch = Scratch()  # shared by every case: sums of one block must not leak into the next
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
     for shape, factors in REDUCE_CASES:
         if dtype == "float32":
             block = rng.normal(0, 1000, shape).astype(np.float32)
@@ -100,11 +102,31 @@ def test_reduce_block_is_the_downsample_driver(dtype: str) -> None:
         for method in ("mean", "stride", "mode"):
             expected = ts.downsample(ts.array(block), list(factors), method).read().result()
             got = reduce_block(block, factors, method)
+            np.testing.assert_array_equal(reduce_block(block, factors, method, scratch), got)
+            kept.append((reduce_block(block, factors, method, scratch), got.copy()))
             assert got.dtype == block.dtype and got.shape == expected.shape
             if dtype == "float32" and method == "mean":  # summed in float64 here, in float32 there
                 np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-3)
             else:
                 np.testing.assert_array_equal(got, expected, err_msg=f"{shape} {factors} {method}")
+    for with_scratch, fresh in kept:  # results are new arrays, never scratch reused later
+        np.testing.assert_array_equal(with_scratch, fresh)
+
+
+def test_level1_shards_are_one_reduced_block(tmp_path: Path) -> None:
+    """Level 1 written from level-0 blocks gets shards of one reduced block: each written once, whole."""
+    data = np.random.default_rng(5).integers(0, 255, size=(40, 300, 300), dtype=np.uint8)
+    out = tmp_path / "s.ome.zarr"
+    write_pyramid(ArraySource(data), out, voxel_size=(8.0, 8.0, 8.0), options=PyramidOptions(chunk=16))
+
+    def shard(level: str) -> list[int]:
+        return json.loads((out / level / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"]
+
+    assert shard("0") == [48, 64, 64]  # 4 chunks per edge, z cut to the image
+    assert shard("1") == [32, 32, 32]  # a level-0 block halved (z: the whole level, in whole chunks)
+    assert shard("2") == [10, 64, 64]
+    group = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(group["1"][:], ts.downsample(ts.array(data), [2, 2, 2], "mean").read().result())
 
 
 @pytest.mark.parametrize("labels", [False, True])

@@ -1,0 +1,74 @@
+"""Files written past the page cache: exact bytes, atomic replacement, and the buffered fallback."""
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiling.direct_files import ALIGNMENT, TEMPORARY_SUFFIX, DirectFiles
+
+SIZES = [1, ALIGNMENT - 1, ALIGNMENT, ALIGNMENT + 1, 3 * ALIGNMENT + 17, (20 << 20) + 5]  # last: beyond the buffer
+
+
+def write_all(files: DirectFiles, folder: Path) -> dict[Path, bytes]:
+    rng = np.random.default_rng(1)
+    written = {folder / "c" / str(size) / "0": rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in SIZES}
+    for future in [files.write(path, data) for path, data in written.items()]:
+        future.result()
+    return written
+
+
+def test_exact_bytes_and_replacement(tmp_path: Path) -> None:
+    files = DirectFiles()
+    try:
+        written = write_all(files, tmp_path)
+        for path, data in written.items():
+            assert path.read_bytes() == data
+        path = next(iter(written))
+        files.write(path, b"shorter").result()  # a file written again is replaced whole
+        assert path.read_bytes() == b"shorter"
+        files.write(path, lambda: b"made in the writer").result()  # contents produced in the writer thread
+        assert path.read_bytes() == b"made in the writer"
+        files.write(path, lambda: None).result()  # nothing to store (all fill value): no file
+        assert not path.exists()
+        files.write(path, None).result()  # and removing what is not there is fine
+    finally:
+        files.close()
+    assert not list(tmp_path.rglob(f"*{TEMPORARY_SUFFIX}"))
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this platform")
+def test_direct_where_the_filesystem_allows(tmp_path: Path) -> None:
+    files = DirectFiles()
+    try:
+        write_all(files, tmp_path)
+        assert files.direct  # ext4 / xfs under the checkout accept O_DIRECT
+    finally:
+        files.close()
+
+
+@pytest.fixture
+def ramfs(tmp_path: Path) -> Iterator[Path]:
+    """A ramfs mount: a real filesystem that refuses O_DIRECT (tmpfs accepts it since Linux 6.6)."""
+    folder = tmp_path / "ramfs"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "ramfs", "ramfs", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("mounting ramfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_filesystem_refusing_o_direct_gets_ordinary_writes(ramfs: Path) -> None:
+    files = DirectFiles()
+    try:
+        written = write_all(files, ramfs)
+        assert not files.direct
+        for path, data in written.items():
+            assert path.read_bytes() == data
+    finally:
+        files.close()
