@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -11,9 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from annotations.errors import DatasetNotFound, ImageNotFound, InvalidMetadata, NameTaken
+from annotations.errors import DatasetNotFound, ImageNotFound, NameTaken
 from annotations.metadata import DatasetMetadata
 from annotations.models import Dataset, Image
+from annotations.names import check_name
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -22,7 +22,6 @@ def _as_utc(moment: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 MAX_ID = 2**31 - 1
 
 
@@ -92,14 +91,6 @@ class ImageSpec(BaseModel):
     voxel_size_nm: list[float]
     levels: list[dict[str, Any]]
     window: list[float]
-
-
-def check_name(name: str, what: str) -> str:
-    if not NAME.match(name):
-        raise InvalidMetadata(
-            f"{what} name {name!r} must start with a lowercase letter and use only a-z, 0-9, _ and -"
-        )
-    return name
 
 
 def _image_record(row: Image) -> ImageRecord:

@@ -162,6 +162,56 @@ def test_broken_store_is_contained(tmp_path: Path) -> None:
     assert result.returncode == 1 and "broken\ts/gone" in result.stdout and "ok\ts/good" in result.stdout
 
 
+def test_taken_names_and_unusable_database_stop_an_import(tmp_path: Path) -> None:
+    """The catalog opens while the conversion starts: a taken name or a database that cannot be
+    reached still ends in one line, with nothing written and the existing image untouched."""
+    data_dir = tmp_path / "data"
+    volume = np.random.default_rng(7).integers(0, 255, size=(64, 256, 256), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "em.tif", volume)
+    lamella("import", str(tmp_path / "em.tif"), "--dataset", "d", "--quiet", "--data-dir", str(data_dir), check=True)
+    images = data_dir / "images" / "d"
+    before = {p: p.stat().st_mtime_ns for p in images.rglob("*")}
+    assert_one_line_error(lamella("import", str(tmp_path / "em.tif"), "--dataset", "d", "--quiet",
+                                  "--data-dir", str(data_dir)), "already has an image 'em'")
+    lamella("add", str(images / "em.ome.zarr"), "--dataset", "d", "--name", "linked", "--data-dir", str(data_dir),
+            check=True)  # registered, with no folder of that name under images/
+    assert_one_line_error(lamella("import", str(tmp_path / "em.tif"), "--dataset", "d", "--name", "linked",
+                                  "--quiet", "--data-dir", str(data_dir)), "already has an image 'linked'")
+    assert {p: p.stat().st_mtime_ns for p in images.rglob("*")} == before
+    assert catalog(data_dir) == {"d": ["em", "linked"]}
+    unreachable = "postgresql://nobody@127.0.0.1:1/none"
+    assert_one_line_error(lamella("import", str(tmp_path / "em.tif"), "--dataset", "e", "--quiet",
+                                  "--database-url", unreachable, "--data-dir", str(data_dir)),
+                          "cannot use the database", "127.0.0.1")
+    assert not (data_dir / "images" / "e").exists() or not any((data_dir / "images" / "e").iterdir())
+    assert_one_line_error(lamella("datasets", "--database-url", unreachable), "cannot use the database")
+
+
+def test_zstd_level(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    volume = np.random.default_rng(6).integers(0, 255, size=(8, 160, 160), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "em.tif", volume)
+    result = lamella("import", str(tmp_path / "em.tif"), "--dataset", "z", "--zstd-level", "0",
+                     "--data-dir", str(data_dir))
+    assert result.returncode == 2 and "--zstd-level" in result.stderr and "Traceback" not in result.stderr
+    runs: list[tuple[str, list[str]]] = [("default", []), ("v3", ["--zstd-level", "9"]),
+                                         ("v2", ["--zstd-level", "5", "--format", "0.4"])]
+    for name, extra in runs:
+        lamella("import", str(tmp_path / "em.tif"), "--dataset", "z", "--name", name, "--quiet", *extra,
+                "--data-dir", str(data_dir), check=True)
+    images = data_dir / "images" / "z"
+
+    def zstd(path: Path) -> int:
+        if (path / ".zarray").exists():
+            return json.loads((path / ".zarray").read_text())["compressor"]["level"]
+        codecs = json.loads((path / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
+        return next(c["configuration"]["level"] for c in codecs if c["name"] == "zstd")
+
+    assert [zstd(images / f"{name}.ome.zarr" / level) for name in ("default", "v3", "v2") for level in "01"] == \
+        [1, 1, 9, 9, 5, 5]
+    np.testing.assert_array_equal(zarr.open_group(images / "v3.ome.zarr", mode="r")["0"][:], volume)
+
+
 @pytest.mark.parametrize("bad", ["0,1", "a,b,c", "1,2,3,4"])
 def test_bad_voxel_size(tmp_path: Path, bad: str) -> None:
     result = lamella("import", "x.tif", "--dataset", "x", "--voxel-size", bad, "--data-dir", str(tmp_path))
@@ -182,11 +232,13 @@ def test_import_labels_cli(tmp_path: Path) -> None:
     assert_one_line_error(lamella("import", str(tmp_path / "seg.tif"), "--dataset", "d", "--labels", "nope",
                                   "--data-dir", str(data_dir)), "nope")
     lamella("import", str(tmp_path / "seg.tif"), "--dataset", "d", "--labels", "em", "--downsample", "stride",
-            "--quiet", "--data-dir", str(data_dir), check=True)
+            "--zstd-level", "7", "--quiet", "--data-dir", str(data_dir), check=True)
     assert catalog(data_dir) == {"d": ["em", "seg"]}
     group = zarr.open_group(data_dir / "images" / "d" / "em.ome.zarr" / "labels" / "seg", mode="r")
     np.testing.assert_array_equal(group["0"][:], labels)
     np.testing.assert_array_equal(group["1"][:], labels[:, ::2, ::2])  # stride keeps every other voxel
+    assert group["0"].metadata.to_dict()["codecs"][0]["configuration"]["codecs"][1] == \
+        {"name": "zstd", "configuration": {"level": 7, "checksum": False}}
     assert not list((data_dir / "images" / "d" / "em.ome.zarr" / "labels").glob(".*partial*"))
 
 

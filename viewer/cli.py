@@ -1,29 +1,33 @@
 """The ``lamella`` command: a thin layer turning options into Settings and library calls.
 
-Library errors become one-line messages and a non-zero exit, never a traceback.
+Library errors become one-line messages and a non-zero exit, never a traceback. The database
+layer is imported where it is used: ``lamella import`` opens the catalog in a background
+thread while it converts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import signal
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from sqlalchemy import Engine
 
-from annotations.catalog import Catalog
-from annotations.db import make_engine, make_sessions, migrate
 from annotations.errors import CatalogError
-from annotations.metadata import DatasetMetadata, load_metadata
-from annotations.transforms import Transforms
 from tiling.errors import TilingError
 from tiling.pyramid import PyramidOptions
 from viewer.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from annotations.catalog import Catalog
+    from annotations.metadata import DatasetMetadata
 
 common = [
     click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -45,18 +49,41 @@ def fail(message: str) -> NoReturn:
 
 
 def open_database(settings: Settings) -> Engine:
+    from annotations.db import make_engine, migrate
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
     return engine
 
 
+def open_sessions(settings: Settings) -> sessionmaker[Session]:
+    from annotations.db import make_sessions
+
+    return make_sessions(open_database(settings))
+
+
 def open_catalog(settings: Settings) -> Catalog:
-    return Catalog(make_sessions(open_database(settings)))
+    from annotations.catalog import Catalog
+
+    return Catalog(open_sessions(settings))
+
+
+def open_catalog_in_background(settings: Settings) -> Future[Catalog]:
+    """The catalog, opened in a thread: importing SQLAlchemy and Alembic and migrating take ~0.3 s."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lamella-catalog")
+    try:
+        return pool.submit(open_catalog, settings)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def read_metadata(path: Path | None) -> DatasetMetadata | None:
-    return load_metadata(path) if path is not None else None
+    if path is None:
+        return None
+    from annotations.metadata import load_metadata
+
+    return load_metadata(path)
 
 
 def parse_voxel_size(_ctx: click.Context, _param: click.Parameter, text: str | None) -> tuple[float, ...] | None:
@@ -93,11 +120,18 @@ class LamellaGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            gc.freeze()  # also what commands imported: the collection at exit need not scan it (0.1 s)
+            return result
         except (TilingError, CatalogError) as error:
             fail(str(error))
         except OSError as error:
             fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
+        except Exception as error:
+            if type(error).__module__.startswith("sqlalchemy."):  # not imported up front: see open_catalog
+                cause = str(getattr(error, "orig", None) or error).strip().splitlines()
+                fail(f"cannot use the database: {cause[0] if cause else type(error).__name__}")
+            raise
         except KeyboardInterrupt:
             click.echo("lamella: interrupted; run the same command with --resume to continue", err=True)
             sys.exit(130)
@@ -131,6 +165,9 @@ def serve(demo: bool, access_log: bool, **options: Any) -> None:
     settings = Settings.from_env(**options)
     engine = open_database(settings)
     if demo:
+        from annotations.catalog import Catalog
+        from annotations.db import make_sessions
+        from annotations.transforms import Transforms
         from viewer.registration import ensure_demo
 
         sessions = make_sessions(engine)
@@ -152,10 +189,12 @@ def init_db(**options: Any) -> None:
 @with_common
 def demo(**options: Any) -> None:
     """Generate the demo dataset (no network) and register it."""
+    from annotations.catalog import Catalog
+    from annotations.transforms import Transforms
     from viewer.registration import ensure_demo
 
     settings = Settings.from_env(**options)
-    sessions = make_sessions(open_database(settings))
+    sessions = open_sessions(settings)
     dataset = ensure_demo(Catalog(sessions), settings.images_dir, Transforms(sessions))
     click.echo(f"dataset {dataset.name!r} (id {dataset.id}) ready with {len(dataset.images)} image(s)")
 
@@ -198,6 +237,8 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
               help="With --to-uint8: percentiles of a data sample that set the window.")
 @click.option("--format", "ome_version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True,
               help="OME-Zarr 0.5 (Zarr v3, sharded) or 0.4 (Zarr v2).")
+@click.option("--zstd-level", type=click.IntRange(1, 22), default=PyramidOptions.zstd_level, show_default=True,
+              help="zstd level of the stored chunks (higher levels rarely shrink EM, and write slower).")
 @click.option("--metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="REMBI metadata for the dataset (JSON or YAML).")
 @click.option("--labels", "labels_of", default=None, metavar="IMAGE",
@@ -210,8 +251,8 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: tuple[float, ...] | None,
-            ome_version: str, metadata: Path | None, labels_of: str | None, downsample: str, resume: bool,
-            workers: int | None, scheduler: str | None, quiet: bool, unit: str, to_uint8: bool,
+            ome_version: str, zstd_level: int, metadata: Path | None, labels_of: str | None, downsample: str,
+            resume: bool, workers: int | None, scheduler: str | None, quiet: bool, unit: str, to_uint8: bool,
             window: tuple[float, float] | None, percentiles: tuple[float, float], **options: Any) -> None:
     """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
     from viewer.registration import default_image_name, import_file, import_labels
@@ -219,16 +260,16 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
     settings = Settings.from_env(**options)
     if labels_of is not None:
         record = import_labels(open_catalog(settings), settings.images_dir, location, dataset, image=labels_of,
-                               name=name, downsample=downsample, show_progress=not quiet)
+                               name=name, downsample=downsample, zstd_level=zstd_level, show_progress=not quiet)
         click.echo(f"imported labels {record.images[-1].name!r} of {labels_of!r} into dataset {record.name!r}")
         return
     meta = read_metadata(metadata)
-    catalog = open_catalog(settings)
+    catalog = open_catalog_in_background(settings)  # the conversion starts meanwhile
     image_name = name or default_image_name(location)
     record = import_file(
         catalog, settings.images_dir, location, dataset, name=image_name, modality=modality, metadata=meta,
         voxel_size_nm=tuple(v * UNITS_TO_NM[unit] for v in voxel_size) if voxel_size else None,
-        options=PyramidOptions(ome_version=ome_version, name=image_name),  # type: ignore[arg-type]
+        options=PyramidOptions(ome_version=ome_version, name=image_name, zstd_level=zstd_level),  # type: ignore[arg-type]
         show_progress=not quiet, resume=resume, workers=workers, scheduler=scheduler,
         to_uint8=to_uint8, window=window, percentiles=percentiles,
         warn=lambda message: click.echo(f"lamella: warning: {message}", err=True),
@@ -256,11 +297,13 @@ def register(dataset: str, image: str, transform_file: Path, reference_points: P
     Reads matrices (JSON, CSV), MoBIE affines and views, eC-CLEM XML, BigWarp landmarks and
     3DCT-style coordinate lists (with --reference-points).
     """
+    from annotations.catalog import Catalog
+    from annotations.transforms import Transforms
     from annotations.viewer_sessions import ViewerSessions
     from viewer.correlation import Correlation
 
     settings = Settings.from_env(**options)
-    sessions = make_sessions(open_database(settings))
+    sessions = open_sessions(settings)
     catalog = Catalog(sessions)
     if set_reference and reference is None:
         fail("--set-reference needs --reference IMAGE")
@@ -310,6 +353,8 @@ def list_datasets(**options: Any) -> None:
 @with_common
 def check(**options: Any) -> None:
     """Open every registered image and report the ones that cannot be served."""
+    import asyncio
+
     from tiling.omezarr import make_context, open_volume
 
     settings = Settings.from_env(**options)

@@ -2,38 +2,47 @@
 
 Each writes (if it writes) beside the destination first and registers only complete images,
 in one transaction, so a failure leaves neither a half-written image nor a catalog entry.
+
+The database layer (SQLAlchemy, Alembic, pydantic: ~0.3 s to import) and the readers used to
+describe a written image are imported where they are used, so that ``import_file`` converts
+while its catalog is still being opened.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorstore as ts
 from tqdm import tqdm
 
-from annotations.catalog import Catalog, DatasetRecord, ImageSpec, check_name
 from annotations.errors import NameTaken
-from annotations.metadata import DatasetMetadata, parse_metadata
-from annotations.transforms import Transforms
+from annotations.names import check_name
 from tiling.errors import ImportProblem
-from tiling.omezarr import estimate_window, open_volume
-from tiling.precomputed import served_dtype
 from tiling.pyramid import PyramidOptions, list_label, write_pyramid
 from tiling.sources import ArraySource, RescaledSource, Source, open_source, percentile_window
+
+if TYPE_CHECKING:
+    from annotations.catalog import Catalog, DatasetRecord, ImageSpec
+    from annotations.metadata import DatasetMetadata
+    from annotations.transforms import Transforms
 
 DEMO_DATASET = "demo"
 
 
 async def describe(uri: str, *, name: str, modality: str, kind: str, managed: bool) -> ImageSpec:
     """Open the OME-Zarr at ``uri`` and describe it for the catalog (checks it can be served)."""
+    from annotations.catalog import ImageSpec
+    from tiling.omezarr import estimate_window, open_volume
+    from tiling.precomputed import served_dtype
+
     volume = await open_volume(uri, ts.Context())
     served_dtype(volume.dtype)
     window = await estimate_window(volume) if kind == "image" else (0.0, 0.0)
@@ -81,12 +90,18 @@ def add_existing(
     """Register an OME-Zarr (path or URL) without copying it."""
     name = check_name(name or default_image_name(uri), "image")
     check_name(dataset, "dataset")
-    spec = asyncio.run(describe(uri, name=name, modality=modality, kind=kind, managed=False))
+    spec = _describe(uri, name=name, modality=modality, kind=kind, managed=False)
     return catalog.register(dataset, spec, metadata)
 
 
+def _describe(uri: str, **options: Any) -> ImageSpec:
+    import asyncio
+
+    return asyncio.run(describe(uri, **options))
+
+
 def import_file(
-    catalog: Catalog,
+    catalog: Catalog | Future[Catalog],
     images_dir: Path,
     location: str,
     dataset: str,
@@ -111,9 +126,17 @@ def import_file(
     existing one (``tcp://host:port``). ``resume`` continues an interrupted conversion.
     ``to_uint8`` maps ``window`` (default: the ``percentiles`` of a sample) onto 0..255 so
     16-bit or float EM can be served as JPEG; otherwise the dtype is kept.
+
+    ``catalog`` may still be opening (a Future): the conversion starts meanwhile and stops at
+    its next block if the catalog then says the name is taken.
     """
-    name = _free_name(catalog, dataset, name, location)
+    name = check_name(name or default_image_name(location), "image")
+    check_name(dataset, "dataset")
+    name_is_free = _NameCheck(catalog, dataset, name)
+    name_is_free()
     destination = images_dir / dataset / f"{name}.ome.zarr"
+    if destination.exists():
+        name_is_free(wait=True)  # a registered image: say so rather than that its folder exists
     source = open_source(location)
     if to_uint8:
         window = window or percentile_window(source, *percentiles)
@@ -127,10 +150,16 @@ def import_file(
             voxel = tuple(voxel[-len(source.shape):])
         _convert(source, destination, tuple(voxel), options or PyramidOptions(name=name), f"import {name}",
                  show_progress, resume=resume, workers=workers, scheduler=scheduler,
-                 opener=functools.partial(open_for_import, location, window if to_uint8 else None))
+                 opener=functools.partial(open_for_import, location, window if to_uint8 else None),
+                 on_block=name_is_free)
     finally:
         source.close()
-    return _register_written(catalog, destination, dataset, name, modality, metadata)
+    try:
+        opened = name_is_free.catalog()
+    except BaseException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+    return _register_written(opened, destination, dataset, name, modality, metadata)
 
 
 def import_labels(
@@ -142,6 +171,7 @@ def import_labels(
     image: str,
     name: str | None = None,
     downsample: str = "mode",
+    zstd_level: int = PyramidOptions.zstd_level,
     show_progress: bool = True,
 ) -> DatasetRecord:
     """Import a segmentation as OME-Zarr labels of ``image`` (same grid) and register it.
@@ -161,7 +191,7 @@ def import_labels(
         else:
             destination = images_dir / dataset / f"{name}.labels.ome.zarr"
         options = PyramidOptions(ome_version=parent.ome_version, labels=True, label_downsample=downsample,  # type: ignore[arg-type]
-                                 name=name)
+                                 name=name, zstd_level=zstd_level)
         voxel = tuple(parent.voxel_size_nm[-len(source.shape):])
         _convert(source, destination, voxel, options, f"labels {name}", show_progress)
     finally:
@@ -169,8 +199,7 @@ def import_labels(
     try:
         if parent.managed:
             list_label(Path(parent.uri), name, parent.ome_version)  # type: ignore[arg-type]
-        spec = asyncio.run(describe(str(destination), name=name, modality="segmentation", kind="segmentation",
-                                    managed=True))
+        spec = _describe(str(destination), name=name, modality="segmentation", kind="segmentation", managed=True)
         return catalog.register(dataset, spec.model_copy(update={"labels_of": parent.id}))
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
@@ -181,9 +210,36 @@ def _free_name(catalog: Catalog, dataset: str, name: str | None, location: str) 
     """A valid image name not yet used in the dataset (from the file name when not given)."""
     name = check_name(name or default_image_name(location), "image")
     check_name(dataset, "dataset")
-    if catalog.has_image(dataset, name):
-        raise NameTaken(f"dataset {dataset!r} already has an image {name!r}")
+    _NameCheck(catalog, dataset, name)(wait=True)
     return name
+
+
+class _NameCheck:
+    """Raises NameTaken if the image name is used in the dataset, once the catalog can tell.
+
+    Called with a catalog still opening, it returns at once unless ``wait`` is given.
+    """
+
+    def __init__(self, catalog: Catalog | Future[Catalog], dataset: str, name: str) -> None:
+        self._catalog = catalog
+        self.dataset, self.name = dataset, name
+        self._checked = False
+
+    def __call__(self, *, wait: bool = False) -> None:
+        if self._checked:
+            return
+        if isinstance(self._catalog, Future):
+            if not (wait or self._catalog.done()):
+                return
+            self._catalog = self._catalog.result()
+        if self._catalog.has_image(self.dataset, self.name):
+            raise NameTaken(f"dataset {self.dataset!r} already has an image {self.name!r}")
+        self._checked = True
+
+    def catalog(self) -> Catalog:
+        self(wait=True)
+        assert not isinstance(self._catalog, Future)
+        return self._catalog
 
 
 def _convert(
@@ -198,14 +254,23 @@ def _convert(
     workers: int | None = None,
     scheduler: str | None = None,
     opener: Callable[[], Source] | None = None,
+    on_block: Callable[[], None] | None = None,
 ) -> None:
-    """Write the pyramid with a progress bar (voxels, rate, time left), here or on a Dask cluster."""
+    """Write the pyramid with a progress bar (voxels, rate, time left), here or on a Dask cluster.
+
+    ``on_block`` is called after each block; what it raises stops the conversion.
+    """
     total = int(np.prod(source.shape, dtype=np.int64))
     with (
         tqdm(total=total, unit="vox", unit_scale=True, desc=description, disable=not show_progress) as bar,
         dask_client(workers, scheduler) as client,
     ):
-        write_pyramid(source, destination, voxel_size=voxel, options=options, progress=bar.update,
+        def progress(voxels: int) -> None:
+            bar.update(voxels)
+            if on_block is not None:
+                on_block()
+
+        write_pyramid(source, destination, voxel_size=voxel, options=options, progress=progress,
                       resume=resume, client=client, source_opener=opener)
 
 
@@ -238,7 +303,7 @@ def _register_written(
     catalog: Catalog, destination: Path, dataset: str, name: str, modality: str, metadata: DatasetMetadata | None
 ) -> DatasetRecord:
     try:
-        spec = asyncio.run(describe(str(destination), name=name, modality=modality, kind="image", managed=True))
+        spec = _describe(str(destination), name=name, modality=modality, kind="image", managed=True)
         return catalog.register(dataset, spec, metadata)
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
@@ -270,7 +335,7 @@ def ensure_demo(catalog: Catalog, images_dir: Path, transforms: Transforms) -> D
         destination = images_dir / DEMO_DATASET / "em.ome.zarr"
         shutil.rmtree(destination, ignore_errors=True)  # left by an interrupted earlier run
         write_pyramid(ArraySource(volume), destination, voxel_size=DEMO_VOXEL_NM, options=PyramidOptions(name="em"))
-        _register_written(catalog, destination, DEMO_DATASET, "em", "EM", DEMO_METADATA)
+        _register_written(catalog, destination, DEMO_DATASET, "em", "EM", demo_metadata())
     del volume
     destination = images_dir / DEMO_DATASET / "fluorescence.ome.zarr"
     shutil.rmtree(destination, ignore_errors=True)
@@ -289,17 +354,21 @@ def ensure_demo(catalog: Catalog, images_dir: Path, transforms: Transforms) -> D
     return catalog.get_dataset(dataset.id)
 
 
-DEMO_METADATA = parse_metadata(
-    {
-        "title": "Demo: synthetic FIB-SEM-like volume with a correlative fluorescence channel",
-        "description": "A deterministic volume generated offline by `lamella demo`: cells with "
-        "membranes, mitochondria with cristae and vesicles, 512 x 512 x 256 voxels at 8 nm; and a "
-        "fluorescence-like mitochondrial stain at 24 x 24 x 40 nm, rotated, scaled and shifted "
-        "by a known affine.",
-        "licence": "CC0-1.0",
-        "study": {"title": "Lamella demo", "keywords": ["vEM", "FIB-SEM", "CLEM", "synthetic"]},
-        "biosample": {"organism": "none (synthetic)"},
-        "image_acquisition": {"imaging_method": "FIB-SEM and fluorescence (simulated)", "voxel_size_nm": [8, 8, 8]},
-        "image_data": {"file_format": "OME-Zarr 0.5"},
-    }
-)
+def demo_metadata() -> DatasetMetadata:
+    from annotations.metadata import parse_metadata
+
+    return parse_metadata(
+        {
+            "title": "Demo: synthetic FIB-SEM-like volume with a correlative fluorescence channel",
+            "description": "A deterministic volume generated offline by `lamella demo`: cells with "
+            "membranes, mitochondria with cristae and vesicles, 512 x 512 x 256 voxels at 8 nm; and a "
+            "fluorescence-like mitochondrial stain at 24 x 24 x 40 nm, rotated, scaled and shifted "
+            "by a known affine.",
+            "licence": "CC0-1.0",
+            "study": {"title": "Lamella demo", "keywords": ["vEM", "FIB-SEM", "CLEM", "synthetic"]},
+            "biosample": {"organism": "none (synthetic)"},
+            "image_acquisition": {"imaging_method": "FIB-SEM and fluorescence (simulated)",
+                                  "voxel_size_nm": [8, 8, 8]},
+            "image_data": {"file_format": "OME-Zarr 0.5"},
+        }
+    )

@@ -1,0 +1,17 @@
+"""Dataset and image names: checked without touching the database (nor importing SQLAlchemy)."""
+
+from __future__ import annotations
+
+import re
+
+from annotations.errors import InvalidMetadata
+
+NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+
+
+def check_name(name: str, what: str) -> str:
+    if not NAME.match(name):
+        raise InvalidMetadata(
+            f"{what} name {name!r} must start with a lowercase letter and use only a-z, 0-9, _ and -"
+        )
+    return name
