@@ -78,6 +78,23 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_failure_with_shard_writes_in_flight_leaves_nothing(tmp_path: Path) -> None:
+    class FailingLater(ArraySource):
+        reads = 0
+
+        def read(self, region):  # type: ignore[no-untyped-def]
+            self.reads += 1
+            if self.reads == 6:
+                raise OSError("disk on fire")
+            return super().read(region)
+
+    data = np.random.default_rng(6).integers(0, 255, size=(32, 128, 128), dtype=np.uint8)
+    with pytest.raises(OSError, match="fire"):
+        write_pyramid(FailingLater(data), tmp_path / "x.ome.zarr", voxel_size=(1, 1, 1),
+                      options=PyramidOptions(chunk=16, shard_chunks=2))  # 32-voxel blocks: 64 of them
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_rejects_unsupported_dtype(tmp_path: Path) -> None:
     with pytest.raises(ImportProblem, match="complex"):
         write_pyramid(ArraySource(np.zeros((4, 4, 4), np.complex64)), tmp_path / "c", voxel_size=(1, 1, 1))

@@ -36,8 +36,9 @@ class DirectFiles:
         """Replace ``path`` with ``data`` (``None``: remove it), in the background."""
         return self._pool.submit(self._write, path, data)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, *, cancel: bool = False) -> None:
+        """Wait for the writes under way; with ``cancel``, drop those not yet started."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
 
     def _write(self, path: Path, contents: Contents) -> None:
         data = contents() if callable(contents) else contents

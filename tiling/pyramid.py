@@ -5,7 +5,8 @@ one flush of the whole tree to disk), so a failed or interrupted write never lea
 catalog could point at. Level 0 is copied from a source in shard-aligned blocks, and each block,
 while in memory, is also reduced into level 1; the further levels are computed from the one
 before by tensorstore's ``downsample`` driver, block by block, so memory stays bounded by a few
-shards whatever the image size.
+shards whatever the image size. Level-0 shards (Zarr v3) are encoded by tensorstore into a
+memory store and written to their files past the page cache (``tiling.direct_files``).
 """
 
 from __future__ import annotations
@@ -674,6 +675,7 @@ def write_pyramid(
         done.close()  # keep the partial image: resume=True continues it
         raise
     except BaseException:
+        files.close(cancel=True)  # no writer may add files to what is removed next
         flusher.shutdown()
         done.close()
         shutil.rmtree(partial, ignore_errors=True)
