@@ -506,7 +506,7 @@ def _write_block(
 def _take_shard(staging: ts.TensorStore, key: str) -> bytes | None:
     """The shard tensorstore encoded into ``staging``'s memory store, removed from it (None: all fill value)."""
     found = staging.kvstore.read(key).result()
-    staging.kvstore.delete_range(ts.KvStore.KeyRange(key, key + "\0")).result()
+    del staging.kvstore[key]
     return found.value if found.state == "value" else None
 
 
