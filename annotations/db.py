@@ -1,6 +1,10 @@
 """Engines and schema migration for SQLite (embedded default, WAL) and PostgreSQL (psycopg 3).
 
 SQLAlchemy and Alembic are imported by the functions that use them: settings only need the URL.
+Alembic (~0.2 s to import, more to load its scripts) runs only when a schema is behind: a schema
+at ``HEAD_REVISION`` is left alone, and an empty database gets the models' tables and that
+revision at once (Alembic's "create_all, then stamp head" recipe; a test checks that this schema
+equals the migrated one).
 """
 
 from __future__ import annotations
@@ -9,10 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
     from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+HEAD_REVISION = "0003"  # the newest file in migrations/versions (a test checks it is Alembic's head)
+SCHEMA_LOCK = 0x6C616D656C6C61  # PostgreSQL advisory lock held while a schema is created or migrated
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -44,15 +50,68 @@ def make_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
+    """Bring the schema to the newest migration (idempotent; concurrent callers take turns)."""
+    with engine.connect() as connection:
+        if schema_revision(connection) == HEAD_REVISION:
+            return
+    with engine.begin() as connection:
+        _lock_schema(connection)
+        revision = schema_revision(connection)  # another process may have migrated meanwhile
+        if revision == HEAD_REVISION:
+            return
+        if revision is None and not _has_tables(connection):
+            _create_at_head(connection)
+        else:
+            upgrade_with_alembic(connection)
+
+
+def upgrade_with_alembic(connection: Connection) -> None:
+    """Run the migrations from the schema's revision to the newest, in the caller's transaction."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def schema_revision(connection: Connection) -> str | None:
+    """The Alembic revision the schema is at (None: not under Alembic)."""
+    from sqlalchemy import inspect, text
+
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _lock_schema(connection: Connection) -> None:
+    """Serialise schema changes: SQLite's write lock, or a PostgreSQL advisory lock (both until commit)."""
+    from sqlalchemy import text
+
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would begin only at the first DML
+    elif connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+
+
+def _has_tables(connection: Connection) -> bool:
+    from sqlalchemy import inspect
+
+    return bool(inspect(connection).get_table_names())
+
+
+def _create_at_head(connection: Connection) -> None:
+    """The models' tables and Alembic's version row, in the caller's transaction."""
+    from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
+
+    from annotations.models import Base
+
+    Base.metadata.create_all(connection)
+    version = Table("alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
+                    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))  # as Alembic makes it
+    version.create(connection)
+    connection.execute(version.insert().values(version_num=HEAD_REVISION))
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

@@ -6,9 +6,18 @@ import pytest
 from sqlalchemy import inspect
 
 from annotations.catalog import Catalog, ImageSpec
-from annotations.db import make_engine, make_sessions, migrate
+from annotations.db import (
+    HEAD_REVISION,
+    MIGRATIONS,
+    make_engine,
+    make_sessions,
+    migrate,
+    schema_revision,
+    upgrade_with_alembic,
+)
 from annotations.errors import DatasetNotFound, InvalidMetadata, NameTaken, SessionNotFound, StaleGeneration
 from annotations.metadata import parse_metadata
+from annotations.models import Base
 from annotations.viewer_sessions import ViewerSessions
 
 
@@ -30,6 +39,64 @@ def services(database_url: str):
 def test_schema_has_tables(services) -> None:
     _, _, engine = services
     assert {"datasets", "images", "viewer_sessions", "alembic_version"} <= set(inspect(engine).get_table_names())
+
+
+def test_head_revision_is_alembics_head() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
+
+
+def test_new_schema_equals_migrated_schema(database_url: str) -> None:
+    """An empty database gets the models' tables at once; Alembic's migrations must build the same."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            upgrade_with_alembic(connection)  # the path an old database takes, from nothing
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            migrated = {t: sorted(c["name"] for c in inspect(connection).get_columns(t))
+                        for t in inspect(connection).get_table_names()}
+        Base.metadata.drop_all(engine)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE alembic_version")
+        migrate(engine)  # empty again: created from the models and stamped
+        with engine.connect() as connection:
+            assert schema_revision(connection) == HEAD_REVISION
+            assert MigrationContext.configure(connection).get_current_revision() == HEAD_REVISION
+            assert compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}),
+                                    Base.metadata) == []
+            created = {t: sorted(c["name"] for c in inspect(connection).get_columns(t))
+                       for t in inspect(connection).get_table_names()}
+        assert created == migrated
+        with engine.begin() as connection:
+            upgrade_with_alembic(connection)  # Alembic agrees there is nothing to do
+            assert schema_revision(connection) == HEAD_REVISION
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_first_migrations_take_turns(database_url: str) -> None:
+    """Several server processes starting on one new database: one creates the schema, none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engines = [make_engine(database_url) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(len(engines)) as pool:
+            list(pool.map(migrate, engines))
+        with engines[0].connect() as connection:
+            assert schema_revision(connection) == HEAD_REVISION
+            assert connection.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
+    finally:
+        for engine in engines:
+            engine.dispose()
 
 
 def test_register_with_rembi_metadata(services) -> None:

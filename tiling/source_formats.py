@@ -15,9 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import mrcfile
 import numpy as np
-import pyvips
 import tensorstore as ts
 import tifffile
 from numpy.lib.array_utils import byte_bounds
@@ -37,7 +35,7 @@ LENGTH_UNITS_NM = {
     "µm": 1e3, "μm": 1e3, "um": 1e3, "\\u00b5m": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3,
     "nm": 1.0, "nanometer": 1.0, "å": 0.1, "a": 0.1, "angstrom": 0.1, "pm": 1e-3, "picometer": 1e-3,
 }  # fmt: skip
-READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, EOFError, KeyError, pyvips.Error)
+READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, EOFError, KeyError)
 
 Region = tuple[slice, ...]
 Voxel = tuple[float, ...] | None
@@ -451,6 +449,8 @@ class VipsImageSource(RegionSource):
     """
 
     def __init__(self, path: Path | str, *, access: str = "random") -> None:
+        import pyvips  # loads libvips: only for the formats that need it
+
         super().__init__(path)
         self.path = Path(path)
         try:
@@ -483,13 +483,15 @@ class VipsImageSource(RegionSource):
         return int(self._image.bands)
 
     def _read(self, box: Region) -> np.ndarray:
+        import pyvips
+
         (y, x), bands = box, int(self._image.bands)
-        region = self._image.crop(x.start, y.start, x.stop - x.start, y.stop - y.start)
-        data = np.ndarray(
-            buffer=region.write_to_memory(),
-            dtype=self._vips_dtype,
-            shape=(y.stop - y.start, x.stop - x.start, bands),
-        )
+        try:
+            region = self._image.crop(x.start, y.start, x.stop - x.start, y.stop - y.start)
+            pixels = region.write_to_memory()
+        except pyvips.Error as error:
+            raise RuntimeError(str(error)) from error  # one of READ_ERRORS
+        data = np.ndarray(buffer=pixels, dtype=self._vips_dtype, shape=(y.stop - y.start, x.stop - x.start, bands))
         return grey_from_samples(self.location, data, bands) if bands > 1 else data[..., 0]
 
     def close(self) -> None:
@@ -510,6 +512,8 @@ class MrcSource(RegionSource):
     """
 
     def __init__(self, path: Path | str) -> None:
+        import mrcfile
+
         super().__init__(path)
         self.path = Path(path)
         with warnings.catch_warnings(record=True) as caught:
@@ -567,6 +571,8 @@ class MrcSource(RegionSource):
 
     def _validation(self, data: np.ndarray) -> list[str]:
         """mrcfile's MRC2014 validation; its data statistics read everything, so only for small files."""
+        import mrcfile
+
         out = io.StringIO()
         if data.nbytes <= FULL_VALIDATE_BYTES:
             self._mrc.validate(print_file=out)

@@ -23,7 +23,6 @@ from typing import Protocol
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
 
 from tiling.errors import ImportProblem
 from tiling.pyramid import intensity_window
@@ -167,13 +166,15 @@ def _slice_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             if "S" in axes and shape[axes.index("S")] in (2, 3, 4):  # RGB: must be grey, checked when read
                 shape = tuple(n for n, axis in zip(shape, axes, strict=True) if axis != "S")
         else:
+            from PIL import Image  # PIL.UnidentifiedImageError is an OSError
+
             with Image.open(path) as image:
                 if image.mode not in PIL_DTYPES:
                     raise problem(path, f"unsupported image mode {image.mode}")
                 shape, dtype = (image.height, image.width), np.dtype(PIL_DTYPES[image.mode])
     except ImportProblem:
         raise
-    except (tifffile.TiffFileError, UnidentifiedImageError, ValueError, OSError, IndexError, EOFError) as error:
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, EOFError) as error:
         raise problem(path, "not a readable image", error) from None
     if len(shape) != 2:
         raise problem(path, f"expected a 2D grey slice, got shape {shape}")
@@ -184,6 +185,8 @@ def _read_slice(path: Path, y: slice, x: slice) -> np.ndarray:
     if path.suffix.lower() in TIFF_SUFFIXES:
         with TiffStackSource(path) as source:
             return source.read((y, x))
+    from PIL import Image
+
     try:
         with Image.open(path) as image:
             if image.mode == "P":
@@ -191,7 +194,7 @@ def _read_slice(path: Path, y: slice, x: slice) -> np.ndarray:
             elif image.mode == "1":
                 image = image.convert("L")
             data = np.asarray(image)
-    except (UnidentifiedImageError, ValueError, OSError, EOFError) as error:
+    except (ValueError, OSError, EOFError) as error:
         raise problem(path, "not a readable image", error) from None
     if data.ndim == 3:
         data = grey_from_samples(str(path), data, data.shape[-1])

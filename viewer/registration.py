@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorstore as ts
-from tqdm import tqdm
 
 from annotations.errors import NameTaken
 from annotations.names import check_name
@@ -261,17 +260,27 @@ def _convert(
     ``on_block`` is called after each block; what it raises stops the conversion.
     """
     total = int(np.prod(source.shape, dtype=np.int64))
-    with (
-        tqdm(total=total, unit="vox", unit_scale=True, desc=description, disable=not show_progress) as bar,
-        dask_client(workers, scheduler) as client,
-    ):
+    with progress_bar(total, description, show_progress) as bar, dask_client(workers, scheduler) as client:
         def progress(voxels: int) -> None:
-            bar.update(voxels)
+            if bar is not None:
+                bar.update(voxels)
             if on_block is not None:
                 on_block()
 
         write_pyramid(source, destination, voxel_size=voxel, options=options, progress=progress,
                       resume=resume, client=client, source_opener=opener)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, show: bool) -> Iterator[Any]:
+    """A tqdm bar of voxels (rate, time left), or None when not shown (tqdm is then not imported)."""
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="vox", unit_scale=True, desc=description) as bar:
+        yield bar
 
 
 def open_for_import(location: str, window: tuple[float, float] | None) -> Source:
