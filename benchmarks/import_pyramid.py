@@ -18,8 +18,11 @@ seamlessly) and converts that same file with:
 Every converter writes the same zstd level (``--zstd-level``, default Lamella's own default, 1);
 the level stored in each output's metadata is checked.
 
-The peers run through ``benchmarks/import_peer.py``. Each converter runs once, in its own
-process under GNU time (peak RSS = ru_maxrss, which counts touched pages of a memory-mapped
+The peers run through ``benchmarks/import_peer.py``. Each converter runs ``--rounds`` times
+(default 3) in rounds that each start with the next converter, so that none always runs first
+(on these VMs the first run after a pause meets memory the host has taken back, ~2 s of CPU per
+GB touched); the median run by wall time is reported and every run is kept in the JSON. A run is
+a process of its own under GNU time (peak RSS = ru_maxrss, which counts touched pages of a memory-mapped
 input too; anonymous and file-backed RSS are sampled from /proc as well), after a warm-up
 read of the whole TIFF so that every converter reads from the page cache (nothing is
 dropped). Dirty pages are flushed (``sync``) before each run so no run pays for the
@@ -590,6 +593,30 @@ def run_converter(
     return row
 
 
+def undisturbed_run(
+    converter: Converter, args: argparse.Namespace, stack: Path, data: np.ndarray, input_bytes: int, seed: int,
+    waited: float,
+) -> tuple[dict[str, Any], float]:
+    """One run of a converter, repeated (up to --attempts) while other processes disturbed it."""
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(1, args.attempts + 1):
+        if not args.no_wait and not args.quick:
+            waited += wait_for_quiet(args.wait_limit)
+        attempts.append(run_converter(converter, args, stack, data, input_bytes, seed=seed))
+        last = attempts[-1]
+        if last["exit_code"] != 0 or last["foreign_cpu_percent"] <= args.max_foreign:
+            break
+        if attempt < args.attempts:
+            print(f"  disturbed ({last['foreign_cpu_percent']:.0f}% > {args.max_foreign:g}% of the machine "
+                  f"used by other processes): running {converter.label} again", flush=True)
+    best = min(attempts, key=lambda a: (a["exit_code"] != 0, a["foreign_cpu_percent"] > args.max_foreign,
+                                        a["foreign_cpu_percent"]))
+    if best["foreign_cpu_percent"] > args.max_foreign:
+        print(f"  warning: every {converter.label} run was disturbed by other processes; keeping the least "
+              f"disturbed ({best['foreign_cpu_percent']:.0f}%)", flush=True)
+    return {**best, "attempts": len(attempts)}, waited
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=1.0, help="input size in GiB (planes of 2048 x 2048 uint8)")
@@ -614,6 +641,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=None,
                         help="before each run, wait up to this many seconds for the CPUs to be <10%% busy "
                              "[default: 120, 0 with --quick]")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="runs of every converter, in rounds that each start with the next converter; the "
+                             "median run (by wall time) is reported [default: 3, 1 with --quick]")
     parser.add_argument("--attempts", type=int, default=3,
                         help="runs of a converter at most: another is made while other processes used more than "
                              "--max-foreign %% of the CPUs during a run (the least disturbed run is reported)")
@@ -624,6 +654,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.settle is None:
         args.settle = 0.0 if args.quick else 120.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
@@ -653,33 +687,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif busy := others_running():
             print(f"note: other benchmarks are running ({'; '.join(busy)}): timings are disturbed")
         data = tifffile.memmap(stack, mode="r")
-        for index, converter in enumerate(converters(args, stack, work, len(levels))):
+        chosen = converters(args, stack, work, len(levels))
+        measured: dict[str, list[dict[str, Any]]] = {c.name: [] for c in chosen}
+        for converter in chosen:
             row: dict[str, Any] = {"name": converter.name, "label": converter.label, "method": converter.method,
                                    "settings": converter.settings, "command": converter.command}
             rows.append(row)
             if not available.get(converter.name, False):
                 row["skipped"] = "not installed"
+        runnable = [(index, c) for index, c in enumerate(chosen) if available.get(c.name, False)]
+        for round_number in range(args.rounds):
+            # Each round starts with the next converter: none always runs first, on memory the VM just got back.
+            shift = round_number % max(1, len(runnable))
+            for index, converter in runnable[shift:] + runnable[:shift]:
+                if args.rounds > 1:
+                    print(f"round {round_number + 1}/{args.rounds}: ", end="")
+                run, waited = undisturbed_run(converter, args, stack, data, input_bytes, index + 1, waited)
+                measured[converter.name].append(run)
+        for row in rows:
+            runs = measured.get(row["name"])
+            if not runs:
                 continue
-            attempts: list[dict[str, Any]] = []
-            for attempt in range(1, args.attempts + 1):
-                if not args.no_wait and not args.quick:
-                    waited += wait_for_quiet(args.wait_limit)
-                attempts.append(run_converter(converter, args, stack, data, input_bytes, seed=index + 1))
-                last = attempts[-1]
-                if last["exit_code"] != 0 or last["foreign_cpu_percent"] <= args.max_foreign:
-                    break
-                if attempt < args.attempts:
-                    print(f"  disturbed ({last['foreign_cpu_percent']:.0f}% > {args.max_foreign:g}% of the machine "
-                          f"used by other processes): running {converter.label} again", flush=True)
-            best = min(attempts, key=lambda a: (a["exit_code"] != 0, a["foreign_cpu_percent"] > args.max_foreign,
-                                                a["foreign_cpu_percent"]))
-            row.update(best)
-            row["attempt"] = attempts.index(best) + 1
-            row["attempts"] = [{k: a[k] for k in ("wall_s", "peak_rss_mib", "peak_anon_mib", "foreign_cpu_percent",
-                                                 "exit_code")} for a in attempts]
-            if best["foreign_cpu_percent"] > args.max_foreign:
-                print(f"  warning: every {converter.label} run was disturbed by other processes; keeping the least "
-                      f"disturbed ({best['foreign_cpu_percent']:.0f}%)", flush=True)
+            # The median run by wall time (failed or unverified runs rank last, so they show if frequent).
+            ranked = sorted(runs, key=lambda r: (r["exit_code"] != 0 or not r.get("verified"), r["wall_s"]))
+            ok = [r for r in ranked if r["exit_code"] == 0 and r.get("verified")]
+            median = ok[len(ok) // 2] if len(ok) == len(runs) else ranked[-1]  # even count: the slower middle
+            row.update(median)
+            row["runs"] = [{k: r.get(k) for k in ("wall_s", "peak_rss_mib", "peak_anon_mib", "user_s", "sys_s",
+                                                  "foreign_cpu_percent", "exit_code", "verified", "attempts")}
+                           for r in runs]
         del data
     finally:
         if args.keep:
@@ -691,6 +727,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"TIFF {shape} uint8 ({input_bytes / (1 << 30):.3f} GiB) -> sharded OME-Zarr pyramid; "
           f"{info['cpu_count']} CPUs; input read from page cache (warm-up read before each run, nothing dropped)")
     print_table(rows)
+    for row in rows:
+        if row.get("runs") and len(row["runs"]) > 1:
+            walls = ", ".join(f"{r['wall_s']:.2f}" for r in row["runs"])
+            print(f"  {row['label']}: wall s of the {len(row['runs'])} runs {walls} (median reported)")
     found = ratios(rows)
     print()
     for peer, values in found.items():

@@ -154,3 +154,27 @@ def test_level1_from_blocks_equals_downsampling_level0(tmp_path: Path, labels: b
     group = zarr.open_group(tmp_path / "p.ome.zarr", mode="r")
     expected = ts.downsample(ts.array(data), [2, 2, 2], "mode" if labels else "mean").read().result()
     np.testing.assert_array_equal(group["1"][:], expected)
+
+
+@pytest.mark.parametrize(
+    ("shape", "voxel", "options"),
+    [
+        ((37, 70, 45), (8.0, 8.0, 8.0), PyramidOptions(chunk=8, shard_chunks=2)),  # level 1 from blocks in memory
+        ((37, 70, 45), (8.0, 8.0, 8.0), PyramidOptions(chunk=5, shard_chunks=3)),  # 15-voxel blocks: from level 0
+        ((9, 130, 110), (40.0, 5.0, 5.0), PyramidOptions(chunk=8, shard_chunks=2)),  # z waits for x/y
+        ((150, 170), (5.0, 5.0), PyramidOptions(chunk=8, shard_chunks=2)),  # 2D
+        ((37, 70, 45), (8.0, 8.0, 8.0), PyramidOptions(chunk=8, shard_chunks=2, ome_version="0.4")),
+    ],
+)
+def test_every_level_is_the_level_before_downsampled(
+    tmp_path: Path, shape: tuple[int, ...], voxel: tuple[float, ...], options: PyramidOptions
+) -> None:
+    """Coarse levels are written while level 0 still is, each shard once its input is stored."""
+    data = np.random.default_rng(6).integers(0, 60000, size=shape, dtype=np.uint16)
+    levels = write_pyramid(ArraySource(data), tmp_path / "p.ome.zarr", voxel_size=voxel, options=options)
+    assert len(levels) >= 4
+    group = zarr.open_group(tmp_path / "p.ome.zarr", mode="r")
+    np.testing.assert_array_equal(group["0"][:], data)
+    for i in range(1, len(levels)):
+        expected = ts.downsample(ts.array(group[str(i - 1)][:]), list(levels[i].factors), "mean").read().result()
+        np.testing.assert_array_equal(group[str(i)][:], expected, err_msg=f"level {i}")

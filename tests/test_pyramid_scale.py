@@ -1,6 +1,7 @@
 """Builds that survive interruption and run on a Dask cluster, with identical output."""
 
 import functools
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,25 @@ def test_dask_cluster_output_is_identical(tmp_path: Path) -> None:
                       client=client, source_opener=functools.partial(open_source, str(tiff)))
         assert len(client.scheduler_info()["workers"]) == 2
     assert files(tmp_path / "cluster.ome.zarr") == files(single)
+
+
+@pytest.mark.parametrize("after", [2, 30, 44])
+def test_resume_after_coarse_levels_started(tmp_path: Path, after: int) -> None:
+    """Interrupted with some coarse-level shards stored and others not: the resumed build is identical."""
+    data = np.random.default_rng(12).integers(0, 60000, size=(80, 40, 40), dtype=np.uint16)
+    options = PyramidOptions(chunk=8, shard_chunks=2)  # 45 blocks of 16³; level 2: two shards along z
+    reference = tmp_path / "ref.ome.zarr"
+    write_pyramid(ArraySource(data), reference, voxel_size=(8, 8, 8), options=options)
+    target = tmp_path / "out.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        write_pyramid(Interrupting(data, after=after), target, voxel_size=(8, 8, 8), options=options)
+    stored = (tmp_path / ".out.ome.zarr.partial" / "blocks-done.txt").read_text().split()
+    assert len([key for key in stored if key.startswith("0:")]) == after
+    if after == 44:  # the first level-2 shard needs the first 36 blocks; it is written before the last one
+        assert "2:0" in stored and "2:1" not in stored
+        # As if interrupted just before that shard was written: the resumed build must write it first.
+        log = tmp_path / ".out.ome.zarr.partial" / "blocks-done.txt"
+        log.write_text("".join(f"{key}\n" for key in stored if key != "2:0"))
+        shutil.rmtree(tmp_path / ".out.ome.zarr.partial" / "2" / "c")
+    write_pyramid(ArraySource(data), target, voxel_size=(8, 8, 8), options=options, resume=True)
+    assert files(target) == files(reference)

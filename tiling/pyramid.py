@@ -4,8 +4,9 @@ The image is written beside its destination and moved into place only when compl
 one flush of the whole tree to disk), so a failed or interrupted write never leaves something a
 catalog could point at. Level 0 is copied from a source in shard-aligned blocks, and each block,
 while in memory, is also reduced into level 1; the further levels are computed from the one
-before by tensorstore's ``downsample`` driver, block by block, so memory stays bounded by a few
-shards whatever the image size. Level-0 shards (Zarr v3) are encoded by tensorstore into a
+before by tensorstore's ``downsample`` driver, shard by shard, each as soon as the part of the
+level before that it reads is stored (so they are written while level 0 still is; on a Dask
+cluster, level after level). Memory stays bounded by a few shards whatever the image size. Level-0 shards (Zarr v3) are encoded by tensorstore into a
 memory store and written to their files past the page cache (``tiling.direct_files``).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import math
 import os
@@ -415,6 +417,15 @@ class _Pipeline:
         while self.storing:
             self._report(block=True)
 
+    def step(self) -> bool:
+        """Wait until the oldest block in flight is stored and reported; False if there is none."""
+        if not self.storing and self.encoding:
+            self._encoded_oldest()
+        if not self.storing:
+            return False
+        self._report(block=True)
+        return True
+
     def _encoded_oldest(self) -> None:
         futures, key, then = self.encoding.popleft()
         for future in futures:
@@ -432,6 +443,93 @@ class _Pipeline:
             self.storing.popleft()
             self.on_done(key)
             block = False
+
+
+class _Reductions:
+    """Shards of the levels reduced from the level before, released as soon as their input is stored.
+
+    A shard of level M reads a region of level M-1, written in units (the shard-aligned blocks of
+    that level, or for level 1 reduced in memory, the reduction of each level-0 block). It is
+    released once every unit overlapping its region is stored, so the coarse levels are written
+    while level 0 still is, instead of one after another at the end.
+    """
+
+    def __init__(self, levels: list[LevelPlan], shards: list[tuple[int, ...]], first: int, done: set[str]) -> None:
+        self.levels, self.shards, self.first, self.done = levels, shards, first, done
+        self.units: list[tuple[tuple[int, ...], tuple[int, ...], int]] = []  # (cell, grid, key level) per level
+        for level in range(len(levels) - 1):
+            if level == 1 and first == 2:  # written with the level-0 blocks, one reduced block each
+                cell = tuple(-(-b // f) for b, f in zip(shards[0], levels[1].factors, strict=True))
+                self.units.append((cell, self.units[0][1], 0))
+            else:
+                cell = shards[level]
+                self.units.append((cell, _grid(levels[level].shape, cell), level))
+        self.waiting: dict[tuple[int, tuple[int, ...]], int] = {}  # shard -> units it still waits for
+
+    def released_by(self, key: str) -> list[tuple[str, int, tuple[slice, ...]]]:
+        """The shards (key, level, region) that the units stored under ``key`` complete."""
+        level, number = (int(part) for part in key.split(":"))
+        ready = []
+        for unit_level in (level, 1) if level == 0 and self.first == 2 else (level,):
+            target = unit_level + 1
+            if not self.first <= target < len(self.levels):
+                continue
+            position = np.unravel_index(number, self.units[unit_level][1])
+            for shard in self._dependents(target, tuple(int(p) for p in position)):
+                waiting = self.waiting.get((target, shard))
+                waiting = self._unstored_inputs(target, shard) if waiting is None else waiting - 1
+                if waiting:
+                    self.waiting[(target, shard)] = waiting
+                    continue
+                self.waiting.pop((target, shard), None)
+                found = self._shard(target, shard)
+                if found[0] not in self.done:
+                    ready.append(found)
+        return ready
+
+    def ready_at_start(self) -> list[tuple[str, int, tuple[slice, ...]]]:
+        """Shards whose input a resumed build already holds, but which it does not."""
+        ready = []
+        for level in range(self.first, len(self.levels)):
+            for shard in np.ndindex(*_grid(self.levels[level].shape, self.shards[level])):
+                found = self._shard(level, shard)
+                if found[0] not in self.done and not self._unstored_inputs(level, shard):
+                    ready.append(found)
+        return ready
+
+    def _span(self, level: int, shard: tuple[int, ...]) -> list[range]:
+        """Per axis, the input units of a shard of ``level``."""
+        cell = self.units[level - 1][0]
+        spans = []
+        for j, size, factor, cell_edge, extent in zip(shard, self.shards[level], self.levels[level].factors, cell,
+                                                      self.levels[level - 1].shape, strict=True):
+            start, stop = j * size * factor, min((j + 1) * size * factor, extent)
+            spans.append(range(start // cell_edge, (stop - 1) // cell_edge + 1))
+        return spans
+
+    def _unstored_inputs(self, level: int, shard: tuple[int, ...]) -> int:
+        _, grid, key_level = self.units[level - 1]
+        return sum(f"{key_level}:{np.ravel_multi_index(unit, grid)}" not in self.done
+                   for unit in itertools.product(*self._span(level, shard)))
+
+    def _dependents(self, level: int, unit: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+        cell = self.units[level - 1][0]
+        spans = []
+        for i, cell_edge, size, factor, extent in zip(unit, cell, self.shards[level], self.levels[level].factors,
+                                                      self.levels[level - 1].shape, strict=True):
+            reach = size * factor
+            spans.append(range(i * cell_edge // reach, (min((i + 1) * cell_edge, extent) - 1) // reach + 1))
+        return itertools.product(*spans)
+
+    def _shard(self, level: int, shard: tuple[int, ...]) -> tuple[str, int, tuple[slice, ...]]:
+        shape, size = self.levels[level].shape, self.shards[level]
+        number = np.ravel_multi_index(shard, _grid(shape, size))
+        region = tuple(slice(j * e, min((j + 1) * e, s)) for j, e, s in zip(shard, size, shape, strict=True))
+        return f"{level}:{number}", level, region
+
+
+def _grid(shape: tuple[int, ...], cell: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(-(-s // c) for s, c in zip(shape, cell, strict=True))
 
 
 class _DoneLog:
@@ -576,11 +674,25 @@ def write_pyramid(
     flusher = ThreadPoolExecutor(1)  # fsyncs finished files while the rest is computed
     flushed: list[Future[None]] = []
     level0_files: dict[str, Path | None] = {}
+    unstored: list[int] = []  # per level, its blocks not yet stored
+    reductions: _Reductions | None = None  # shards of coarser levels to release as their input is stored
+    released: deque[tuple[str, int, tuple[slice, ...]]] = deque()
+
+    def level_stored(level: int) -> None:
+        flushed.append(flusher.submit(sync_tree, partial / str(level)))
 
     def finished(key: str) -> None:
         done.add(key)
         if level0_files.get(key) is not None:  # written whole, once: it can go to disk now
             flushed.append(flusher.submit(_fsync, level0_files[key], missing_ok=True))  # all-zero: not stored
+        level = int(key.split(":")[0])
+        unstored[level] -= 1
+        if not unstored[level]:
+            level_stored(level)
+            if level == 0 and from_level0 == 2:  # level 1 was written with level 0
+                level_stored(1)
+        if reductions is not None:
+            released.extend(reductions.released_by(key))
 
     pipeline = _Pipeline(finished)
     files = DirectFiles()
@@ -602,6 +714,7 @@ def write_pyramid(
         # Level 1 from each level-0 block while it is in memory; the rest from the level before.
         in_memory = _level1_from_blocks(levels, options)
         factors1 = list(levels[1].factors) if in_memory else []
+        from_level0 = 2 if in_memory else 1  # the first level reduced from the level before
 
         def todo(level: int) -> list[tuple[str, tuple[slice, ...]]]:
             regions = _blocks(levels[level].shape, shards[level])
@@ -615,7 +728,10 @@ def write_pyramid(
         if progress is not None:
             progress(int(np.prod(shape)) - sum(voxels(region) for _, region in first))
         build = uuid.uuid4().hex
-        from_level0 = 2 if in_memory else 1  # levels complete once level 0 is
+        unstored[:] = [len(first), *(0 if in_memory and i == 1 else len(todo(i)) for i in range(1, len(levels)))]
+        for level, count in enumerate(unstored):
+            if not count and not (level == 1 and in_memory and unstored[0]):
+                level_stored(level)  # a resumed build that holds all of it
         if client is not None:
             reduce = (specs[1], factors1, method) if in_memory else None
             _run_distributed(client, finished, progress, [
@@ -629,6 +745,17 @@ def write_pyramid(
             staging = None if options.ome_version == "0.4" else ts.open(
                 {**_array_spec(partial / "0", shape, shards[0], dtype, axes, options),
                  "kvstore": {"driver": "memory", "path": "0/"}}, context=ts.Context()).result()
+            reduced = {i: ts.downsample(arrays[i - 1], list(levels[i].factors), method)
+                       for i in range(from_level0, len(levels))}
+            reductions = _Reductions(levels, shards, from_level0, done.keys)
+            if resuming:
+                released.extend(reductions.ready_at_start())
+
+            def write_released() -> None:
+                while released:
+                    key, level, region = released.popleft()
+                    pipeline.submit([arrays[level][region].write(reduced[level][region])], key)
+
             for key, region in first:
                 data = np.ascontiguousarray(source.read(region))
                 store = None
@@ -641,22 +768,19 @@ def write_pyramid(
                                              scratch), key, store)
                 if progress is not None:
                     progress(voxels(region))
-            pipeline.drain()
-        flushed += [flusher.submit(sync_tree, partial / str(i)) for i in range(from_level0)]
-        for i in range(from_level0, len(levels)):
-            factors = list(levels[i].factors)
-            if client is not None:
-                _run_distributed(client, finished, None, [
-                    (key, client.submit(_reduce_block, build, region, specs[i - 1], specs[i], factors, method,
-                                        pure=False))
-                    for key, region in todo(i)
-                ])
-            else:
-                reduced = ts.downsample(arrays[i - 1], factors, method)
-                for key, region in todo(i):
-                    pipeline.submit([arrays[i][region].write(reduced[region])], key)
-                pipeline.drain()
-            flushed.append(flusher.submit(sync_tree, partial / str(i)))
+                write_released()
+            while True:
+                write_released()
+                if not pipeline.step():
+                    break
+            if any(unstored):
+                raise RuntimeError(f"pyramid blocks left unwritten: {unstored}")  # a scheduling bug, never input
+        for i in range(from_level0, len(levels) if client is not None else 0):
+            _run_distributed(client, finished, None, [
+                (key, client.submit(_reduce_block, build, region, specs[i - 1], specs[i], list(levels[i].factors),
+                                    method, pure=False))
+                for key, region in todo(i)
+            ])
         for future in flushed:
             future.result()
         window = None if options.labels else data_window(arrays[-1])
