@@ -6,8 +6,9 @@ catalog could point at. Level 0 is copied from a source in shard-aligned blocks,
 while in memory, is also reduced into level 1; the further levels are computed from the one
 before by tensorstore's ``downsample`` driver, shard by shard, each as soon as the part of the
 level before that it reads is stored (so they are written while level 0 still is; on a Dask
-cluster, level after level). Memory stays bounded by a few shards whatever the image size. Level-0 shards (Zarr v3) are encoded by tensorstore into a
-memory store and written to their files past the page cache (``tiling.direct_files``).
+cluster, level after level). Memory stays bounded by a few shards whatever the image size.
+Level-0 shards (Zarr v3) are encoded by tensorstore into a memory store and written to their
+files past the page cache (``tiling.direct_files``).
 """
 
 from __future__ import annotations
