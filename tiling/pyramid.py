@@ -776,12 +776,13 @@ def write_pyramid(
                     break
             if any(unstored):
                 raise RuntimeError(f"pyramid blocks left unwritten: {unstored}")  # a scheduling bug, never input
-        for i in range(from_level0, len(levels) if client is not None else 0):
-            _run_distributed(client, finished, None, [
-                (key, client.submit(_reduce_block, build, region, specs[i - 1], specs[i], list(levels[i].factors),
-                                    method, pure=False))
-                for key, region in todo(i)
-            ])
+        if client is not None:  # on a cluster the coarse levels follow one another
+            for i in range(from_level0, len(levels)):
+                _run_distributed(client, finished, None, [
+                    (key, client.submit(_reduce_block, build, region, specs[i - 1], specs[i],
+                                        list(levels[i].factors), method, pure=False))
+                    for key, region in todo(i)
+                ])
         for future in flushed:
             future.result()
         window = None if options.labels else data_window(arrays[-1])

@@ -15,6 +15,7 @@ IMAGE = r"(?P<image_name>[A-Za-z0-9_\-]+)"
 TOKEN = r"(?P<token>[A-Za-z0-9_\-]+)"
 TRANSFORM = r"(?P<transform_id>[0-9]{1,9})"
 IMAGE_BASE = rf"/api/datasets/{DATASET}/images/{IMAGE}"
+PRECOMPUTED_CHUNK = r"precomputed/(?P<scale_key>[^/]+)/(?P<chunk_name>[^/]+)"  # plain and warped alike
 
 
 def routes(services: Services) -> list[tuple[str, type, dict[str, Any], str]]:
@@ -31,23 +32,14 @@ def routes(services: Services) -> list[tuple[str, type, dict[str, Any], str]]:
         (rf"/api/datasets/{DATASET}/sessions", api.DatasetSessionsHandler, inject, "dataset-sessions"),
         (rf"/api/sessions/{TOKEN}", api.SessionHandler, inject, "session"),
         (rf"{IMAGE_BASE}/precomputed/info", data.PrecomputedInfoHandler, inject, "precomputed-info"),
-        (
-            rf"{IMAGE_BASE}/precomputed/(?P<scale_key>[^/]+)/(?P<chunk_name>[^/]+)",
-            data.PrecomputedChunkHandler,
-            inject,
-            "precomputed-chunk",
-        ),
+        (rf"{IMAGE_BASE}/{PRECOMPUTED_CHUNK}", data.PrecomputedChunkHandler, inject, "precomputed-chunk"),
         (rf"{IMAGE_BASE}/zarr/(?P<key>.*)", data.ZarrStoreHandler, inject, "zarr-store"),
         # Correlative registration: transforms into the dataset's reference space.
         (rf"{IMAGE_BASE}/transform", correlation.TransformHandler, inject, "transform"),
         (rf"{IMAGE_BASE}/landmarks", correlation.LandmarksHandler, inject, "landmarks"),
         (rf"{IMAGE_BASE}/warped/{TRANSFORM}/precomputed/info", correlation.WarpedInfoHandler, inject, "warped-info"),
-        (
-            rf"{IMAGE_BASE}/warped/{TRANSFORM}/precomputed/(?P<scale_key>[^/]+)/(?P<chunk_name>[^/]+)",
-            correlation.WarpedChunkHandler,
-            inject,
-            "warped-chunk",
-        ),
+        (rf"{IMAGE_BASE}/warped/{TRANSFORM}/{PRECOMPUTED_CHUNK}", correlation.WarpedChunkHandler, inject,
+         "warped-chunk"),
         (rf"/api/sessions/{TOKEN}/display", correlation.SessionDisplayHandler, inject, "session-display"),
         (rf"/api/sessions/{TOKEN}/landmark-layers", correlation.SessionLandmarkLayersHandler, inject,
          "session-landmark-layers"),
