@@ -1,6 +1,7 @@
 """Pyramids written by tiling.pyramid: layout, metadata validity and independent readers."""
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,39 @@ def test_level1_shards_are_one_reduced_block(tmp_path: Path) -> None:
     assert shard("2") == [10, 64, 64]
     group = zarr.open_group(out, mode="r")
     np.testing.assert_array_equal(group["1"][:], ts.downsample(ts.array(data), [2, 2, 2], "mean").read().result())
+
+
+def test_whole_shards_are_flushed_once_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shard written whole goes to disk as soon as it is stored, not in one flush at the end."""
+    from tiling import pyramid
+
+    flushed_alone: list[str] = []
+    in_tree = threading.local()
+    fsync, sync_tree = pyramid._fsync, pyramid.sync_tree
+
+    def spy_fsync(path: str | Path, **kwargs: bool) -> None:
+        if not getattr(in_tree, "active", False):
+            flushed_alone.append(str(path))
+        fsync(path, **kwargs)
+
+    def spy_sync_tree(root: Path, **kwargs: bool) -> None:
+        in_tree.active = True
+        try:
+            sync_tree(root, **kwargs)
+        finally:
+            in_tree.active = False
+
+    monkeypatch.setattr(pyramid, "_fsync", spy_fsync)
+    monkeypatch.setattr(pyramid, "sync_tree", spy_sync_tree)
+    data = np.random.default_rng(6).integers(0, 255, size=(40, 300, 300), dtype=np.uint8)
+    out = tmp_path / "s.ome.zarr"
+    write_pyramid(ArraySource(data), out, voxel_size=(8.0, 8.0, 8.0), options=PyramidOptions(chunk=16))
+    partial = tmp_path / ".s.ome.zarr.partial"
+    for level in ("0", "1", "2"):
+        shards = sorted(str(p.relative_to(out)) for p in (out / level / "c").rglob("*") if p.is_file())
+        assert len(shards) > 1
+        assert shards == sorted(str(Path(p).relative_to(partial)) for p in flushed_alone
+                                if Path(p).is_relative_to(partial / level / "c"))
 
 
 @pytest.mark.parametrize("labels", [False, True])

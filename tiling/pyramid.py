@@ -203,6 +203,15 @@ def _reduced_region(region: tuple[slice, ...], factors: Sequence[int]) -> tuple[
     return tuple(slice(r.start // f, -(-r.stop // f)) for r, f in zip(region, factors, strict=True))
 
 
+def _whole_shard_file(
+    level: Path, region: tuple[slice, ...], shard: tuple[int, ...], shape: tuple[int, ...], options: PyramidOptions
+) -> Path | None:
+    """The file of the shard ``region`` covers exactly (None: it covers part of one, or Zarr v2)."""
+    exact = all(r.start % s == 0 and r.stop == min(r.start + s, n)
+                for r, s, n in zip(region, shard, shape, strict=True))
+    return _shard_file(level, region, shard, options) if exact else None
+
+
 def _shard_file(level: Path, region: tuple[slice, ...], shard: tuple[int, ...], options: PyramidOptions) -> Path | None:
     """The file holding a shard-aligned block (Zarr v3 default keys), None for Zarr v2's chunk files."""
     if options.ome_version == "0.4":
@@ -675,6 +684,7 @@ def write_pyramid(
     flusher = ThreadPoolExecutor(1)  # fsyncs finished files while the rest is computed
     flushed: list[Future[None]] = []
     level0_files: dict[str, Path | None] = {}
+    whole_files: dict[str, list[Path]] = {}  # block key -> the shard files it writes whole
     unstored: list[int] = []  # per level, its blocks not yet stored
     reductions: _Reductions | None = None  # shards of coarser levels to release as their input is stored
     released: deque[tuple[str, int, tuple[slice, ...]]] = deque()
@@ -684,8 +694,8 @@ def write_pyramid(
 
     def finished(key: str) -> None:
         done.add(key)
-        if level0_files.get(key) is not None:  # written whole, once: it can go to disk now
-            flushed.append(flusher.submit(_fsync, level0_files[key], missing_ok=True))  # all-zero: not stored
+        for path in whole_files.pop(key, ()):  # written whole, once: to disk now, not all at the end
+            flushed.append(flusher.submit(_fsync, path, missing_ok=True))  # all-zero: not stored
         level = int(key.split(":")[0])
         unstored[level] -= 1
         if not unstored[level]:
@@ -726,6 +736,10 @@ def write_pyramid(
 
         first = todo(0)
         level0_files.update((key, _shard_file(partial / "0", region, shards[0], options)) for key, region in first)
+        for key, region in first:
+            whole = [level0_files[key], in_memory and _whole_shard_file(
+                partial / "1", _reduced_region(region, factors1), shards[1], levels[1].shape, options)]
+            whole_files[key] = [path for path in whole if path]
         if progress is not None:
             progress(int(np.prod(shape)) - sum(voxels(region) for _, region in first))
         build = uuid.uuid4().hex
@@ -755,6 +769,8 @@ def write_pyramid(
             def write_released() -> None:
                 while released:
                     key, level, region = released.popleft()
+                    path = _whole_shard_file(partial / str(level), region, shards[level], levels[level].shape, options)
+                    whole_files[key] = [path] if path else []
                     pipeline.submit([arrays[level][region].write(reduced[level][region])], key)
 
             for key, region in first:
