@@ -9,6 +9,7 @@ import pytest
 import tensorstore as ts
 import zarr
 
+from tiling import pyramid
 from tiling.errors import ImportProblem
 from tiling.pyramid import PyramidOptions, Scratch, plan_pyramid, reduce_block, write_pyramid
 from tiling.sources import ArraySource
@@ -105,9 +106,13 @@ REDUCE_CASES = [((9, 7, 13), (2, 2, 2)), ((70, 6, 4), (1, 2, 2)), ((65, 12), (2,
                 ((67, 5, 3), (2, 1, 2))]
 
 
+@pytest.mark.parametrize("slab_bytes", [1, 300, None])  # one cell per slab; a few planes, a short last slab; default
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32"])
-def test_reduce_block_is_the_downsample_driver(dtype: str) -> None:
+def test_reduce_block_is_the_downsample_driver(dtype: str, slab_bytes: int | None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Level 1 is reduced from blocks in memory: the same values tensorstore's downsample driver gives."""
+    if slab_bytes is not None:
+        monkeypatch.setattr(pyramid, "MEAN_SLAB_BYTES", slab_bytes)
     rng = np.random.default_rng(3)
     scratch = Scratch()  # shared by every case: sums of one block must not leak into the next
     kept: list[tuple[np.ndarray, np.ndarray]] = []
@@ -149,8 +154,6 @@ def test_level1_shards_are_one_reduced_block(tmp_path: Path) -> None:
 
 def test_whole_shards_are_flushed_once_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every shard written whole goes to disk as soon as it is stored, not in one flush at the end."""
-    from tiling import pyramid
-
     flushed_alone: list[str] = []
     in_tree = threading.local()
     fsync, sync_tree = pyramid._fsync, pyramid.sync_tree
