@@ -37,8 +37,9 @@ from tiling.errors import ImportProblem
 
 OmeVersion = Literal["0.4", "0.5"]
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32"}
-# Shards are not fsynced one by one as they are written: the finished tree is flushed once.
 MEAN_SLAB_BYTES = 1 << 20  # input per slab of a level-1 mean: it and its sums stay in the CPU cache
+# tensorstore does not fsync each write: a shard written whole is flushed once stored, the rest of a
+# level with the level's tree once the level is complete.
 WRITE_CONTEXT = {"file_io_sync": False}
 MEAN_ACCUMULATORS = {
     "uint8": np.uint16, "int8": np.int16, "uint16": np.uint32, "int16": np.int32, "uint32": np.uint64,
