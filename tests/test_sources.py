@@ -475,3 +475,46 @@ def test_sniffs_files_without_a_known_suffix(tmp_path: Path) -> None:
     with open_source(str(tmp_path / "scan.dat")) as source:  # type: ignore[attr-defined]
         assert isinstance(source, TiffStackSource)
         np.testing.assert_array_equal(read_all(source), plane)
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_memory_mapped_stack_keeps_its_mapping_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       limit: int | None) -> None:
+    """Blocks of a band share their mapped rows until the band ends, unless more is mapped than allowed.
+
+    With large folios in the page cache the kernel maps up to 2 MiB per row touched, more than the
+    band's rows; a limit of 0 stands in for that here: every slab read is let go at once.
+    """
+    from tiling import source_formats
+
+    if limit is not None:
+        monkeypatch.setattr(source_formats, "MAPPED_LIMIT_BYTES", limit)
+        monkeypatch.setattr(source_formats, "MAPPED_BAND_FACTOR", 0)
+        monkeypatch.setattr(source_formats, "MAPPED_SLAB_BYTES", 1)  # one plane per slab
+    volume = np.random.default_rng(9).integers(0, 255, (8, 512, 4096), dtype=np.uint8)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, volume)
+    band_kib = 8 * 256 * 4096 // 1024  # the rows of one band of 256-row blocks: 8 MiB
+    with open_source(str(path)) as source:  # type: ignore[attr-defined]
+        for y in (0, 256):
+            for x in range(0, 4096, 512):
+                block = (slice(0, 8), slice(y, y + 256), slice(x, x + 512))
+                np.testing.assert_array_equal(source.read(block), volume[block])
+                mapped = _mapped_kib(path)
+                if x + 512 == 4096:
+                    assert mapped == 0  # the band is done
+                elif limit is None:
+                    assert mapped >= band_kib  # its rows stay mapped for the next block of the band
+                else:
+                    assert mapped <= band_kib // 2  # let go as it is read (the kernel's RSS count lags a little)

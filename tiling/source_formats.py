@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import mmap
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,10 @@ from tiling.errors import ImportProblem
 from tiling.pyramid import SUPPORTED_DTYPES
 
 BAND_CACHE_BYTES = 256 << 20  # one decoded row band of a strip-compressed image, reused across x blocks
-MAPPED_RELEASE_BYTES = 256 << 20  # mapped pages of a memory-mapped input let go at the latest after this much
+MAPPED_LIMIT_BYTES = 128 << 20  # file pages a memory-mapped input may keep mapped, at least (see MappedPages)
+MAPPED_SLAB_BYTES = 64 << 20  # span of the file copied between two checks of that
+MAPPED_AROUND_BYTES = 2 << 20  # what a fault may map beyond the page touched: a PMD-sized folio
+MAPPED_BAND_FACTOR = 1.25  # mapped bytes allowed per byte of the rows a region spans (partly used pages)
 FULL_VALIDATE_BYTES = 64 << 20  # MRC data statistics are checked only below this (it reads everything)
 # 2D compressed TIFFs from here on are read through libvips: its cache of decoded strips keeps a
 # 80000-pixel-wide striped montage at 210 MB/s where tifffile re-decodes each strip per block (7 MB/s).
@@ -149,9 +153,13 @@ class MappedPages:
 
     The pages stay in the page cache; only this process's mapping of them is dropped, so a 1 TB
     stack never becomes resident. Dropping happens once a row band is finished (a read reaching the
-    last column, as the pyramid writer's x-ordered reads do) or after ``MAPPED_RELEASE_BYTES``, not
-    after every read: the next block of the same rows shares their pages, and each madvise call
-    flushes TLBs.
+    last column, as the pyramid writer's x-ordered reads do), not after every read: the next block
+    of the same rows shares their pages, and each madvise call flushes TLBs. It also happens as soon
+    as more of the file is mapped than the rows a band spans (at least ``MAPPED_LIMIT_BYTES``): where
+    the page cache holds the file in large folios (ext4 and XFS do, for files read from disk), the
+    kernel maps a whole folio, up to 2 MiB, for each row touched, and one block of a stack could map
+    most of the file. Regions are copied in slabs spanning ``MAPPED_SLAB_BYTES`` of the file, and
+    the mapped size is checked after each.
     """
 
     def __init__(self, root: np.memmap) -> None:
@@ -160,19 +168,53 @@ class MappedPages:
             self._mapping = None
         self._base = byte_bounds(root)[0] - int(getattr(root, "offset", 0)) % mmap.ALLOCATIONGRANULARITY
         self._low, self._high, self._pending = 0, 0, 0
+        try:
+            self._statm: int | None = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self._statm = None  # no /proc: let go after every MAPPED_LIMIT_BYTES copied instead
+        self._baseline = self._file_resident()
+
+    def _mapped(self) -> int:
+        """Bytes of the file mapped since the last release (without /proc: bytes copied since then)."""
+        return self._pending if self._statm is None else self._file_resident() - self._baseline
+
+    def _file_resident(self) -> int:
+        """Bytes of files this process has mapped and resident (its libraries too), or 0 if unknown."""
+        if self._statm is None:
+            return 0
+        return int(os.pread(self._statm, 256, 0).split()[2]) * mmap.PAGESIZE
 
     def copy(self, view: np.ndarray, *, row_end: bool) -> np.ndarray:
-        data = np.array(view)
-        if self._mapping is None or data.size == 0:
-            return data
-        low, high = (bound - self._base for bound in byte_bounds(view))
-        self._low, self._high = (low, high) if not self._pending else (min(low, self._low), max(high, self._high))
-        self._pending += data.nbytes
-        if row_end or self._pending >= MAPPED_RELEASE_BYTES:
-            start = self._low - self._low % mmap.PAGESIZE
-            self._mapping.madvise(mmap.MADV_DONTNEED, start, min(self._high, len(self._mapping)) - start)
-            self._pending = 0
+        if self._mapping is None or view.size == 0:
+            return np.array(view)
+        data = np.empty(view.shape, view.dtype)
+        low, high = byte_bounds(view[0] if view.ndim > 2 else view)
+        rows = (high - low) * (len(view) if view.ndim > 2 else 1)  # the full rows the region spans
+        limit = max(MAPPED_LIMIT_BYTES, int(rows * MAPPED_BAND_FACTOR))  # a band of them in 4 KiB pages fits
+        step = max(1, MAPPED_SLAB_BYTES // max(1, abs(view.strides[0]))) if view.ndim > 1 else len(view)
+        for start in range(0, len(view), step):
+            part = view[start : start + step]
+            data[start : start + step] = part
+            low, high = (bound - self._base for bound in byte_bounds(part))
+            self._low, self._high = (low, high) if not self._pending else (min(low, self._low), max(high, self._high))
+            self._pending += part.nbytes
+            if self._mapped() > limit or (row_end and start + step >= len(view)):
+                self._release()
         return data
+
+    def _release(self) -> None:
+        assert self._mapping is not None
+        # Faults map pages around the one touched (a whole folio, up to 2 MiB): let those go too.
+        low, high = max(0, self._low - MAPPED_AROUND_BYTES), min(self._high + MAPPED_AROUND_BYTES, len(self._mapping))
+        start = low - low % mmap.PAGESIZE
+        self._mapping.madvise(mmap.MADV_DONTNEED, start, high - start)
+        self._pending = 0
+        self._baseline = self._file_resident()  # libraries other threads load meanwhile do not count
+
+    def close(self) -> None:
+        if self._statm is not None:
+            os.close(self._statm)
+            self._statm = None
 
 
 def grey_from_samples(location: str, data: np.ndarray, samples: int) -> np.ndarray:
@@ -326,6 +368,8 @@ class TiffStackSource(RegionSource):
 
     def close(self) -> None:
         super().close()
+        if self._pages is not None:
+            self._pages.close()
         self._memmap, self._pages = None, None
         if self._store is not None:
             self._store.close()
@@ -596,7 +640,9 @@ class MrcSource(RegionSource):
 
     def close(self) -> None:
         super().close()
-        self._pages = None
+        if self._pages is not None:
+            self._pages.close()
+            self._pages = None
         self._mrc.close()
 
 
