@@ -87,8 +87,7 @@ def add_existing(
     metadata: DatasetMetadata | None = None,
 ) -> DatasetRecord:
     """Register an OME-Zarr (path or URL) without copying it."""
-    name = check_name(name or default_image_name(uri), "image")
-    check_name(dataset, "dataset")
+    name = _valid_names(dataset, name, uri)
     spec = _describe(uri, name=name, modality=modality, kind=kind, managed=False)
     return catalog.register(dataset, spec, metadata)
 
@@ -129,8 +128,7 @@ def import_file(
     ``catalog`` may still be opening (a Future): the conversion starts meanwhile and stops at
     its next block if the catalog then says the name is taken.
     """
-    name = check_name(name or default_image_name(location), "image")
-    check_name(dataset, "dataset")
+    name = _valid_names(dataset, name, location)
     name_is_free = _NameCheck(catalog, dataset, name)
     name_is_free()
     destination = images_dir / dataset / f"{name}.ome.zarr"
@@ -207,9 +205,15 @@ def import_labels(
 
 def _free_name(catalog: Catalog, dataset: str, name: str | None, location: str) -> str:
     """A valid image name not yet used in the dataset (from the file name when not given)."""
+    name = _valid_names(dataset, name, location)
+    _NameCheck(catalog, dataset, name)(wait=True)
+    return name
+
+
+def _valid_names(dataset: str, name: str | None, location: str) -> str:
+    """The image name (from the file name when not given), once it and the dataset name are valid."""
     name = check_name(name or default_image_name(location), "image")
     check_name(dataset, "dataset")
-    _NameCheck(catalog, dataset, name)(wait=True)
     return name
 
 
