@@ -188,8 +188,8 @@ class MappedPages:
         if self._mapping is None or view.size == 0:
             return np.array(view)
         data = np.empty(view.shape, view.dtype)
-        low, high = byte_bounds(view[0] if view.ndim > 2 else view)
-        rows = (high - low) * (len(view) if view.ndim > 2 else 1)  # the full rows the region spans
+        first, last = byte_bounds(view[0] if view.ndim > 2 else view)  # the rows of one plane
+        rows = (last - first) * (len(view) if view.ndim > 2 else 1)  # the full rows the region spans
         limit = max(MAPPED_LIMIT_BYTES, int(rows * MAPPED_BAND_FACTOR))  # a band of them in 4 KiB pages fits
         step = max(1, MAPPED_SLAB_BYTES // max(1, abs(view.strides[0]))) if view.ndim > 1 else len(view)
         for start in range(0, len(view), step):
