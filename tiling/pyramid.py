@@ -788,7 +788,7 @@ def write_pyramid(
             def write_released() -> None:
                 while released:
                     key, level, region = released.popleft()
-                    path = _whole_shard_file(partial / str(level), region, shards[level], levels[level].shape, options)
+                    path = _shard_file(partial / str(level), region, shards[level], options)  # one whole shard
                     whole_files[key] = [path] if path else []
                     pipeline.submit([arrays[level][region].write(reduced[level][region])], key)
 
