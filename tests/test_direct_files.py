@@ -30,11 +30,20 @@ def test_exact_bytes_and_replacement(tmp_path: Path) -> None:
         path = next(iter(written))
         files.write(path, b"shorter").result()  # a file written again is replaced whole
         assert path.read_bytes() == b"shorter"
-        files.write(path, lambda: b"made in the writer").result()  # contents produced in the writer thread
+
+        def fill(buffer: memoryview) -> int:  # contents produced in the writer thread, in its buffer
+            buffer[:18] = b"made in the writer"
+            return 18
+
+        files.write_from(path, fill, 18).result()
         assert path.read_bytes() == b"made in the writer"
-        files.write(path, lambda: None).result()  # nothing to store (all fill value): no file
+        files.write_from(path, fill, 18, direct=False).result()  # through the page cache
+        assert path.read_bytes() == b"made in the writer"
+        files.write_from(path, lambda buffer: None, 0).result()  # nothing to store (all fill value): no file
         assert not path.exists()
         files.write(path, None).result()  # and removing what is not there is fine
+        files.write(path, b"").result()  # an empty file is a file
+        assert path.read_bytes() == b""
     finally:
         files.close()
     assert not list(tmp_path.rglob(f"*{TEMPORARY_SUFFIX}"))

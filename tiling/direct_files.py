@@ -5,7 +5,10 @@ the page cache, each 4 KiB takes a cache page: on a VM whose balloon hands freed
 the host that costs about 2 s of CPU per GB on first use (measured on our CI machines with
 ``dd`` of 1 GiB: 2.4 s of system time buffered, 0.09 s direct), and a large import pushes its
 own input out of the cache. Where ``O_DIRECT`` is refused (tmpfs, some network and FUSE
-filesystems) files are written the ordinary way.
+filesystems) files are written the ordinary way, as are those a caller asks to keep cached.
+
+Each writer thread keeps one page-aligned buffer: a file's contents are produced straight into
+it (``write_from``; ``tiling.shards`` encodes a shard there) and written from it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-Contents = bytes | None | Callable[[], bytes | None]  # None: no file; a callable is called in the writer thread
+Fill = Callable[[memoryview], int | None]  # writes a file into the buffer: its size (None: no file)
 
 ALIGNMENT = 4096  # a multiple of the logical block size O_DIRECT requires on common devices
 TEMPORARY_SUFFIX = ".__lamella"  # a file being written; renamed into place when complete
@@ -32,24 +35,40 @@ class DirectFiles:
         self._local = threading.local()
         self.direct = hasattr(os, "O_DIRECT")
 
-    def write(self, path: Path, data: Contents) -> Future[None]:
+    def write(self, path: Path, data: bytes | None) -> Future[None]:
         """Replace ``path`` with ``data`` (``None``: remove it), in the background."""
-        return self._pool.submit(self._write, path, data)
+        if data is None:
+            return self.write_from(path, lambda _: None, 0)
+
+        def fill(buffer: memoryview) -> int:
+            buffer[: len(data)] = data
+            return len(data)
+
+        return self.write_from(path, fill, len(data))
+
+    def write_from(self, path: Path, fill: Fill, max_bytes: int, *, direct: bool = True) -> Future[None]:
+        """Replace ``path`` with what ``fill`` writes, in a writer thread, into a buffer of ``max_bytes``.
+
+        ``direct=False`` writes through the page cache: for a file that is read again soon.
+        """
+        return self._pool.submit(self._write, path, fill, max_bytes, direct)
 
     def close(self, *, cancel: bool = False) -> None:
         """Wait for the writes under way; with ``cancel``, drop those not yet started."""
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
-    def _write(self, path: Path, contents: Contents) -> None:
-        data = contents() if callable(contents) else contents
-        if data is None:
-            path.unlink(missing_ok=True)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
-        if not (self.direct and self._write_direct(temporary, data)):
-            with temporary.open("wb") as file:
-                file.write(data)
+    def _write(self, path: Path, fill: Fill, max_bytes: int, direct: bool) -> None:
+        buffer = self._aligned(-(-max_bytes // ALIGNMENT) * ALIGNMENT)
+        with memoryview(buffer) as view:
+            size = fill(view)
+            if size is None:
+                path.unlink(missing_ok=True)
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
+            if not (direct and self.direct and self._write_direct(temporary, view, size)):
+                with temporary.open("wb") as file:
+                    file.write(view[:size])
         os.replace(temporary, path)
 
     def _aligned(self, size: int) -> mmap.mmap:
@@ -59,8 +78,11 @@ class DirectFiles:
             buffer = self._local.buffer = mmap.mmap(-1, max(size, 16 << 20))
         return buffer
 
-    def _write_direct(self, path: Path, data: bytes) -> bool:
-        """Write ``data`` with O_DIRECT; False (nothing written) where the filesystem refuses it."""
+    def _write_direct(self, path: Path, view: memoryview, size: int) -> bool:
+        """Write the first ``size`` bytes of ``view`` (this thread's aligned buffer) with O_DIRECT.
+
+        False (nothing written) where the filesystem refuses it.
+        """
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
         except OSError as error:
@@ -68,16 +90,12 @@ class DirectFiles:
                 raise
             self.direct = False
             return False
-        size = len(data)
         padded = -(-size // ALIGNMENT) * ALIGNMENT
-        buffer = self._aligned(padded)
-        buffer[:size] = data
-        buffer[size:padded] = bytes(padded - size)
+        view[size:padded] = bytes(padded - size)
         try:
-            with memoryview(buffer) as view:
-                written = 0
-                while written < padded:
-                    written += os.write(descriptor, view[written:padded])
+            written = 0
+            while written < padded:
+                written += os.write(descriptor, view[written:padded])
             os.ftruncate(descriptor, size)  # the padding is cut off again
         except OSError as error:
             if error.errno != errno.EINVAL:

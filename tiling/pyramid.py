@@ -7,8 +7,9 @@ while in memory, is also reduced into level 1; the further levels are computed f
 before by tensorstore's ``downsample`` driver, shard by shard, each as soon as the part of the
 level before that it reads is stored (so they are written while level 0 still is; on a Dask
 cluster, level after level). Memory stays bounded by a few shards whatever the image size.
-Level-0 shards (Zarr v3) are encoded by tensorstore into a memory store and written to their
-files past the page cache (``tiling.direct_files``).
+Blocks that are one whole shard (Zarr v3: every level-0 block, and level 1 reduced from it) are
+encoded by ``tiling.shards`` and written by ``tiling.direct_files``, level 0 past the page cache;
+tensorstore writes the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import tensorstore as ts
 
 from tiling.direct_files import DirectFiles
 from tiling.errors import ImportProblem
+from tiling.shards import ShardLayout
 
 OmeVersion = Literal["0.4", "0.5"]
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32"}
@@ -421,57 +423,34 @@ def data_window(array: ts.TensorStore) -> tuple[float, float]:
 
 
 class _Pipeline:
-    """Keeps a bounded number of block writes in flight; reports each block once it is stored.
+    """Keeps a bounded number of block writes in flight; reports each block once it is stored, in order."""
 
-    A block is written by tensorstore (``futures``) and then, optionally, by ``then``: a step
-    that starts once those are done and returns the future of the rest (a file write).
-    """
-
-    def __init__(self, on_done: Callable[[str], None], depth: int = 4, storing: int = 2) -> None:
-        self.encoding: deque[tuple[list[Any], str, Callable[[], Future[None]] | None]] = deque()
-        self.storing: deque[tuple[Future[None] | None, str]] = deque()
+    def __init__(self, on_done: Callable[[str], None], depth: int = 4) -> None:
+        self.writing: deque[tuple[list[Any], str]] = deque()
         self.on_done = on_done
         self.depth = depth
-        self.storing_depth = storing
 
-    def submit(self, futures: list[Any], key: str, then: Callable[[], Future[None]] | None = None) -> None:
-        self.encoding.append((futures, key, then))
-        while len(self.encoding) > self.depth:
-            self._encoded_oldest()
-        self._report(block=len(self.storing) > self.storing_depth)
+    def submit(self, futures: list[Any], key: str) -> None:
+        """Add a block's writes (tensorstore or concurrent futures); wait while too many are in flight."""
+        self.writing.append((futures, key))
+        while len(self.writing) > self.depth:
+            self.step()
+        while self.writing and all(future.done() for future in self.writing[0][0]):
+            self.step()
 
     def drain(self) -> None:
-        while self.encoding:
-            self._encoded_oldest()
-        while self.storing:
-            self._report(block=True)
+        while self.step():
+            pass
 
     def step(self) -> bool:
-        """Wait until the oldest block in flight is stored and reported; False if there is none."""
-        if not self.storing and self.encoding:
-            self._encoded_oldest()
-        if not self.storing:
+        """Wait until the oldest block in flight is stored and report it; False if there is none."""
+        if not self.writing:
             return False
-        self._report(block=True)
-        return True
-
-    def _encoded_oldest(self) -> None:
-        futures, key, then = self.encoding.popleft()
+        futures, key = self.writing.popleft()
         for future in futures:
             future.result()
-        self.storing.append((then() if then is not None else None, key))
-
-    def _report(self, *, block: bool) -> None:
-        """Report stored blocks in order; with ``block``, wait for the oldest one first."""
-        while self.storing:
-            future, key = self.storing[0]
-            if future is not None and not future.done() and not block:
-                return
-            if future is not None:
-                future.result()
-            self.storing.popleft()
-            self.on_done(key)
-            block = False
+        self.on_done(key)
+        return True
 
 
 class _Reductions:
@@ -596,45 +575,70 @@ def _open_cached(build: str, spec_json: str) -> ts.TensorStore:
 _SOURCES: dict[bytes, SourceArray] = {}
 
 
+def writer_threads() -> int:
+    """Threads that encode and write shards: one per CPU this process may use, at most 8 (memory)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+@functools.cache
+def _process_files() -> DirectFiles:
+    """A Dask worker process's shard writer, kept for every block it is given."""
+    return DirectFiles(writer_threads())
+
+
+@dataclass(frozen=True)
+class _LevelWriter:
+    """Writes blocks of one level: a block that is one whole shard is encoded by ``tiling.shards`` and
+    written by ``DirectFiles``; any other block (Zarr v2, part of a shard) by tensorstore."""
+
+    folder: Path
+    shape: tuple[int, ...]
+    layout: ShardLayout
+    options: PyramidOptions
+    build: str
+    spec_json: str  # the array by spec, for tensorstore's writes on Dask workers
+    direct: bool  # past the page cache (see DirectFiles)
+
+    def file(self, region: tuple[slice, ...]) -> Path | None:
+        """The shard file the block ``region`` writes whole (None: tensorstore writes it)."""
+        return _whole_shard_file(self.folder, region, self.layout.shard, self.shape, self.options)
+
+    def write(
+        self, files: DirectFiles, region: tuple[slice, ...], data: np.ndarray, array: ts.TensorStore | None = None
+    ) -> Future[None] | ts.WriteFutures:
+        """Start writing ``data`` (not changed afterwards) at ``region``."""
+        path = self.file(region)
+        if path is None:
+            array = array if array is not None else _open_cached(self.build, self.spec_json)
+            return array[region].write(data, can_reference_source_data_indefinitely=True)
+        return files.write_from(path, functools.partial(_encode_shard, self.layout, data), self.layout.max_bytes,
+                                direct=self.direct)
+
+
+def _encode_shard(layout: ShardLayout, data: np.ndarray, buffer: memoryview) -> int | None:
+    return layout.encode(data, buffer) or None  # nothing but fill value: no file
+
+
 def _write_source_block(
-    build: str,
     region: tuple[slice, ...],
     opener: Callable[[], SourceArray],
-    spec_json: str,
-    reduce: tuple[str, list[int], str] | None = None,
+    writers: Sequence[_LevelWriter],
+    reduce: tuple[list[int], str] | None = None,
 ) -> int:
+    """A Dask task: read a level-0 block, write it and, with ``reduce`` (factors, method), level 1."""
     key = pickle.dumps(opener)
     source = _SOURCES.get(key)
     if source is None:
         source = _SOURCES[key] = opener()
-    for future in _write_block(np.ascontiguousarray(source.read(region)), region, _open_cached(build, spec_json),
-                               None if reduce is None else (_open_cached(build, reduce[0]), *reduce[1:])):
+    data = np.ascontiguousarray(source.read(region))
+    futures = [writers[0].write(_process_files(), region, data)]
+    if reduce is not None:
+        factors, method = reduce
+        futures.append(writers[1].write(_process_files(), _reduced_region(region, factors),
+                                        reduce_block(data, factors, method)))
+    for future in futures:
         future.result()
     return int(np.prod([r.stop - r.start for r in region]))
-
-
-def _write_block(
-    data: np.ndarray,
-    region: tuple[slice, ...],
-    level0: ts.TensorStore,
-    reduce: tuple[ts.TensorStore, list[int], str] | None,
-    scratch: Scratch | None = None,
-) -> list[ts.WriteFutures]:
-    """Start writing a level-0 block and, with ``reduce`` (level 1, factors, method), its reduction."""
-    # Neither array is changed afterwards, so tensorstore may keep them instead of copying.
-    futures = [level0[region].write(data, can_reference_source_data_indefinitely=True)]
-    if reduce is not None:
-        level1, factors, method = reduce
-        futures.append(level1[_reduced_region(region, factors)].write(
-            reduce_block(data, factors, method, scratch), can_reference_source_data_indefinitely=True))
-    return futures
-
-
-def _take_shard(staging: ts.TensorStore, key: str) -> bytes | None:
-    """The shard tensorstore encoded into ``staging``'s memory store, removed from it (None: all fill value)."""
-    found = staging.kvstore.read(key).result()
-    del staging.kvstore[key]
-    return found.value if found.state == "value" else None
 
 
 def _reduce_block(
@@ -702,7 +706,6 @@ def write_pyramid(
     done = _DoneLog(partial / "blocks-done.txt")
     flusher = ThreadPoolExecutor(1)  # fsyncs finished files while the rest is computed
     flushed: list[Future[None]] = []
-    level0_files: dict[str, Path | None] = {}
     whole_files: dict[str, list[Path]] = {}  # block key -> the shard files it writes whole
     unstored: list[int] = []  # per level, its blocks not yet stored
     reductions: _Reductions | None = None  # shards of coarser levels to release as their input is stored
@@ -724,8 +727,9 @@ def write_pyramid(
         if reductions is not None:
             released.extend(reductions.released_by(key))
 
-    pipeline = _Pipeline(finished)
-    files = DirectFiles()
+    threads = writer_threads()
+    pipeline = _Pipeline(finished, depth=threads + 2)  # a block waiting for each writer, and the next
+    files = DirectFiles(threads)
     shards = shard_shapes(levels, options)
     try:
         if resuming:
@@ -753,32 +757,33 @@ def write_pyramid(
         def voxels(region: tuple[slice, ...]) -> int:
             return int(np.prod([r.stop - r.start for r in region]))
 
+        build = uuid.uuid4().hex
+        # Level 0, and level 1 where it is reduced from level-0 blocks in memory. Level 2 then reads level 1
+        # back from disk, which costs less CPU than writing it through the page cache (0.4 s per GiB imported).
+        writers = [
+            _LevelWriter(partial / str(i), levels[i].shape,
+                         ShardLayout(shards[i], options.chunk_shape(levels[i].shape), dtype, options.zstd_level),
+                         options, build, specs[i], direct=in_memory)
+            for i in range(from_level0)
+        ]
         first = todo(0)
-        level0_files.update((key, _shard_file(partial / "0", region, shards[0], options)) for key, region in first)
         for key, region in first:
-            whole = [level0_files[key], in_memory and _whole_shard_file(
-                partial / "1", _reduced_region(region, factors1), shards[1], levels[1].shape, options)]
+            whole = [writers[0].file(region), in_memory and writers[1].file(_reduced_region(region, factors1))]
             whole_files[key] = [path for path in whole if path]
         if progress is not None:
             progress(int(np.prod(shape)) - sum(voxels(region) for _, region in first))
-        build = uuid.uuid4().hex
         unstored[:] = [len(first), *(0 if in_memory and i == 1 else len(todo(i)) for i in range(1, len(levels)))]
         for level, count in enumerate(unstored):
             if not count and not (level == 1 and in_memory and unstored[0]):
                 level_stored(level)  # a resumed build that holds all of it
         if client is not None:
-            reduce = (specs[1], factors1, method) if in_memory else None
+            reduce = (factors1, method) if in_memory else None
             _run_distributed(client, finished, progress, [
-                (key, client.submit(_write_source_block, build, region, source_opener, specs[0], reduce, pure=False))
+                (key, client.submit(_write_source_block, region, source_opener, writers, reduce, pure=False))
                 for key, region in first
             ])
         else:
-            reduce_here = (arrays[1], factors1, method) if in_memory else None
             scratch = Scratch()
-            # Level-0 shards are encoded in memory and written to their files past the page cache.
-            staging = None if options.ome_version == "0.4" else ts.open(
-                {**_array_spec(partial / "0", shape, shards[0], dtype, axes, options),
-                 "kvstore": {"driver": "memory", "path": "0/"}}, context=ts.Context()).result()
             reduced = {i: ts.downsample(arrays[i - 1], list(levels[i].factors), method)
                        for i in range(from_level0, len(levels))}
             reductions = _Reductions(levels, shards, from_level0, done.keys)
@@ -794,14 +799,11 @@ def write_pyramid(
 
             for key, region in first:
                 data = np.ascontiguousarray(source.read(region))
-                store = None
-                if staging is not None:
-                    path = level0_files[key]
-                    assert path is not None
-                    shard = functools.partial(_take_shard, staging, path.relative_to(partial / "0").as_posix())
-                    store = functools.partial(files.write, path, shard)
-                pipeline.submit(_write_block(data, region, arrays[0] if staging is None else staging, reduce_here,
-                                             scratch), key, store)
+                futures = [writers[0].write(files, region, data, arrays[0])]
+                if in_memory:  # reduced here while the writers encode level 0
+                    futures.append(writers[1].write(files, _reduced_region(region, factors1),
+                                                    reduce_block(data, factors1, method, scratch), arrays[1]))
+                pipeline.submit(futures, key)
                 if progress is not None:
                     progress(voxels(region))
                 write_released()
