@@ -7,8 +7,8 @@ the host that costs about 2 s of CPU per GB on first use (measured on our CI mac
 own input out of the cache. Where ``O_DIRECT`` is refused (tmpfs, some network and FUSE
 filesystems) files are written the ordinary way, as are those a caller asks to keep cached.
 
-Each writer thread keeps one page-aligned buffer: a file's contents are produced straight into
-it (``write_from``; ``tiling.shards`` encodes a shard there) and written from it.
+Each thread that writes keeps one page-aligned buffer: a file's contents are produced straight
+into it (``write_from``; ``tiling.shards`` encodes a shard there) and written from it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import mmap
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 Fill = Callable[[memoryview], int | None]  # writes a file into the buffer: its size (None: no file)
@@ -28,36 +27,29 @@ TEMPORARY_SUFFIX = ".__lamella"  # a file being written; renamed into place when
 
 
 class DirectFiles:
-    """Writes whole files in background threads, each replacing its destination atomically."""
+    """Writes whole files, each replacing its destination atomically; from any number of threads."""
 
-    def __init__(self, threads: int = 2) -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lamella-files")
+    def __init__(self) -> None:
         self._local = threading.local()
         self.direct = hasattr(os, "O_DIRECT")
 
-    def write(self, path: Path, data: bytes | None) -> Future[None]:
-        """Replace ``path`` with ``data`` (``None``: remove it), in the background."""
+    def write(self, path: Path, data: bytes | None) -> None:
+        """Replace ``path`` with ``data`` (``None``: remove it)."""
         if data is None:
-            return self.write_from(path, lambda _: None, 0)
+            self.write_from(path, lambda _: None, 0)
+            return
 
         def fill(buffer: memoryview) -> int:
             buffer[: len(data)] = data
             return len(data)
 
-        return self.write_from(path, fill, len(data))
+        self.write_from(path, fill, len(data))
 
-    def write_from(self, path: Path, fill: Fill, max_bytes: int, *, direct: bool = True) -> Future[None]:
-        """Replace ``path`` with what ``fill`` writes, in a writer thread, into a buffer of ``max_bytes``.
+    def write_from(self, path: Path, fill: Fill, max_bytes: int, *, direct: bool = True) -> None:
+        """Replace ``path`` with what ``fill`` writes into this thread's buffer (``max_bytes`` at most).
 
         ``direct=False`` writes through the page cache: for a file that is read again soon.
         """
-        return self._pool.submit(self._write, path, fill, max_bytes, direct)
-
-    def close(self, *, cancel: bool = False) -> None:
-        """Wait for the writes under way; with ``cancel``, drop those not yet started."""
-        self._pool.shutdown(wait=True, cancel_futures=cancel)
-
-    def _write(self, path: Path, fill: Fill, max_bytes: int, direct: bool) -> None:
         buffer = self._aligned(-(-max_bytes // ALIGNMENT) * ALIGNMENT)
         with memoryview(buffer) as view:
             size = fill(view)

@@ -2,13 +2,14 @@
 
 The image is written beside its destination and moved into place only when complete (after
 one flush of the whole tree to disk), so a failed or interrupted write never leaves something a
-catalog could point at. Level 0 is copied from a source in shard-aligned blocks, and each block,
-while in memory, is also reduced into level 1; the further levels are computed from the one
+catalog could point at. Level 0 is copied from a source in shard-aligned blocks by a few threads
+(which read the source in turn, in order), and each block, while in memory, is also reduced into
+level 1 by the same thread; the further levels are computed from the one
 before by tensorstore's ``downsample`` driver, shard by shard, each as soon as the part of the
 level before that it reads is stored (so they are written while level 0 still is; on a Dask
 cluster, level after level). Memory stays bounded by a few shards whatever the image size.
 Blocks that are one whole shard (Zarr v3: every level-0 block, and level 1 reduced from it) are
-encoded by ``tiling.shards`` and written by ``tiling.direct_files``, level 0 past the page cache;
+encoded by ``tiling.shards`` and written by ``tiling.direct_files`` past the page cache;
 tensorstore writes the rest.
 """
 
@@ -22,10 +23,11 @@ import math
 import os
 import pickle
 import shutil
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -438,9 +440,18 @@ class _Pipeline:
         while self.writing and all(future.done() for future in self.writing[0][0]):
             self.step()
 
-    def drain(self) -> None:
-        while self.step():
-            pass
+    def settle(self, *, record: bool) -> None:
+        """Wait for every block in flight, whatever its outcome; with ``record``, report those stored."""
+        while self.writing:
+            futures, key = self.writing.popleft()
+            stored = True
+            for future in futures:
+                try:
+                    future.result()
+                except BaseException:  # failed or cancelled: not stored, nothing to report
+                    stored = False
+            if record and stored:
+                self.on_done(key)
 
     def step(self) -> bool:
         """Wait until the oldest block in flight is stored and report it; False if there is none."""
@@ -576,14 +587,17 @@ _SOURCES: dict[bytes, SourceArray] = {}
 
 
 def writer_threads() -> int:
-    """Threads that encode and write shards: one per CPU this process may use, at most 8 (memory)."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """Threads that read, reduce, encode and write level-0 blocks: one per CPU this process may use
+    (at most 8, for memory), and two more that work while others wait for the disk (a 16 MiB shard
+    written with O_DIRECT waits ~12 ms here, a quarter of a block's time)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cpus) + 2
 
 
 @functools.cache
 def _process_files() -> DirectFiles:
-    """A Dask worker process's shard writer, kept for every block it is given."""
-    return DirectFiles(writer_threads())
+    """A Dask worker process's shard writer (each thread's buffer is kept for the blocks it is given)."""
+    return DirectFiles()
 
 
 @dataclass(frozen=True)
@@ -605,14 +619,15 @@ class _LevelWriter:
 
     def write(
         self, files: DirectFiles, region: tuple[slice, ...], data: np.ndarray, array: ts.TensorStore | None = None
-    ) -> Future[None] | ts.WriteFutures:
-        """Start writing ``data`` (not changed afterwards) at ``region``."""
+    ) -> None:
+        """Write ``data`` at ``region``, in this thread."""
         path = self.file(region)
         if path is None:
             array = array if array is not None else _open_cached(self.build, self.spec_json)
-            return array[region].write(data, can_reference_source_data_indefinitely=True)
-        return files.write_from(path, functools.partial(_encode_shard, self.layout, data), self.layout.max_bytes,
-                                direct=self.direct)
+            array[region].write(data, can_reference_source_data_indefinitely=True).result()
+            return
+        files.write_from(path, functools.partial(_encode_shard, self.layout, data), self.layout.max_bytes,
+                         direct=self.direct)
 
 
 def _encode_shard(layout: ShardLayout, data: np.ndarray, buffer: memoryview) -> int | None:
@@ -630,15 +645,59 @@ def _write_source_block(
     source = _SOURCES.get(key)
     if source is None:
         source = _SOURCES[key] = opener()
-    data = np.ascontiguousarray(source.read(region))
-    futures = [writers[0].write(_process_files(), region, data)]
+    _write_level0_block(_process_files(), region, np.ascontiguousarray(source.read(region)), writers, reduce)
+    return int(np.prod([r.stop - r.start for r in region]))
+
+
+def _write_level0_block(
+    files: DirectFiles,
+    region: tuple[slice, ...],
+    data: np.ndarray,
+    writers: Sequence[_LevelWriter],
+    reduce: tuple[list[int], str] | None,
+    arrays: Sequence[ts.TensorStore | None] = (None, None),
+    scratch: Scratch | None = None,
+) -> None:
+    """Write a level-0 block and, with ``reduce`` (factors, method), its reduction into level 1."""
     if reduce is not None:
         factors, method = reduce
-        futures.append(writers[1].write(_process_files(), _reduced_region(region, factors),
-                                        reduce_block(data, factors, method)))
-    for future in futures:
-        future.result()
-    return int(np.prod([r.stop - r.start for r in region]))
+        writers[1].write(files, _reduced_region(region, factors), reduce_block(data, factors, method, scratch),
+                         arrays[1])
+    writers[0].write(files, region, data, arrays[0])
+
+
+class _Turns:
+    """Lets tasks run one step at a time, in the order of their tickets: block tasks read the source
+    in order, as a single reader would (sources keep a band of rows mapped or decoded for the next block)."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._stopped = False
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def turn(self, ticket: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._next == ticket or self._stopped)
+            if self._stopped:
+                raise CancelledError
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._next += 1
+                self._changed.notify_all()
+
+    def stop(self) -> None:
+        """Tasks still waiting for their turn give up."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
+
+class _PerThread(threading.local):
+    def __init__(self) -> None:
+        self.scratch = Scratch()
 
 
 def _reduce_block(
@@ -707,6 +766,7 @@ def write_pyramid(
     flusher = ThreadPoolExecutor(1)  # fsyncs finished files while the rest is computed
     flushed: list[Future[None]] = []
     whole_files: dict[str, list[Path]] = {}  # block key -> the shard files it writes whole
+    regions: dict[str, tuple[slice, ...]] = {}  # level-0 block key -> its region, for progress
     unstored: list[int] = []  # per level, its blocks not yet stored
     reductions: _Reductions | None = None  # shards of coarser levels to release as their input is stored
     released: deque[tuple[str, int, tuple[slice, ...]]] = deque()
@@ -727,9 +787,16 @@ def write_pyramid(
         if reductions is not None:
             released.extend(reductions.released_by(key))
 
+    def stored(key: str) -> None:
+        finished(key)
+        if progress is not None and key in regions:
+            progress(int(np.prod([r.stop - r.start for r in regions.pop(key)])))
+
     threads = writer_threads()
-    pipeline = _Pipeline(finished, depth=threads + 2)  # a block waiting for each writer, and the next
-    files = DirectFiles(threads)
+    pipeline = _Pipeline(stored, depth=threads + 2)  # a block for each thread, and the next ones
+    files = DirectFiles()
+    blocks = ThreadPoolExecutor(threads, thread_name_prefix="lamella-blocks")
+    turns = _Turns()
     shards = shard_shapes(levels, options)
     try:
         if resuming:
@@ -767,6 +834,7 @@ def write_pyramid(
             for i in range(from_level0)
         ]
         first = todo(0)
+        regions.update(first)
         for key, region in first:
             whole = [writers[0].file(region), in_memory and writers[1].file(_reduced_region(region, factors1))]
             whole_files[key] = [path for path in whole if path]
@@ -776,14 +844,13 @@ def write_pyramid(
         for level, count in enumerate(unstored):
             if not count and not (level == 1 and in_memory and unstored[0]):
                 level_stored(level)  # a resumed build that holds all of it
+        reduce = (factors1, method) if in_memory else None
         if client is not None:
-            reduce = (factors1, method) if in_memory else None
             _run_distributed(client, finished, progress, [
                 (key, client.submit(_write_source_block, region, source_opener, writers, reduce, pure=False))
                 for key, region in first
             ])
         else:
-            scratch = Scratch()
             reduced = {i: ts.downsample(arrays[i - 1], list(levels[i].factors), method)
                        for i in range(from_level0, len(levels))}
             reductions = _Reductions(levels, shards, from_level0, done.keys)
@@ -797,15 +864,15 @@ def write_pyramid(
                     whole_files[key] = [path] if path else []
                     pipeline.submit([arrays[level][region].write(reduced[level][region])], key)
 
-            for key, region in first:
-                data = np.ascontiguousarray(source.read(region))
-                futures = [writers[0].write(files, region, data, arrays[0])]
-                if in_memory:  # reduced here while the writers encode level 0
-                    futures.append(writers[1].write(files, _reduced_region(region, factors1),
-                                                    reduce_block(data, factors1, method, scratch), arrays[1]))
-                pipeline.submit(futures, key)
-                if progress is not None:
-                    progress(voxels(region))
+            per_thread = _PerThread()
+
+            def write_block(ticket: int, region: tuple[slice, ...]) -> None:
+                with turns.turn(ticket):
+                    data = np.ascontiguousarray(source.read(region))
+                _write_level0_block(files, region, data, writers, reduce, arrays, per_thread.scratch)
+
+            for ticket, (key, region) in enumerate(first):  # blocks are read, reduced and encoded in parallel
+                pipeline.submit([blocks.submit(write_block, ticket, region)], key)
                 write_released()
             while True:
                 write_released()
@@ -832,19 +899,22 @@ def write_pyramid(
         partial.rename(destination)
         _fsync(destination.parent)  # the rename itself
     except KeyboardInterrupt:
-        with contextlib.suppress(Exception):
-            pipeline.drain()  # writes already under way finish and count as done
+        turns.stop()
+        blocks.shutdown(cancel_futures=True)
+        pipeline.settle(record=True)  # blocks already stored count as done
         flusher.shutdown()
         done.close()  # keep the partial image: resume=True continues it
         raise
     except BaseException:
-        files.close(cancel=True)  # no writer may add files to what is removed next
+        turns.stop()
+        blocks.shutdown(cancel_futures=True)
+        pipeline.settle(record=False)  # nothing may add files to what is removed next
         flusher.shutdown()
         done.close()
         shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
-        files.close()
+        blocks.shutdown()
         flusher.shutdown()
     return levels
 
