@@ -9,8 +9,8 @@ before by tensorstore's ``downsample`` driver, shard by shard, each as soon as t
 level before that it reads is stored (so they are written while level 0 still is; on a Dask
 cluster, level after level). Memory stays bounded by a few shards whatever the image size.
 Blocks that are one whole shard (Zarr v3: every level-0 block, and level 1 reduced from it) are
-encoded by ``tiling.shards`` and written by ``tiling.direct_files`` past the page cache;
-tensorstore writes the rest.
+encoded by ``tiling.shards`` and written by ``tiling.direct_files`` past the page cache (through
+it where level 1 is computed from level 0 on disk); tensorstore writes the rest.
 """
 
 from __future__ import annotations
