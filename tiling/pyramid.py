@@ -424,6 +424,23 @@ def data_window(array: ts.TensorStore) -> tuple[float, float]:
     return intensity_window(array[tuple(slice(None, None, st) for st in step)].read().result())
 
 
+def _stored(future: Any) -> bool:
+    """Whether a write is done: a block task is done once the writes it started (its result) are."""
+    return future.done() and all(_stored(inner) for inner in _started(future))
+
+
+def _started(future: Any) -> list[Any]:
+    result = future.result() if isinstance(future, Future) and not future.exception() else None
+    return result if isinstance(result, list) else []
+
+
+def _wait(future: Any) -> None:
+    """Wait for a write (a tensorstore or concurrent future), and for the writes a block task started."""
+    result = future.result()
+    for inner in result if isinstance(result, list) else ():
+        _wait(inner)
+
+
 class _Pipeline:
     """Keeps a bounded number of block writes in flight; reports each block once it is stored, in order."""
 
@@ -437,7 +454,7 @@ class _Pipeline:
         self.writing.append((futures, key))
         while len(self.writing) > self.depth:
             self.step()
-        while self.writing and all(future.done() for future in self.writing[0][0]):
+        while self.writing and all(_stored(future) for future in self.writing[0][0]):
             self.step()
 
     def settle(self, *, record: bool) -> None:
@@ -447,7 +464,7 @@ class _Pipeline:
             stored = True
             for future in futures:
                 try:
-                    future.result()
+                    _wait(future)
                 except BaseException:  # failed or cancelled: not stored, nothing to report
                     stored = False
             if record and stored:
@@ -459,7 +476,7 @@ class _Pipeline:
             return False
         futures, key = self.writing.popleft()
         for future in futures:
-            future.result()
+            _wait(future)
         self.on_done(key)
         return True
 
@@ -586,17 +603,16 @@ def _open_cached(build: str, spec_json: str) -> ts.TensorStore:
 _SOURCES: dict[bytes, SourceArray] = {}
 
 
-def writer_threads() -> int:
-    """Threads that read, reduce, encode and write level-0 blocks: one per CPU this process may use
-    (at most 8, for memory), and two more that work while others wait for the disk (a 16 MiB shard
-    written with O_DIRECT waits ~12 ms here, a quarter of a block's time)."""
+def block_threads() -> int:
+    """Threads that read, reduce and encode level-0 blocks: one per CPU this process may use (at
+    most 8, for memory), and one more that works while another waits for its turn to read."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, cpus) + 2
+    return min(8, cpus) + 1
 
 
 @functools.cache
 def _process_files() -> DirectFiles:
-    """A Dask worker process's shard writer (each thread's buffer is kept for the blocks it is given)."""
+    """A Dask worker process's shard writer, kept for every block it is given."""
     return DirectFiles()
 
 
@@ -619,15 +635,14 @@ class _LevelWriter:
 
     def write(
         self, files: DirectFiles, region: tuple[slice, ...], data: np.ndarray, array: ts.TensorStore | None = None
-    ) -> None:
-        """Write ``data`` at ``region``, in this thread."""
+    ) -> Future[None] | ts.WriteFutures:
+        """Start writing ``data`` (not changed afterwards) at ``region``: a whole shard is encoded here."""
         path = self.file(region)
         if path is None:
             array = array if array is not None else _open_cached(self.build, self.spec_json)
-            array[region].write(data, can_reference_source_data_indefinitely=True).result()
-            return
-        files.write_from(path, functools.partial(_encode_shard, self.layout, data), self.layout.max_bytes,
-                         direct=self.direct)
+            return array[region].write(data, can_reference_source_data_indefinitely=True)
+        return files.write_from(path, functools.partial(_encode_shard, self.layout, data), self.layout.max_bytes,
+                                direct=self.direct)
 
 
 def _encode_shard(layout: ShardLayout, data: np.ndarray, buffer: memoryview) -> int | None:
@@ -645,7 +660,9 @@ def _write_source_block(
     source = _SOURCES.get(key)
     if source is None:
         source = _SOURCES[key] = opener()
-    _write_level0_block(_process_files(), region, np.ascontiguousarray(source.read(region)), writers, reduce)
+    for future in _write_level0_block(_process_files(), region, np.ascontiguousarray(source.read(region)), writers,
+                                      reduce):
+        future.result()
     return int(np.prod([r.stop - r.start for r in region]))
 
 
@@ -657,13 +674,15 @@ def _write_level0_block(
     reduce: tuple[list[int], str] | None,
     arrays: Sequence[ts.TensorStore | None] = (None, None),
     scratch: Scratch | None = None,
-) -> None:
-    """Write a level-0 block and, with ``reduce`` (factors, method), its reduction into level 1."""
+) -> list[Future[None] | ts.WriteFutures]:
+    """Start writing a level-0 block and, with ``reduce`` (factors, method), its reduction into level 1."""
+    futures = []
     if reduce is not None:
         factors, method = reduce
-        writers[1].write(files, _reduced_region(region, factors), reduce_block(data, factors, method, scratch),
-                         arrays[1])
-    writers[0].write(files, region, data, arrays[0])
+        futures.append(writers[1].write(files, _reduced_region(region, factors),
+                                        reduce_block(data, factors, method, scratch), arrays[1]))
+    futures.append(writers[0].write(files, region, data, arrays[0]))
+    return futures
 
 
 class _Turns:
@@ -792,9 +811,9 @@ def write_pyramid(
         if progress is not None and key in regions:
             progress(int(np.prod([r.stop - r.start for r in regions.pop(key)])))
 
-    threads = writer_threads()
-    pipeline = _Pipeline(stored, depth=threads + 2)  # a block for each thread, and the next ones
-    files = DirectFiles()
+    threads = block_threads()
+    pipeline = _Pipeline(stored, depth=2 * threads + 2)  # blocks being computed, written, and the next ones
+    files = DirectFiles(writers=2, buffers=threads + 2)  # a shard being filled by each thread, two written
     blocks = ThreadPoolExecutor(threads, thread_name_prefix="lamella-blocks")
     turns = _Turns()
     shards = shard_shapes(levels, options)
@@ -866,10 +885,10 @@ def write_pyramid(
 
             per_thread = _PerThread()
 
-            def write_block(ticket: int, region: tuple[slice, ...]) -> None:
+            def write_block(ticket: int, region: tuple[slice, ...]) -> list[Future[None] | ts.WriteFutures]:
                 with turns.turn(ticket):
                     data = np.ascontiguousarray(source.read(region))
-                _write_level0_block(files, region, data, writers, reduce, arrays, per_thread.scratch)
+                return _write_level0_block(files, region, data, writers, reduce, arrays, per_thread.scratch)
 
             for ticket, (key, region) in enumerate(first):  # blocks are read, reduced and encoded in parallel
                 pipeline.submit([blocks.submit(write_block, ticket, region)], key)
@@ -900,8 +919,9 @@ def write_pyramid(
         _fsync(destination.parent)  # the rename itself
     except KeyboardInterrupt:
         turns.stop()
-        blocks.shutdown(cancel_futures=True)
+        blocks.shutdown(cancel_futures=True)  # the writes they started go on
         pipeline.settle(record=True)  # blocks already stored count as done
+        files.close()
         flusher.shutdown()
         done.close()  # keep the partial image: resume=True continues it
         raise
@@ -909,12 +929,14 @@ def write_pyramid(
         turns.stop()
         blocks.shutdown(cancel_futures=True)
         pipeline.settle(record=False)  # nothing may add files to what is removed next
+        files.close()
         flusher.shutdown()
         done.close()
         shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         blocks.shutdown()
+        files.close()
         flusher.shutdown()
     return levels
 
