@@ -163,7 +163,7 @@ def test_broken_store_is_contained(tmp_path: Path) -> None:
 
 
 def test_taken_names_and_unusable_database_stop_an_import(tmp_path: Path) -> None:
-    """The catalog opens while the conversion starts: a taken name or a database that cannot be
+    """The catalog opens near the end of the conversion: a taken name or a database that cannot be
     reached still ends in one line, with nothing written and the existing image untouched."""
     data_dir = tmp_path / "data"
     volume = np.random.default_rng(7).integers(0, 255, size=(64, 256, 256), dtype=np.uint8)

@@ -2,16 +2,16 @@
 
 Library errors become one-line messages and a non-zero exit, never a traceback. The database
 layer is imported where it is used: ``lamella import`` opens the catalog in a background
-thread while it converts.
+thread near the end of the conversion.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -67,15 +67,6 @@ def open_catalog(settings: Settings) -> Catalog:
     from annotations.catalog import Catalog
 
     return Catalog(open_sessions(settings))
-
-
-def open_catalog_in_background(settings: Settings) -> Future[Catalog]:
-    """The catalog, opened in a thread: importing SQLAlchemy and Alembic and migrating take ~0.3 s."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="lamella-catalog")
-    try:
-        return pool.submit(open_catalog, settings)
-    finally:
-        pool.shutdown(wait=False)
 
 
 def read_metadata(path: Path | None) -> DatasetMetadata | None:
@@ -264,7 +255,7 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
         click.echo(f"imported labels {record.images[-1].name!r} of {labels_of!r} into dataset {record.name!r}")
         return
     meta = read_metadata(metadata)
-    catalog = open_catalog_in_background(settings)  # the conversion starts meanwhile
+    catalog = functools.partial(open_catalog, settings)  # opened near the end of the conversion
     image_name = name or default_image_name(location)
     record = import_file(
         catalog, settings.images_dir, location, dataset, name=image_name, modality=modality, metadata=meta,
