@@ -222,6 +222,10 @@ def _mean_of_slab(block: np.ndarray, factors: Sequence[int], scratch: Scratch, o
     np.copyto(out, rounded, casting="unsafe")
 
 
+def _voxels(region: tuple[slice, ...]) -> int:
+    return math.prod(r.stop - r.start for r in region)
+
+
 def _reduced_region(region: tuple[slice, ...], factors: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(r.start // f, -(-r.stop // f)) for r, f in zip(region, factors, strict=True))
 
@@ -663,7 +667,7 @@ def _write_source_block(
     for future in _write_level0_block(_process_files(), region, np.ascontiguousarray(source.read(region)), writers,
                                       reduce):
         future.result()
-    return int(np.prod([r.stop - r.start for r in region]))
+    return _voxels(region)
 
 
 def _write_level0_block(
@@ -809,7 +813,7 @@ def write_pyramid(
     def stored(key: str) -> None:
         finished(key)
         if progress is not None and key in regions:
-            progress(int(np.prod([r.stop - r.start for r in regions.pop(key)])))
+            progress(_voxels(regions.pop(key)))
 
     threads = block_threads()
     pipeline = _Pipeline(stored, depth=2 * threads + 2)  # blocks being computed, written, and the next ones
@@ -840,9 +844,6 @@ def write_pyramid(
             regions = _blocks(levels[level].shape, shards[level])
             return [(f"{level}:{n}", region) for n, region in enumerate(regions) if f"{level}:{n}" not in done.keys]
 
-        def voxels(region: tuple[slice, ...]) -> int:
-            return int(np.prod([r.stop - r.start for r in region]))
-
         build = uuid.uuid4().hex
         # Level 0, and level 1 where it is reduced from level-0 blocks in memory. Level 2 then reads level 1
         # back from disk, which costs less CPU than writing it through the page cache (0.4 s per GiB imported).
@@ -858,7 +859,7 @@ def write_pyramid(
             whole = [writers[0].file(region), in_memory and writers[1].file(_reduced_region(region, factors1))]
             whole_files[key] = [path for path in whole if path]
         if progress is not None:
-            progress(int(np.prod(shape)) - sum(voxels(region) for _, region in first))
+            progress(int(np.prod(shape)) - sum(_voxels(region) for _, region in first))
         unstored[:] = [len(first), *(0 if in_memory and i == 1 else len(todo(i)) for i in range(1, len(levels)))]
         for level, count in enumerate(unstored):
             if not count and not (level == 1 and in_memory and unstored[0]):
