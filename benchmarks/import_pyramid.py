@@ -396,7 +396,8 @@ def converters(args: argparse.Namespace, stack: Path, work: Path, levels: int) -
             "--quiet", "--data-dir", str(data_dir), "--zstd-level", str(args.zstd_level)]
         result.append(Converter(
             "lamella", "Lamella", "mean",
-            f"lamella import CLI: tensorstore, 64³ chunks in 256³ shards, zstd {args.zstd_level}, mean, "
+            "lamella import CLI: own shard encoder (imagecodecs zstd), 64³ chunks in 256³ shards, "
+            f"zstd {args.zstd_level}, mean, "
             "+ catalog registration",
             command, data_dir / "images" / DATASET / f"{stack.stem}.ome.zarr", data_dir))
     peer_common = ["--levels", str(levels), "--chunk", "64", "--shard-chunks", "4",
