@@ -9,6 +9,8 @@ equals the migrated one).
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0003"  # the newest file in migrations/versions (a test checks it is Alembic's head)
+HEAD_REVISION = "0004"  # the newest file in migrations/versions (a test checks it is Alembic's head)
 SCHEMA_LOCK = 0x6C616D656C6C61  # PostgreSQL advisory lock held while a schema is created or migrated
 
 
@@ -31,10 +33,13 @@ def make_engine(url: str) -> Engine:
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
+    # Strict JSON only: a non-finite number is refused here rather than stored as a bare NaN that
+    # browsers' JSON parsers reject.
+    strict = {"json_serializer": functools.partial(json.dumps, allow_nan=False)}
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False}, **strict)
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:
@@ -46,7 +51,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10, **strict)
 
 
 def migrate(engine: Engine) -> None:

@@ -33,6 +33,8 @@ class TransformRecord(TransformSpec):
     image_id: int
     reference_image_id: int
     created_at: UtcDatetime
+    quarantined_at: UtcDatetime | None = None  # set: kept as history, never current
+    quarantine_reason: str | None = None
 
 
 def _record(row: ImageTransform) -> TransformRecord:
@@ -53,6 +55,7 @@ class Transforms:
                 .where(
                     ImageTransform.image_id.in_(image_ids),
                     ImageTransform.reference_image_id == reference_image_id,
+                    ImageTransform.quarantined_at.is_(None),
                 )
                 .order_by(ImageTransform.image_id, ImageTransform.id.desc())
             )
@@ -64,7 +67,7 @@ class Transforms:
     def get(self, transform_id: int) -> TransformRecord:
         with self.sessions() as session:
             row = session.get(ImageTransform, transform_id) if 0 < transform_id < 2**31 else None
-            if row is None:
+            if row is None or row.quarantined_at is not None:
                 raise TransformNotFound(f"no transform {transform_id}")
             return _record(row)
 
