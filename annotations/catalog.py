@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from annotations.errors import DatasetNotFound, ImageNotFound, NameTaken
+from annotations.access import Actor, check_visibility, dataset_where, is_public, not_found, visible_clause
+from annotations.errors import ImageNotFound, InvalidAccess, InvalidMetadata, NameTaken
 from annotations.metadata import DatasetMetadata
-from annotations.models import Dataset, Image
+from annotations.models import Dataset, Image, Membership
 from annotations.names import check_name
 
 
-def _as_utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     # SQLite hands back naive datetimes; every stored time is UTC.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-MAX_ID = 2**31 - 1
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class ImageRecord(BaseModel):
@@ -54,8 +54,14 @@ class DatasetRecord(BaseModel):
     licence: str | None
     rembi: dict[str, Any]
     reference_image: str | None = None
+    visibility: str = "public"
+    release_date: date | None = None
     created_at: UtcDatetime
     images: list[ImageRecord]
+
+    @property
+    def public(self) -> bool:
+        return is_public(self.visibility, self.release_date)
 
     def image(self, name: str) -> ImageRecord:
         for image in self.images:
@@ -72,6 +78,26 @@ class DatasetRecord(BaseModel):
             return self.image(self.reference_image)
         pictures = [image for image in self.images if image.kind == "image"] or self.images
         return next((image for image in pictures if image.modality == "EM"), pictures[0] if pictures else None)
+
+
+class NewDataset(BaseModel):
+    """How a dataset starts: its visibility, release date, title and curator (an account id)."""
+
+    title: str | None = Field(None, max_length=500)
+    description: str = Field("", max_length=20_000)
+    visibility: str = "public"
+    release_date: date | None = None
+    curator: int | None = None
+
+
+class DatasetChanges(BaseModel):
+    """A curator's changes to a dataset's description (only the fields given change; null clears)."""
+
+    title: str | None = Field(None, min_length=1, max_length=500)
+    description: str | None = Field(None, max_length=20_000)
+    licence: str | None = Field(None, max_length=200)
+    accession: str | None = Field(None, max_length=64)
+    reference_image: str | None = Field(None, max_length=64)
 
 
 class ImageSpec(BaseModel):
@@ -107,6 +133,8 @@ def _dataset_record(row: Dataset) -> DatasetRecord:
         licence=row.licence,
         rembi=row.rembi,
         reference_image=row.reference_image,
+        visibility=row.visibility,
+        release_date=row.release_date,
         created_at=row.created_at,
         images=[_image_record(image) for image in row.images],
     )
@@ -119,23 +147,60 @@ class Catalog:
         self.sessions = sessions
 
     def _find(self, session: Session, ref: str | int) -> Dataset:
-        query = select(Dataset).options(selectinload(Dataset.images))
-        text = str(ref)
-        if text.isdigit():
-            if int(text) > MAX_ID:
-                raise DatasetNotFound(f"no dataset {text}")
-            query = query.where(Dataset.id == int(text))
-        else:
-            query = query.where(Dataset.name == text)
-        row = session.scalars(query).first()
+        row = session.scalars(select(Dataset).options(selectinload(Dataset.images)).where(dataset_where(ref))).first()
         if row is None:
-            raise DatasetNotFound(f"no dataset {text!r}")
+            raise not_found(ref)
         return row
 
-    def list_datasets(self) -> list[DatasetRecord]:
+    def list_datasets(self, actor: Actor | None = None) -> list[DatasetRecord]:
+        """Every dataset, or (given an actor) those the actor may read."""
+        query = select(Dataset).options(selectinload(Dataset.images)).order_by(Dataset.id)
+        if actor is not None:
+            query = query.where(visible_clause(actor))
         with self.sessions() as session:
-            rows = session.scalars(select(Dataset).options(selectinload(Dataset.images)).order_by(Dataset.id))
-            return [_dataset_record(row) for row in rows]
+            return [_dataset_record(row) for row in session.scalars(query)]
+
+    def create_dataset(self, name: str, spec: NewDataset) -> DatasetRecord:
+        """A new, empty dataset; its ``curator`` (an account id) becomes its curator."""
+        check_name(name, "dataset")
+        with self.sessions.begin() as session:
+            dataset = self._new_dataset(session, name, spec)
+            dataset_id = dataset.id
+        return self.get_dataset(dataset_id)
+
+    def update_dataset(self, ref: str | int, changes: DatasetChanges) -> DatasetRecord:
+        """Change a dataset's title, description, licence, accession or reference image."""
+        given = changes.model_dump(exclude_unset=True)
+        for key in ("title", "description"):
+            if key in given and given[key] is None:
+                raise InvalidMetadata(f"a dataset's {key} cannot be null")
+        with self.sessions.begin() as session:
+            dataset = self._find(session, ref)
+            reference = given.get("reference_image")
+            if reference is not None and not any(image.name == reference for image in dataset.images):
+                raise ImageNotFound(f"dataset {dataset.name!r} has no image {reference!r}")
+            for key, value in given.items():
+                setattr(dataset, key, value)
+            dataset_id = dataset.id
+        return self.get_dataset(dataset_id)
+
+    @staticmethod
+    def _new_dataset(session: Session, name: str, spec: NewDataset) -> Dataset:
+        check_visibility(spec.visibility)
+        if spec.visibility == "public" and spec.release_date is not None:
+            raise InvalidAccess("a release date is for private datasets (they become public on that day)")
+        if session.scalars(select(Dataset.id).where(Dataset.name == name)).first() is not None:
+            raise NameTaken(f"there is already a dataset {name!r}")
+        dataset = Dataset(name=name, title=spec.title or name, description=spec.description, rembi={},
+                          visibility=spec.visibility, release_date=spec.release_date)
+        session.add(dataset)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise NameTaken(f"there is already a dataset {name!r}") from None
+        if spec.curator is not None:
+            session.add(Membership(dataset_id=dataset.id, account_id=spec.curator, role="curator"))
+        return dataset
 
     def get_dataset(self, ref: str | int) -> DatasetRecord:
         with self.sessions() as session:
@@ -155,19 +220,28 @@ class Catalog:
         return self.get_dataset(dataset_id)
 
     def register(
-        self, dataset_name: str, image: ImageSpec, metadata: DatasetMetadata | None = None
+        self,
+        dataset_name: str,
+        image: ImageSpec,
+        metadata: DatasetMetadata | None = None,
+        new: NewDataset | None = None,
     ) -> DatasetRecord:
-        """Add ``image`` to the dataset, creating the dataset if needed, in one transaction.
+        """Add ``image`` to the dataset, creating the dataset (as ``new`` says) if needed, in one transaction.
 
-        Metadata given for an existing dataset replaces its REMBI record.
+        Metadata given for an existing dataset replaces its REMBI record. A curator named in ``new``
+        must already curate an existing dataset.
         """
         check_name(dataset_name, "dataset")
         check_name(image.name, "image")
+        new = new or NewDataset()
         with self.sessions.begin() as session:
             dataset = session.scalars(select(Dataset).where(Dataset.name == dataset_name)).first()
             if dataset is None:
-                dataset = Dataset(name=dataset_name, title=dataset_name, description="", rembi={})
-                session.add(dataset)
+                dataset = self._new_dataset(session, dataset_name, new)
+            elif new.curator is not None:
+                membership = session.get(Membership, (dataset.id, new.curator))
+                if membership is None or membership.role != "curator":
+                    raise InvalidAccess(f"the account given is not a curator of dataset {dataset_name!r}")
             if metadata is not None:
                 dataset.title = metadata.title or metadata.study.title or dataset.title
                 dataset.description = metadata.description or metadata.study.description or ""

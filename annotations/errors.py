@@ -47,3 +47,41 @@ class TransformNotFound(CatalogError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "transform not found"
+
+
+class NotAuthenticated(CatalogError, PermissionError):
+    """The request needs an account: anonymous, or its credential is missing, malformed, expired or revoked."""
+
+
+class Forbidden(CatalogError, PermissionError):
+    """The actor is known and may see the thing, but may not do this to it."""
+
+
+class BadCredentials(NotAuthenticated):
+    """A sign-in with an unknown account, a wrong password or a disabled account (one message for all)."""
+
+
+class TooManyAttempts(CatalogError, PermissionError):
+    """Too many failed sign-ins for an account or an address: refused until ``retry_after`` seconds pass."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AccountNotFound(CatalogError, KeyError):
+    """No account with that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "account not found"
+
+
+class TokenNotFound(CatalogError, KeyError):
+    """No API token with that id (or not one of the caller's)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "token not found"
+
+
+class InvalidAccess(CatalogError, ValueError):
+    """A role, visibility, release date, account name, e-mail or password that is not acceptable."""

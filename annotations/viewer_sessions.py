@@ -28,6 +28,7 @@ class SessionState:
     generation: str
     config: dict[str, Any]
     config_generation: str
+    account_id: int | None = None  # who opened it (None: anonymous); the session acts with its rights
 
 
 def _server_generation() -> str:
@@ -38,11 +39,15 @@ class ViewerSessions:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
-    def create(self, dataset_id: int | None, state: dict[str, Any], config: dict[str, Any]) -> SessionState:
+    def create(
+        self, dataset_id: int | None, state: dict[str, Any], config: dict[str, Any], account_id: int | None = None
+    ) -> SessionState:
+        """A new session opened by ``account_id`` (None: anonymous); its token is its credential."""
         token = secrets.token_urlsafe(18)
         row = ViewerSession(
             token=token,
             dataset_id=dataset_id,
+            account_id=account_id,
             state=state,
             generation=_server_generation(),
             config=config,
@@ -58,8 +63,19 @@ class ViewerSessions:
             if row is None:
                 raise SessionNotFound(f"no viewer session {token!r}")
             return SessionState(
-                row.token, row.dataset_id, row.state, row.generation, row.config, row.config_generation
+                row.token, row.dataset_id, row.state, row.generation, row.config, row.config_generation,
+                row.account_id,
             )
+
+    def owner(self, token: str) -> tuple[int | None, int | None]:
+        """(dataset id, account id) of a session: what access checks need, never changed after creation."""
+        with self.sessions() as session:
+            row = session.execute(
+                select(ViewerSession.dataset_id, ViewerSession.account_id).where(ViewerSession.token == token)
+            ).first()
+            if row is None:
+                raise SessionNotFound(f"no viewer session {token!r}")
+            return row[0], row[1]
 
     def generations(self, token: str) -> tuple[str, str]:
         """(state generation, config generation): the cheap poll behind the event stream."""

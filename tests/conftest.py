@@ -17,7 +17,9 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from annotations.catalog import Catalog
+from annotations.access import Access
+from annotations.accounts import Accounts
+from annotations.catalog import Catalog, NewDataset
 from annotations.db import make_engine, make_sessions, migrate, sqlite_url
 from annotations.transforms import Transforms
 from tiling.pyramid import PyramidOptions, write_pyramid
@@ -30,6 +32,7 @@ FIBSEM_TIFF = SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "ra
 FIBSEM_LABELS = SHARED_DATA / "fibsem_drosophila_medulla_250cube_neuroproof" / "groundtruth_bodies_uint32_zyx.tif"
 POSTGRES_ADMIN_URL = os.environ.get("LAMELLA_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 LAMELLA = [sys.executable, "-m", "viewer.cli"]
+CURATOR = ("curie", "curie-password-1")  # curates "correlative" and the private "embargoed"
 
 
 def shared_file(path: Path) -> Path:
@@ -40,12 +43,13 @@ def shared_file(path: Path) -> Path:
 
 @dataclass
 class Sample:
-    """Source arrays of the images registered in the test data directory."""
+    """Source arrays of the images registered in the test data directory, and an admin's API token."""
 
     u16: np.ndarray
     v2: np.ndarray
     fibsem: np.ndarray | None
     bodies: np.ndarray | None
+    admin_token: str = ""
 
 
 def small_u16() -> np.ndarray:
@@ -88,17 +92,31 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
         bodies = tifffile.imread(FIBSEM_LABELS)
         import_labels(catalog, root / "images", str(FIBSEM_LABELS), "fibsem", image="raw", name="bodies",
                       show_progress=False)
+    accounts = Accounts(sessions)
+    accounts.create("admin", "admin")
+    admin_token, _ = accounts.create_token("admin", label="tests")
+    # A curator who signs in with a password, and an embargoed dataset only members see.
+    curie = accounts.create(CURATOR[0], "curator", password=CURATOR[1])
+    add_existing(catalog, str(stores / "v2.ome.zarr"), "embargoed", name="v2",
+                 new=NewDataset(visibility="private", curator=curie.id))
+    Access(sessions).set_member("correlative", CURATOR[0], "curator")
     engine.dispose()
-    return root, Sample(u16=u16, v2=v2, fibsem=fibsem, bodies=bodies)
+    return root, Sample(u16=u16, v2=v2, fibsem=fibsem, bodies=bodies, admin_token=admin_token)
 
 
 @dataclass
 class Server:
     url: str
     process: subprocess.Popen[str]
+    admin_token: str = ""
 
     def get(self, path: str, **kwargs: object) -> requests.Response:
         return requests.get(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """Headers of requests made as the test data directory's admin (a bearer token)."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
 
 def start_server(data_dir: Path, *extra: str) -> Server:
@@ -136,6 +154,7 @@ def stop_server(server: Server) -> None:
 @pytest.fixture(scope="session")
 def server(data_dir: tuple[Path, Sample]) -> Iterator[Server]:
     running = start_server(data_dir[0])
+    running.admin_token = data_dir[1].admin_token
     yield running
     stop_server(running)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Server
+from tests.conftest import CURATOR, Server
 
 pytestmark = pytest.mark.browser
 
@@ -155,16 +155,33 @@ def ctrl_click(driver, offsets: list[tuple[int, int]]) -> None:  # type: ignore[
         driver.switch_to.default_content()
 
 
+def sign_in(driver, server: Server, name: str, password: str, then: str) -> None:  # type: ignore[no-untyped-def]
+    """Through the sign-in page, as a user would: it returns to ``then``, whose header names the account."""
+    from urllib.parse import quote
+
+    driver.get(f"{server.url}/sign-in?next={quote(then)}")
+    assert wait_for(lambda: next(iter(driver.find_elements("id", "sign-in-link")), None), 30)
+    driver.find_element("id", "name").send_keys(name)
+    driver.find_element("id", "password").send_keys(password)
+    driver.find_element("id", "submit").click()
+    signed = wait_for(lambda: next(iter(driver.find_elements("id", "signed-in-as")), None), 30)
+    assert signed is not None, driver.find_element("id", "status").text
+    assert name in signed.text and driver.current_url == server.url + then
+
+
 def test_landmark_registration_in_the_browser_moves_the_overlay(  # type: ignore[no-untyped-def]
     server: Server, browser, tmp_path: Path
 ) -> None:
-    """Place point pairs with ctrl+click, fit and save from the side panel; the open viewer updates."""
+    """Place point pairs with ctrl+click, fit and save from the side panel; the open viewer updates.
+
+    Saving a transform is a curator's: the user signs in first (an anonymous fit only previews).
+    """
     import requests
     from selenium.webdriver.support.ui import Select
 
     base = f"{server.url}/api/datasets/correlative/images/fluorescence/transform"
-    assert requests.put(base, json={"matrix": np.eye(4).tolist()}, timeout=30).ok
-    browser.get(server.url + "/datasets/correlative")
+    assert requests.put(base, json={"matrix": np.eye(4).tolist()}, timeout=30, headers=server.admin).ok
+    sign_in(browser, server, *CURATOR, then="/datasets/correlative")
     layout = wait_for(lambda: next(iter(browser.find_elements("css selector", "#overlay select")), None), 60)
     assert layout is not None
     Select(layout).select_by_value("xy")
@@ -202,6 +219,7 @@ def test_landmark_registration_in_the_browser_moves_the_overlay(  # type: ignore
     assert len(result.find_elements("css selector", "tr")) == 5  # header + 4 pairs
     stored = requests.get(base, timeout=30).json()
     assert stored["method"] == "landmarks (viewer)" and stored["rms_nm"] < 8.0  # within a voxel
+    assert stored["author"] == CURATOR[0]
     matrix = np.asarray(stored["matrix"])
     np.testing.assert_allclose(matrix[:3, :3], np.eye(3), atol=0.02)
     assert matrix[0, 3] < -100 and abs(matrix[1, 3]) < 16  # moved left by the 40-pixel offset, in nm
@@ -214,3 +232,44 @@ def test_landmark_registration_in_the_browser_moves_the_overlay(  # type: ignore
         return True if translation < -10 else None  # in reference voxels, without reloading
 
     assert wait_for(client_moved, 30), "the open viewer did not receive the new transform"
+
+
+def test_private_dataset_is_seen_only_after_signing_in(  # type: ignore[no-untyped-def]
+    server: Server, browser, tmp_path: Path
+) -> None:
+    """Signed in, the curator sees and opens the private dataset; signed out (or anonymous) it does not exist."""
+    import requests
+
+    sign_out = next(iter(browser.find_elements("id", "sign-out")), None)
+    if sign_out is None:
+        sign_in(browser, server, *CURATOR, then="/")
+    # Another browser, anonymous, sees neither the dataset in the catalog nor its page.
+    anonymous = requests.get(f"{server.url}/api/datasets", timeout=10).json()["datasets"]
+    assert "embargoed" not in [d["name"] for d in anonymous]
+    assert requests.get(f"{server.url}/datasets/embargoed", timeout=10).status_code == 404
+    browser.get(server.url + "/")
+    listed = wait_for(lambda: next(iter(browser.find_elements("css selector", 'a[href="/datasets/' +
+                                                           _dataset_id(server, "embargoed") + '"]')), None), 30)
+    assert listed is not None, "the signed-in catalog does not list the private dataset"
+    listed.click()
+    title = wait_for(lambda: (lambda text: text if text and text != "Loading…" else None)(
+        browser.find_element("id", "title").text), 30)
+    assert title == "embargoed" and "private" in browser.find_element("id", "facts").text
+    token = wait_for(lambda: browser.find_element("id", "viewer").get_attribute("data-token") or None, 30)
+    rendered = wait_for(lambda: True if viewer_panel(browser).std() > 20 else None, 120)
+    assert rendered, "the private volume did not render"
+    browser.save_screenshot(str(tmp_path / "private.png"))
+    # Its viewer session is the curator's: the token alone is its credential, with the curator's rights.
+    assert requests.get(f"{server.url}/api/sessions/{token}", timeout=10).status_code == 200
+    browser.find_element("id", "sign-out").click()  # back to the catalog: the page it was on is private
+    assert wait_for(lambda: next(iter(browser.find_elements("id", "sign-in-link")), None), 30)
+    assert "signed-in-as" not in browser.page_source and browser.current_url == server.url + "/"
+    browser.get(server.url + "/datasets/embargoed")
+    assert '"status":404' in browser.page_source.replace(" ", "")
+    browser.get(server.url + "/")
+    assert wait_for(lambda: True if "Demo" in browser.find_element("id", "datasets").text else None, 30)
+    assert "embargoed" not in browser.find_element("id", "datasets").text
+
+
+def _dataset_id(server: Server, name: str) -> str:
+    return str(server.get(f"/api/datasets/{name}", headers=server.admin).json()["id"])

@@ -120,7 +120,7 @@ def test_preregistered_deepclem_pairs_overlay_pixel_for_pixel(server: Server, de
         dataset = f"deepclem-{section}"
         answer = requests.put(f"{server.url}/api/datasets/{dataset}/images/fm/transform",
                               json={"matrix": np.eye(4).tolist(), "note": "DeepCLEM pairs share one pixel grid"},
-                              timeout=30)
+                              timeout=30, headers=server.admin)
         assert answer.ok, answer.text
         em = read_level0(server, dataset, "em")
         fm = read_level0(server, dataset, "fm")
@@ -150,7 +150,8 @@ def test_unregistered_deepclem_pair_is_fitted_from_nucleus_landmarks(server: Ser
     em_px = [[170, 300, 0], [510, 380, 0], [850, 210, 0]]
     answer = requests.post(f"{server.url}/api/datasets/deepclem-unregistered/images/chromatin/landmarks",
                            json={"moving": chromatin_px, "reference": em_px, "units": "pixels",
-                                 "fit": "similarity", "names": ["left", "middle", "right"]}, timeout=30)
+                                 "fit": "similarity", "names": ["left", "middle", "right"]}, timeout=30,
+                           headers=server.admin)
     assert answer.status_code == 201, answer.text
     result = answer.json()
     assert [row["name"] for row in result["landmarks"]] == ["left", "middle", "right"]

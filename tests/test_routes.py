@@ -1,13 +1,16 @@
-"""The one route table: paths map to the handlers we expect, with the groups we expect."""
+"""The one route table: paths map to the handlers we expect, with the groups we expect, and every
+route declares the access rule of every method its handler answers."""
 
 import re
 
 import pytest
+from tornado.web import RequestHandler
 
 from viewer.app import routes
 from viewer.handlers import api, data, pages, state_sync
+from viewer.rules import Rule
 
-TABLE = routes(services=None)  # type: ignore[arg-type]
+TABLE = routes()
 
 CASES = [
     ("/", pages.PageHandler, {}),
@@ -30,10 +33,10 @@ CASES = [
 
 
 def match(path: str):
-    for pattern, handler, _, _ in TABLE:
-        found = re.fullmatch(pattern, path)
+    for route in TABLE:
+        found = re.fullmatch(route.pattern, path)
         if found:
-            return handler, found.groupdict()
+            return route.handler, found.groupdict()
     return None, {}
 
 
@@ -46,5 +49,29 @@ def test_route(path: str, handler: type, groups: dict[str, str]) -> None:
 
 
 def test_route_names_unique() -> None:
-    names = [name for *_, name in TABLE]
+    names = [route.name for route in TABLE]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("route", TABLE, ids=[route.name for route in TABLE])
+def test_every_route_declares_a_rule_for_each_method(route) -> None:  # type: ignore[no-untyped-def]
+    """No route without a rule; a rule for exactly the methods its handler answers (HEAD follows GET)."""
+    assert isinstance(route.rule, Rule), f"{route.name} has no access rule"
+    answered = {m for m in ("GET", "POST", "PUT", "PATCH", "DELETE")
+                if getattr(route.handler, m.lower()) is not getattr(RequestHandler, m.lower())}
+    assert answered == set(route.rule.methods), f"{route.name}: handler answers {answered}"
+    if route.rule.scope == "dataset":
+        assert "(?P<dataset_ref>" in route.pattern
+    if route.rule.scope == "session":
+        assert "(?P<token>" in route.pattern
+    for flag in route.rule.escalations:
+        assert route.rule.methods, f"{route.name}: escalation {flag} on a rule without methods"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/datasets/" + "9" * 5000, "/api/datasets/demo/images/" + "a" * 65, "/v/" + "t" * 65 + "/",
+     "/api/datasets/demo/images/em/warped/0012/precomputed/info", "/static/%00", "/v/tok/" + "a" * 256],
+)
+def test_unbounded_or_odd_paths_match_no_route(path: str) -> None:
+    assert match(path) == (None, {})

@@ -1,63 +1,135 @@
-"""The app factory and the one route table."""
+"""The app factory and the one route table: each route declares its access rule beside its pattern."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.web import Application, url
 
-from viewer.handlers import api, correlation, data, pages, state_sync
+from viewer.handlers import accounts, api, correlation, curation, data, pages, state_sync
 from viewer.handlers.base import NotFoundHandler
+from viewer.rules import (
+    ANYONE,
+    CREATE_DATASETS,
+    CURATE,
+    MANAGE_ACCOUNTS,
+    PUBLIC_PAGE,
+    READ,
+    SIGNED_IN,
+    MiB,
+    Rule,
+    dataset,
+    server,
+    session,
+)
 from viewer.services import Services
 
-DATASET = r"(?P<dataset_ref>[A-Za-z0-9_\-]+)"
-IMAGE = r"(?P<image_name>[A-Za-z0-9_\-]+)"
-TOKEN = r"(?P<token>[A-Za-z0-9_\-]+)"
-TRANSFORM = r"(?P<transform_id>[0-9]{1,9})"
+# Path parts are bounded here, in ASCII: anything longer or stranger matches no route (404).
+NAME = r"[A-Za-z0-9_\-]{1,64}"
+DATASET = rf"(?P<dataset_ref>{NAME})"
+IMAGE = rf"(?P<image_name>{NAME})"
+TOKEN = rf"(?P<token>{NAME})"
+ID = r"[1-9][0-9]{0,9}"  # canonical decimal: one spelling per id
+TRANSFORM = rf"(?P<transform_id>{ID})"
+TOKEN_ID = rf"(?P<token_id>{ID})"
+ACCOUNT = r"(?P<account>[a-z][a-z0-9_.\-]{0,63})"
 IMAGE_BASE = rf"/api/datasets/{DATASET}/images/{IMAGE}"
-PRECOMPUTED_CHUNK = r"precomputed/(?P<scale_key>[^/]+)/(?P<chunk_name>[^/]+)"  # plain and warped alike
+PRECOMPUTED_CHUNK = r"precomputed/(?P<scale_key>[^/]{1,20})/(?P<chunk_name>[^/]{1,100})"  # plain and warped alike
+STORED_KEY = r"(?P<key>.{1,1024})"
+
+STATE_BODY = 4 * MiB  # a viewer state (Neuroglancer's own, or PUT through the API)
+TRANSFORM_BODY = 4 * MiB  # a transform file (matrices, landmark lists, eC-CLEM XML)
+LANDMARKS_BODY = 1 * MiB  # up to 2000 landmark pairs
 
 
-def routes(services: Services) -> list[tuple[str, type, dict[str, Any], str]]:
-    """(pattern, handler, initialize arguments, route name) for every path we answer."""
-    inject = {"services": services}
+@dataclass(frozen=True)
+class Route:
+    pattern: str
+    handler: type
+    rule: Rule
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def routes() -> list[Route]:
+    """Every path we answer, with its handler, access rule and name."""
+    fit = {"save": CURATE}  # a fit that is also saved changes the dataset
     return [
-        (r"/", pages.PageHandler, {**inject, "page": "index.html"}, "catalog-page"),
-        (rf"/datasets/{DATASET}", pages.PageHandler, {**inject, "page": "dataset.html"}, "dataset-page"),
-        (r"/static/(?P<path>.+)", pages.AssetHandler, {"path": str(pages.STATIC_DIR)}, "static"),
-        (r"/api/datasets", api.DatasetsHandler, inject, "datasets"),
-        (rf"/api/datasets/{DATASET}", api.DatasetHandler, inject, "dataset"),
-        (rf"/api/datasets/{DATASET}/images", api.ImagesHandler, inject, "images"),
-        (IMAGE_BASE, api.ImageHandler, inject, "image"),
-        (rf"/api/datasets/{DATASET}/sessions", api.DatasetSessionsHandler, inject, "dataset-sessions"),
-        (rf"/api/sessions/{TOKEN}", api.SessionHandler, inject, "session"),
-        (rf"{IMAGE_BASE}/precomputed/info", data.PrecomputedInfoHandler, inject, "precomputed-info"),
-        (rf"{IMAGE_BASE}/{PRECOMPUTED_CHUNK}", data.PrecomputedChunkHandler, inject, "precomputed-chunk"),
-        (rf"{IMAGE_BASE}/zarr/(?P<key>.*)", data.ZarrStoreHandler, inject, "zarr-store"),
+        # Pages
+        Route(r"/", pages.PageHandler, PUBLIC_PAGE, "catalog-page", {"page": "index.html"}),
+        Route(rf"/datasets/{DATASET}", pages.PageHandler, dataset(GET=READ), "dataset-page",
+              {"page": "dataset.html"}),
+        Route(r"/sign-in", pages.PageHandler, PUBLIC_PAGE, "sign-in-page", {"page": "sign-in.html"}),
+        Route(r"/static/(?P<path>[A-Za-z0-9_\-./]{1,200})", pages.AssetHandler, PUBLIC_PAGE, "static",
+              {"path": str(pages.STATIC_DIR)}),
+        # Who is asking
+        Route(r"/api/me", accounts.MeHandler, server(GET=ANYONE), "me"),
+        Route(r"/api/sign-in", accounts.SignInHandler, server(POST=ANYONE, xsrf="always"), "sign-in"),
+        Route(r"/api/sign-out", accounts.SignOutHandler, server(POST=ANYONE), "sign-out"),
+        Route(r"/api/tokens", accounts.TokensHandler, server(GET=SIGNED_IN, POST=SIGNED_IN), "tokens"),
+        Route(rf"/api/tokens/{TOKEN_ID}", accounts.TokenHandler, server(DELETE=SIGNED_IN), "token"),
+        Route(r"/api/accounts", accounts.AccountsHandler, server(GET=MANAGE_ACCOUNTS), "accounts"),
+        # Datasets and their images
+        Route(r"/api/datasets", api.DatasetsHandler, server(GET=ANYONE, POST=CREATE_DATASETS), "datasets"),
+        Route(rf"/api/datasets/{DATASET}", api.DatasetHandler, dataset(GET=READ, PATCH=CURATE), "dataset"),
+        Route(rf"/api/datasets/{DATASET}/visibility", curation.VisibilityHandler,
+              dataset(GET=READ, PUT=CURATE), "visibility"),
+        Route(rf"/api/datasets/{DATASET}/members", curation.MembersHandler, dataset(GET=CURATE), "members"),
+        Route(rf"/api/datasets/{DATASET}/members/{ACCOUNT}", curation.MemberHandler,
+              dataset(PUT=CURATE, DELETE=CURATE), "member"),
+        Route(rf"/api/datasets/{DATASET}/images", api.ImagesHandler, dataset(GET=READ), "images"),
+        Route(IMAGE_BASE, api.ImageHandler, dataset(GET=READ), "image"),
+        Route(rf"/api/datasets/{DATASET}/sessions", api.DatasetSessionsHandler, dataset(POST=READ),
+              "dataset-sessions"),
+        # Pixels
+        Route(rf"{IMAGE_BASE}/precomputed/info", data.PrecomputedInfoHandler, dataset(GET=READ), "precomputed-info"),
+        Route(rf"{IMAGE_BASE}/{PRECOMPUTED_CHUNK}", data.PrecomputedChunkHandler, dataset(GET=READ),
+              "precomputed-chunk"),
+        Route(rf"{IMAGE_BASE}/zarr/{STORED_KEY}", data.ZarrStoreHandler, dataset(GET=READ), "zarr-store"),
+        Route(rf"{IMAGE_BASE}/stored-access", data.StoredAccessHandler, dataset(GET=READ), "stored-access"),
         # Correlative registration: transforms into the dataset's reference space.
-        (rf"{IMAGE_BASE}/transform", correlation.TransformHandler, inject, "transform"),
-        (rf"{IMAGE_BASE}/landmarks", correlation.LandmarksHandler, inject, "landmarks"),
-        (rf"{IMAGE_BASE}/warped/{TRANSFORM}/precomputed/info", correlation.WarpedInfoHandler, inject, "warped-info"),
-        (rf"{IMAGE_BASE}/warped/{TRANSFORM}/{PRECOMPUTED_CHUNK}", correlation.WarpedChunkHandler, inject,
-         "warped-chunk"),
-        (rf"/api/sessions/{TOKEN}/display", correlation.SessionDisplayHandler, inject, "session-display"),
-        (rf"/api/sessions/{TOKEN}/landmark-layers", correlation.SessionLandmarkLayersHandler, inject,
-         "session-landmark-layers"),
-        (rf"/api/sessions/{TOKEN}/register", correlation.SessionRegisterHandler, inject, "session-register"),
-        # Neuroglancer's Python-integration client and its state-sync protocol.
-        (rf"/v/{TOKEN}/(?P<name>[^/]*)", pages.NeuroglancerClientHandler, inject, "neuroglancer-client"),
-        (rf"/events/{TOKEN}", state_sync.EventsHandler, inject, "events"),
-        (rf"/state/{TOKEN}", state_sync.SetStateHandler, inject, "state"),
-        (rf"/action/{TOKEN}", state_sync.ActionHandler, inject, "action"),
-        (rf"/credentials/{TOKEN}", state_sync.CredentialsHandler, inject, "credentials"),
+        Route(rf"{IMAGE_BASE}/transform", correlation.TransformHandler,
+              dataset(GET=READ, PUT=CURATE, body_limit=TRANSFORM_BODY), "transform"),
+        Route(rf"{IMAGE_BASE}/landmarks", correlation.LandmarksHandler,
+              dataset(fit, POST=READ, body_limit=LANDMARKS_BODY), "landmarks"),
+        Route(rf"{IMAGE_BASE}/warped/{TRANSFORM}/precomputed/info", correlation.WarpedInfoHandler,
+              dataset(GET=READ), "warped-info"),
+        Route(rf"{IMAGE_BASE}/warped/{TRANSFORM}/{PRECOMPUTED_CHUNK}", correlation.WarpedChunkHandler,
+              dataset(GET=READ), "warped-chunk"),
+        # Viewer sessions: the token is the credential; the session acts with its owner's rights.
+        Route(rf"/api/sessions/{TOKEN}", api.SessionHandler, session(GET=READ, PUT=READ, body_limit=STATE_BODY),
+              "session"),
+        Route(rf"/api/sessions/{TOKEN}/display", correlation.SessionDisplayHandler, session(POST=READ),
+              "session-display"),
+        Route(rf"/api/sessions/{TOKEN}/landmark-layers", correlation.SessionLandmarkLayersHandler,
+              session(POST=READ), "session-landmark-layers"),
+        Route(rf"/api/sessions/{TOKEN}/register", correlation.SessionRegisterHandler, session(fit, POST=READ),
+              "session-register"),
+        # Neuroglancer's Python-integration client and its state-sync protocol. Its POSTs carry no XSRF
+        # header (the client is Neuroglancer's own): the unguessable session token is their credential.
+        Route(rf"/v/{TOKEN}/(?P<name>[^/]{{0,255}})", pages.NeuroglancerClientHandler, session(GET=READ),
+              "neuroglancer-client"),
+        Route(rf"/events/{TOKEN}", state_sync.EventsHandler, session(GET=READ), "events"),
+        Route(rf"/state/{TOKEN}", state_sync.SetStateHandler, session(POST=READ, xsrf="exempt", body_limit=STATE_BODY),
+              "state"),
+        Route(rf"/action/{TOKEN}", state_sync.ActionHandler, session(POST=READ, xsrf="exempt"), "action"),
+        Route(rf"/credentials/{TOKEN}", state_sync.CredentialsHandler, session(POST=READ, xsrf="exempt"),
+              "credentials"),
     ]
 
 
+NOT_FOUND_RULE = server(GET=ANYONE, POST=ANYONE, PUT=ANYONE, PATCH=ANYONE, DELETE=ANYONE)
+
+
 def make_app(services: Services, **tornado_settings: Any) -> Application:
+    table = [url(r.pattern, r.handler, {**r.kwargs, "services": services, "rule": r.rule}, name=r.name)
+             for r in routes()]
     return Application(
-        [url(pattern, handler, kwargs, name=name) for pattern, handler, kwargs, name in routes(services)],
+        table,
         default_handler_class=NotFoundHandler,
-        default_handler_args={"services": services},
+        default_handler_args={"services": services, "rule": NOT_FOUND_RULE},
         compress_response=False,
+        xsrf_cookie_kwargs={"samesite": "Lax"},
         **tornado_settings,
     )

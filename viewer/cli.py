@@ -12,61 +12,22 @@ import gc
 import logging
 import signal
 import sys
+from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from annotations.errors import CatalogError
 from tiling.errors import TilingError
 from tiling.pyramid import PyramidOptions
+from viewer.cli_access import COMMANDS, new_dataset, with_new_dataset
+from viewer.cli_base import fail, open_catalog, open_database, open_sessions, with_common
 from viewer.config import Settings
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-    from sqlalchemy.orm import Session, sessionmaker
-
     from annotations.catalog import Catalog
     from annotations.metadata import DatasetMetadata
-
-common = [
-    click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                 help="Folder for the SQLite catalog and imported images [default: ./lamella-data]."),
-    click.option("--database-url", default=None,
-                 help="SQLAlchemy URL, e.g. postgresql://user@host/db [default: SQLite in the data dir]."),
-]
-
-
-def with_common(function: Any) -> Any:
-    for option in reversed(common):
-        function = option(function)
-    return function
-
-
-def fail(message: str) -> NoReturn:
-    click.echo(f"lamella: error: {message}", err=True)
-    sys.exit(1)
-
-
-def open_database(settings: Settings) -> Engine:
-    from annotations.db import make_engine, migrate
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
-    return engine
-
-
-def open_sessions(settings: Settings) -> sessionmaker[Session]:
-    from annotations.db import make_sessions
-
-    return make_sessions(open_database(settings))
-
-
-def open_catalog(settings: Settings) -> Catalog:
-    from annotations.catalog import Catalog
-
-    return Catalog(open_sessions(settings))
 
 
 def open_catalog_for_import(settings: Settings) -> Catalog:
@@ -210,14 +171,16 @@ def demo(**options: Any) -> None:
 @click.option("--labels", is_flag=True, help="The image is a segmentation.")
 @click.option("--metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="REMBI metadata for the dataset (JSON or YAML).")
+@with_new_dataset
 def add(location: str, dataset: str, name: str | None, modality: str, labels: bool,
-        metadata: Path | None, **options: Any) -> None:
+        metadata: Path | None, private: bool, release: date | None, curator: str | None, **options: Any) -> None:
     """Register an existing OME-Zarr (a path or http(s) URL) without copying it."""
     from viewer.registration import add_existing
 
     settings = Settings.from_env(**options)
+    new = new_dataset(settings, private, release, curator) if private or release or curator else None
     record = add_existing(open_catalog(settings), location, dataset, name=name, modality=modality,
-                          kind="segmentation" if labels else "image", metadata=read_metadata(metadata))
+                          kind="segmentation" if labels else "image", metadata=read_metadata(metadata), new=new)
     click.echo(f"registered {record.images[-1].name!r} in dataset {record.name!r} (id {record.id})")
 
 
@@ -252,10 +215,12 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
               help="Run on a local Dask cluster of N processes.")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@with_new_dataset
 def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: tuple[float, ...] | None,
             ome_version: str, zstd_level: int, metadata: Path | None, labels_of: str | None, downsample: str,
             resume: bool, workers: int | None, scheduler: str | None, quiet: bool, unit: str, to_uint8: bool,
-            window: tuple[float, float] | None, percentiles: tuple[float, float], **options: Any) -> None:
+            window: tuple[float, float] | None, percentiles: tuple[float, float], private: bool,
+            release: date | None, curator: str | None, **options: Any) -> None:
     """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
     from viewer.registration import default_image_name, import_file, import_labels
 
@@ -267,6 +232,8 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
         click.echo(f"imported labels {record.images[-1].name!r} of {labels_of!r} into dataset {record.name!r}")
         return
     meta = read_metadata(metadata)
+    # The database layer is imported only when asked for: it would delay the conversion (see open_catalog_for_import).
+    new = new_dataset(settings, private, release, curator) if private or release or curator else None
     catalog = functools.partial(open_catalog_for_import, settings)  # opened near the end of the conversion
     image_name = name or default_image_name(location)
     record = import_file(
@@ -275,7 +242,7 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
         options=PyramidOptions(ome_version=ome_version, name=image_name, zstd_level=zstd_level),  # type: ignore[arg-type]
         show_progress=not quiet, resume=resume, workers=workers, scheduler=scheduler,
         to_uint8=to_uint8, window=window, percentiles=percentiles,
-        warn=lambda message: click.echo(f"lamella: warning: {message}", err=True),
+        warn=lambda message: click.echo(f"lamella: warning: {message}", err=True), new=new,
     )
     click.echo(f"imported {image_name!r} into dataset {record.name!r} (id {record.id})")
 
@@ -374,6 +341,10 @@ def check(**options: Any) -> None:
                 click.echo(f"broken\t{dataset.name}/{image.name}\t{error}")
     if broken:
         fail(f"{broken} image(s) cannot be served")
+
+
+for command in COMMANDS:
+    main.add_command(command)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -26,6 +27,11 @@ class Settings:
         metadata={"help": "behind nginx: answer passthrough reads with X-Accel-Redirect to this internal prefix"},
     )
     state_poll_seconds: float = field(default=0.25, metadata={"help": "how often event streams look for state changes"})
+    cookie_secret: str | None = field(
+        default=None,
+        metadata={"help": "key signing sign-in cookies (every process and host must share it); default: made on "
+                          "first start and kept in the data dir (cookie-secret, mode 0600)"},
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -34,6 +40,26 @@ class Settings:
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    def resolved_cookie_secret(self) -> str:
+        """The cookie key: given, or read from the data dir, where the first start creates it (mode 0600)."""
+        if self.cookie_secret:
+            return self.cookie_secret
+        path = self.data_dir / "cookie-secret"
+        if not path.exists():
+            # Written whole under another name, then linked: concurrent first starts agree on one key.
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            draft = self.data_dir / f".cookie-secret.{os.getpid()}"
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as file:
+                file.write(secrets.token_urlsafe(48) + "\n")
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
+        return path.read_text(encoding="ascii").strip()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from tornado.web import HTTPError
 
 from annotations.errors import (
+    AccountNotFound,
+    BadCredentials,
     DatasetNotFound,
+    Forbidden,
     ForeignImage,
     ImageNotFound,
+    InvalidAccess,
     InvalidMetadata,
     NameTaken,
+    NotAuthenticated,
     SessionNotFound,
     StaleGeneration,
+    TokenNotFound,
+    TooManyAttempts,
     TransformNotFound,
 )
 from tiling.errors import (
@@ -32,6 +41,8 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (ImageNotFound, 404, "image_not_found"),
     (SessionNotFound, 404, "session_not_found"),
     (TransformNotFound, 404, "transform_not_found"),
+    (AccountNotFound, 404, "account_not_found"),
+    (TokenNotFound, 404, "token_not_found"),
     (KeyNotFound, 404, "key_not_found"),
     (UnknownScale, 404, "scale_not_found"),
     (InvalidChunkKey, 400, "invalid_chunk_key"),
@@ -39,7 +50,12 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (InvalidRange, 416, "range_not_satisfiable"),
     (InvalidMetadata, 400, "invalid_metadata"),
     (InvalidTransform, 400, "invalid_transform"),
+    (InvalidAccess, 400, "invalid_access"),
     (ForeignImage, 400, "foreign_image"),
+    (BadCredentials, 401, "bad_credentials"),
+    (NotAuthenticated, 401, "not_authenticated"),
+    (Forbidden, 403, "forbidden"),
+    (TooManyAttempts, 429, "too_many_attempts"),
     (NameTaken, 409, "name_taken"),
     (StaleGeneration, 412, "stale_generation"),
     (StoreNotFound, 503, "store_missing"),
@@ -48,12 +64,41 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
 ]
 
 
-class BadRequest(HTTPError):
+class WebError(HTTPError):
+    """An error of the web layer itself, with its code and the message shown to the client."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, reason=HTTPStatus(status).phrase)
+        self.code = code
+        self.message = message
+
+
+class BadRequest(WebError):
     """A request body or parameter we cannot use: 400 with the message shown to the client."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(400, reason="Bad Request")
-        self.message = message
+        super().__init__(400, "bad_request", message)
+
+
+class BodyTooLarge(WebError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "body_too_large", f"the request body is larger than this route's {limit} bytes")
+
+
+class MethodNotAllowed(WebError):
+    def __init__(self, method: str) -> None:
+        super().__init__(405, "method_not_allowed", f"this route does not answer {method[:20]}")
+
+
+class XsrfFailed(WebError):
+    def __init__(self) -> None:
+        super().__init__(403, "xsrf_failed", "a request made with a sign-in cookie needs the X-XSRFToken header "
+                                             "holding the _xsrf cookie's value")
+
+
+class NoRoute(WebError):
+    def __init__(self) -> None:
+        super().__init__(404, "not_found", "no such route")
 
 
 def classify(error: BaseException) -> tuple[int, str, str]:
@@ -61,10 +106,14 @@ def classify(error: BaseException) -> tuple[int, str, str]:
     for kind, status, code in ERROR_TABLE:
         if isinstance(error, kind):
             return status, code, str(error)
-    if isinstance(error, BadRequest):
-        return 400, "bad_request", error.message
-    if isinstance(error, HTTPError):
-        message = error.reason or "error"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error.status_code, code, message
+    if isinstance(error, WebError):
+        return error.status_code, error.code, error.message
+    if isinstance(error, HTTPError):  # raised by Tornado itself
+        status = error.status_code
+        code = {404: "not_found", 405: "method_not_allowed", 403: "forbidden"}.get(status, "http_error")
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "error"
+        return status, code, phrase.lower()
     return 500, "internal_error", "internal server error (see the server log)"

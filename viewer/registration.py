@@ -30,7 +30,7 @@ from tiling.pyramid import PyramidOptions, list_label, write_pyramid
 from tiling.sources import ArraySource, RescaledSource, Source, open_source, percentile_window
 
 if TYPE_CHECKING:
-    from annotations.catalog import Catalog, DatasetRecord, ImageSpec
+    from annotations.catalog import Catalog, DatasetRecord, ImageSpec, NewDataset
     from annotations.metadata import DatasetMetadata
     from annotations.transforms import Transforms
 
@@ -90,11 +90,12 @@ def add_existing(
     modality: str = "EM",
     kind: str = "image",
     metadata: DatasetMetadata | None = None,
+    new: NewDataset | None = None,
 ) -> DatasetRecord:
-    """Register an OME-Zarr (path or URL) without copying it."""
+    """Register an OME-Zarr (path or URL) without copying it; ``new`` says how a new dataset starts."""
     name = _valid_names(dataset, name, uri)
     spec = _describe(uri, name=name, modality=modality, kind=kind, managed=False)
-    return catalog.register(dataset, spec, metadata)
+    return catalog.register(dataset, spec, metadata, new)
 
 
 def _describe(uri: str, **options: Any) -> ImageSpec:
@@ -122,6 +123,7 @@ def import_file(
     window: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
     warn: Callable[[str], None] | None = None,
+    new: NewDataset | None = None,
 ) -> DatasetRecord:
     """Convert an image file, slice folder or array store into an OME-Zarr pyramid and register it.
 
@@ -162,7 +164,7 @@ def import_file(
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
         raise
-    return _register_written(opened, destination, dataset, name, modality, metadata)
+    return _register_written(opened, destination, dataset, name, modality, metadata, new)
 
 
 def import_labels(
@@ -343,11 +345,12 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
 
 
 def _register_written(
-    catalog: Catalog, destination: Path, dataset: str, name: str, modality: str, metadata: DatasetMetadata | None
+    catalog: Catalog, destination: Path, dataset: str, name: str, modality: str, metadata: DatasetMetadata | None,
+    new: NewDataset | None,
 ) -> DatasetRecord:
     try:
         spec = _describe(str(destination), name=name, modality=modality, kind="image", managed=True)
-        return catalog.register(dataset, spec, metadata)
+        return catalog.register(dataset, spec, metadata, new)
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
         raise
@@ -378,7 +381,7 @@ def ensure_demo(catalog: Catalog, images_dir: Path, transforms: Transforms) -> D
         destination = images_dir / DEMO_DATASET / "em.ome.zarr"
         shutil.rmtree(destination, ignore_errors=True)  # left by an interrupted earlier run
         write_pyramid(ArraySource(volume), destination, voxel_size=DEMO_VOXEL_NM, options=PyramidOptions(name="em"))
-        _register_written(catalog, destination, DEMO_DATASET, "em", "EM", demo_metadata())
+        _register_written(catalog, destination, DEMO_DATASET, "em", "EM", demo_metadata(), None)
     del volume
     destination = images_dir / DEMO_DATASET / "fluorescence.ome.zarr"
     shutil.rmtree(destination, ignore_errors=True)
@@ -387,7 +390,7 @@ def ensure_demo(catalog: Catalog, images_dir: Path, transforms: Transforms) -> D
         ArraySource(fluorescence), destination, voxel_size=FLUORESCENCE_VOXEL_NM,
         options=PyramidOptions(name="fluorescence"),
     )  # fmt: skip
-    dataset = _register_written(catalog, destination, DEMO_DATASET, "fluorescence", "fluorescence", None)
+    dataset = _register_written(catalog, destination, DEMO_DATASET, "fluorescence", "fluorescence", None, None)
     from viewer.correlation import Correlation
 
     Correlation(catalog, transforms).set_matrix(

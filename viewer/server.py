@@ -10,12 +10,16 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
+from tornado.iostream import IOStream
+from tornado.web import Application, RequestHandler
 
 from viewer.app import make_app
 from viewer.config import Settings
+from viewer.handlers.base import short_path
 from viewer.services import Services
 
 log = logging.getLogger("lamella")
@@ -92,9 +96,51 @@ def _die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+HEADER_TIMEOUT_SECONDS = 30.0  # a client sending its request line and headers (or idle between requests)
+BODY_TIMEOUT_SECONDS = 120.0  # a client sending its body: 4 MiB at 300 kbit/s
+# Tornado answers malformed requests (bad request line, headers, chunking) with a bare 400 before any
+# handler runs; we give them the JSON error body every other error has.
+_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+_JSON_400_BODY = b'{"ok":false,"status":400,"code":"malformed_request","message":"malformed HTTP request"}'
+_JSON_400 = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\n"
+             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_JSON_400_BODY), _JSON_400_BODY))
+
+
+class LamellaHTTPServer(tornado.httpserver.HTTPServer):
+    """Tornado's server, with JSON bodies on its own protocol errors."""
+
+    def handle_stream(self, stream: IOStream, address: tuple[str, ...]) -> None:
+        write = stream.write
+
+        def json_errors(data: bytes | memoryview, *args: Any, **kwargs: Any) -> Any:
+            return write(_JSON_400 if data == _BARE_400 else data, *args, **kwargs)
+
+        stream.write = json_errors  # type: ignore[method-assign]
+        super().handle_stream(stream, address)
+
+
+def http_server(app: Application) -> tornado.httpserver.HTTPServer:
+    """The server every process runs: handlers bound request bodies themselves, per route, before reading
+    them (so Tornado's own limit is only a backstop), and slow senders are cut off."""
+    return LamellaHTTPServer(app, xheaders=True, max_body_size=1 << 30, max_buffer_size=64 << 20,
+                             idle_connection_timeout=HEADER_TIMEOUT_SECONDS, body_timeout=BODY_TIMEOUT_SECONDS)
+
+
+def log_request(handler: RequestHandler) -> None:
+    """One access-log line per request, with the path cut short (5xx are logged once, with their cause)."""
+    status = handler.get_status()
+    if status >= 500:
+        return
+    level = logging.INFO if status < 400 else logging.DEBUG
+    access = logging.getLogger("tornado.access")
+    if access.isEnabledFor(level):
+        access.log(level, "%d %s %s (%s) %.1f ms", status, handler.request.method,
+                   short_path(handler.request.path), handler.request.remote_ip, 1000 * handler.request.request_time())
+
+
 async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
     services = Services.create(settings)
-    server = tornado.httpserver.HTTPServer(make_app(services), xheaders=True, max_buffer_size=64 << 20)
+    server = http_server(make_app(services, cookie_secret=settings.resolved_cookie_secret(), log_function=log_request))
     server.add_sockets(sockets)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()

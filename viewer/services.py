@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
+from annotations.access import Access
+from annotations.accounts import Accounts
 from annotations.catalog import Catalog, DatasetRecord, ImageRecord
 from annotations.db import make_engine, make_sessions
 from annotations.transforms import TransformRecord, Transforms
@@ -23,6 +25,7 @@ from tiling.transforms import ThinPlateSpline
 from tiling.warp import WarpedVolume
 from viewer.config import Settings
 from viewer.correlation import Correlation
+from viewer.identity import Identity
 from viewer.session_watch import SessionWatch
 
 T = TypeVar("T")
@@ -155,13 +158,17 @@ class Services:
     catalog: Catalog
     viewer_sessions: ViewerSessions
     transforms: Transforms
+    accounts: Accounts
+    access: Access
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
     images: ImageRegistry = field(init=False)
     session_watch: SessionWatch = field(init=False)
     correlation: Correlation = field(init=False)
+    identity: Identity = field(init=False)
 
     def __post_init__(self) -> None:
         self.correlation = Correlation(self.catalog, self.transforms)
+        self.identity = Identity(self.accounts, self.access, self.viewer_sessions, self.call)
         self.images = ImageRegistry(
             self.settings,
             lambda ref, name: self.call(self.catalog.get_image, ref, name),
@@ -182,6 +189,8 @@ class Services:
             catalog=Catalog(sessions),
             viewer_sessions=ViewerSessions(sessions),
             transforms=Transforms(sessions),
+            accounts=Accounts(sessions),
+            access=Access(sessions),
         )
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -1,8 +1,9 @@
-import { element, getJSON } from "./api.js";
+import { element, getJSON, mountAccount } from "./api.js";
 
 const list = document.getElementById("datasets");
 const status = document.getElementById("status");
 
+mountAccount();
 try {
   const { datasets } = await getJSON("/api/datasets");
   status.textContent = datasets.length ? "" : "No datasets yet: run `lamella demo` or `lamella import`.";
@@ -12,7 +13,8 @@ try {
       element("li", {},
         element("h2", {}, element("a", { href: `/datasets/${dataset.id}` }, dataset.title)),
         element("div", { class: "muted" },
-          [dataset.accession, dataset.licence, `${dataset.images.length} image(s)`, modalities]
+          [dataset.public ? null : "private", dataset.accession, dataset.licence,
+            `${dataset.images.length} image(s)`, modalities]
             .filter(Boolean).join(" · ")),
         element("p", {}, dataset.description || "")));
   }

@@ -1,5 +1,5 @@
 // The dataset page: metadata beside an embedded Neuroglancer whose state the server owns.
-import { element, getJSON } from "./api.js";
+import { element, getJSON, mountAccount } from "./api.js";
 import { mountOverlayControls } from "./overlay.js";
 
 const datasetRef = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
@@ -11,7 +11,10 @@ function showFacts(dataset) {
   document.getElementById("crumb").textContent = dataset.name;
   document.getElementById("description").textContent = dataset.description;
   const facts = document.getElementById("facts");
-  const rows = [["Accession", dataset.accession], ["Licence", dataset.licence], ["Dataset", dataset.name]];
+  const visibility = dataset.public ? "public"
+    : `private${dataset.release_date ? ` until ${dataset.release_date}` : ""}`;
+  const rows = [["Accession", dataset.accession], ["Licence", dataset.licence], ["Dataset", dataset.name],
+    ["Visibility", visibility]];
   for (const [label, value] of rows) if (value) facts.append(element("dt", {}, label), element("dd", {}, value));
   const images = document.getElementById("images");
   for (const image of dataset.images) {
@@ -34,10 +37,12 @@ function showFacts(dataset) {
 }
 
 try {
+  const me = await mountAccount();
   const dataset = await getJSON(`/api/datasets/${encodeURIComponent(datasetRef)}`);
   showFacts(dataset);
-  // Reuse this tab's session so a reload keeps the view; the server holds its state.
-  const key = `lamella-session-${dataset.id}`;
+  // Reuse this tab's session so a reload keeps the view; the server holds its state. A session acts
+  // with the rights of whoever opened it, so each account (and anonymous) has its own.
+  const key = `lamella-session-${dataset.id}-${me.signed_in ? me.name : ""}`;
   let token = sessionStorage.getItem(key);
   if (token) {
     const alive = await fetch(`/api/sessions/${token}`).then((r) => r.ok, () => false);

@@ -1,10 +1,6 @@
 // Overlay controls and in-viewer landmark registration. The server owns the viewer state:
 // every control posts a change, and the embedded Neuroglancer receives it by state sync.
-import { element, getJSON } from "./api.js";
-
-const post = (url, body) => getJSON(url, {
-  method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-});
+import { element, getJSON, postJSON as post } from "./api.js";
 
 function debounce(fn, ms) {
   let timer;

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
-from annotations.catalog import DatasetRecord, ImageRecord
-from viewer.errors import BadRequest
+from pydantic import BaseModel, Field
+
+from annotations.catalog import DatasetChanges, DatasetRecord, ImageRecord, NewDataset
+from viewer.bodies import Text
 from viewer.handlers.base import BaseHandler
 from viewer.state import DEFAULT_CONFIG, dataset_state, image_base_url
 
@@ -48,22 +51,52 @@ def dataset_json(origin: str, dataset: DatasetRecord) -> dict[str, Any]:
         "licence": dataset.licence,
         "rembi": dataset.rembi,
         "reference_image": reference.name if (reference := dataset.reference()) else None,
+        "visibility": dataset.visibility,
+        "release_date": dataset.release_date.isoformat() if dataset.release_date else None,
+        "public": dataset.public,
         "created_at": dataset.created_at.isoformat(),
         "url": f"{origin}/datasets/{dataset.id}",
         "images": [image_json(origin, dataset, image) for image in dataset.images],
     }
 
 
+class NewDatasetBody(BaseModel):
+    name: Text(64, min_length=1)  # type: ignore[valid-type]
+    title: Text(500) | None = None  # type: ignore[valid-type]
+    description: Text(20_000) = ""  # type: ignore[valid-type]
+    visibility: str = Field("private", max_length=16)
+    release_date: date | None = None
+
+
+class DatasetChangesBody(DatasetChanges):
+    """PATCH a dataset: only the fields given change."""
+
+
 class DatasetsHandler(BaseHandler):
+    """GET the datasets the actor may read; POST (curators, admins) a new empty dataset they curate."""
+
     async def get(self) -> None:
-        datasets = await self.services.call(self.services.catalog.list_datasets)
+        datasets = await self.services.call(self.services.catalog.list_datasets, self.actor)
         origin = origin_of(self)
         self.write_json({"datasets": [dataset_json(origin, d) for d in datasets]})
+
+    async def post(self) -> None:
+        body: NewDatasetBody = await self.parse_body(NewDatasetBody)
+        spec = NewDataset(title=body.title, description=body.description, visibility=body.visibility,
+                          release_date=body.release_date, curator=self.actor.account_id)
+        dataset = await self.services.call(self.services.catalog.create_dataset, body.name, spec)
+        self.services.identity.forget()
+        self.write_json(dataset_json(origin_of(self), dataset), 201)
 
 
 class DatasetHandler(BaseHandler):
     async def get(self, dataset_ref: str) -> None:
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
+        self.write_json(dataset_json(origin_of(self), dataset))
+
+    async def patch(self, dataset_ref: str) -> None:
+        changes: DatasetChangesBody = await self.parse_body(DatasetChangesBody)
+        dataset = await self.services.call(self.services.catalog.update_dataset, dataset_ref, changes)
         self.write_json(dataset_json(origin_of(self), dataset))
 
 
@@ -77,23 +110,29 @@ class ImagesHandler(BaseHandler):
 class ImageHandler(BaseHandler):
     async def get(self, dataset_ref: str, image_name: str) -> None:
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
-        image = await self.services.call(self.services.catalog.get_image, dataset.id, image_name)
-        self.write_json(image_json(origin_of(self), dataset, image))
+        self.write_json(image_json(origin_of(self), dataset, dataset.image(image_name)))
 
 
 class DatasetSessionsHandler(BaseHandler):
-    """POST: a new server-owned viewer session showing the dataset."""
+    """POST: a new server-owned viewer session showing the dataset, owned by the actor."""
 
     async def post(self, dataset_ref: str) -> None:
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
         transforms = await self.services.call(self.services.correlation.current_transforms, dataset)
         state = dataset_state(origin_of(self), dataset, transforms)
         session = await self.services.call(
-            self.services.viewer_sessions.create, dataset.id, state, DEFAULT_CONFIG
+            self.services.viewer_sessions.create, dataset.id, state, DEFAULT_CONFIG, self.actor.account_id
         )
         self.write_json(
             {"token": session.token, "viewer_url": f"/v/{session.token}/", "state": session.state}, 201
         )
+
+
+class SessionStateBody(BaseModel):
+    """A whole viewer state; with ``generation``, stored only if that is still the current one (else 412)."""
+
+    state: dict[str, Any]
+    generation: Text(128) | None = None  # type: ignore[valid-type]
 
 
 class SessionHandler(BaseHandler):
@@ -105,11 +144,9 @@ class SessionHandler(BaseHandler):
                          "generation": session.generation, "state": session.state})
 
     async def put(self, token: str) -> None:
-        body = self.json_body()
-        if not isinstance(body, dict) or not isinstance(body.get("state"), dict):
-            raise BadRequest('expected {"state": {...}}')
-        generation = await self.services.call(
-            self.services.viewer_sessions.set_state, token, body["state"], expected=body.get("generation")
+        body: SessionStateBody = await self.parse_body(SessionStateBody)
+        new_generation = await self.services.call(
+            self.services.viewer_sessions.set_state, token, body.state, expected=body.generation
         )
         self.services.session_watch.changed(token)
-        self.write_json({"token": token, "generation": generation})
+        self.write_json({"token": token, "generation": new_generation})

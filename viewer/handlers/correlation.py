@@ -11,64 +11,67 @@ from pydantic import BaseModel, Field
 
 from annotations.transforms import TransformRecord
 from tiling.errors import InvalidTransform
+from viewer.bodies import Text
 from viewer.correlation import global_to_nm, to_moving, transform_json
 from viewer.errors import BadRequest
 from viewer.handlers.api import origin_of
 from viewer.handlers.base import BaseHandler
-from viewer.handlers.data import META_CACHE_CONTROL, PrecomputedChunkHandler
+from viewer.handlers.data import META_MAX_AGE, PrecomputedChunkHandler
 from viewer.state import (
     apply_display,
     landmark_points,
     with_landmark_layers,
 )
 
+MAX_LANDMARKS = 2000
+
 
 class TextFile(BaseModel):
-    name: str = Field(max_length=255)
-    content: str = Field(max_length=20_000_000)
+    name: Text(255, min_length=1)  # type: ignore[valid-type]
+    content: Text(4_000_000)  # type: ignore[valid-type]
 
 
 class TransformBody(BaseModel):
     """PUT a transform: a matrix, or a transform file (MoBIE, eC-CLEM, BigWarp, point lists, matrix)."""
 
-    matrix: list[list[float]] | None = None
+    matrix: list[list[float]] | None = Field(None, max_length=4)
     file: TextFile | None = None
     reference_file: TextFile | None = None  # the reference image's list, for paired coordinate lists
-    unit: str | None = None
-    fit: str | None = None  # for landmark-only files; default: what the file did (spline or affine)
-    reference: str | None = None
-    author: str = Field("", max_length=200)
-    note: str = Field("", max_length=2000)
+    unit: Text(32) | None = None  # type: ignore[valid-type]
+    fit: Text(16) | None = None  # type: ignore[valid-type]  # landmark-only files; default: what the file did
+    reference: Text(64) | None = None  # type: ignore[valid-type]
+    note: Text(2000) = ""  # type: ignore[valid-type]
+
+
+Point = list[float]
 
 
 class LandmarksBody(BaseModel):
-    moving: list[list[float]]
-    reference: list[list[float]]
-    names: list[str] | None = None
-    fit: str = "affine"
-    units: str = "nm"
-    dimensions: int | None = None
-    reference_image: str | None = None
+    moving: list[Point] = Field(max_length=MAX_LANDMARKS)
+    reference: list[Point] = Field(max_length=MAX_LANDMARKS)
+    names: list[Text(64)] | None = Field(None, max_length=MAX_LANDMARKS)  # type: ignore[valid-type]
+    fit: Text(16) = "affine"  # type: ignore[valid-type]
+    units: Text(32) = "nm"  # type: ignore[valid-type]
+    dimensions: int | None = Field(None, ge=2, le=3)
+    reference_image: Text(64) | None = None  # type: ignore[valid-type]
     save: bool = True
-    author: str = Field("", max_length=200)
-    note: str = Field("", max_length=2000)
+    note: Text(2000) = ""  # type: ignore[valid-type]
 
 
 class DisplayBody(BaseModel):
-    layers: dict[str, dict[str, Any]] = {}
-    layout: str | None = None
-    select: str | None = None
+    layers: dict[Text(200), dict[Text(64), Any]] = Field({}, max_length=64)  # type: ignore[valid-type]
+    layout: Text(32) | None = None  # type: ignore[valid-type]
+    select: Text(200) | None = None  # type: ignore[valid-type]
 
 
 class RegisterBody(BaseModel):
-    image: str
-    fit: str = "affine"
+    image: Text(64)  # type: ignore[valid-type]
+    fit: Text(16) = "affine"  # type: ignore[valid-type]
     save: bool = True
-    author: str = Field("", max_length=200)
 
 
 class LandmarkLayersBody(BaseModel):
-    image: str
+    image: Text(64)  # type: ignore[valid-type]
 
 
 def session_edit(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -79,8 +82,8 @@ def session_edit(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable
             return change(state)
         except ValueError as error:
             raise BadRequest(str(error)) from None
-        except (TypeError, KeyError, AttributeError, IndexError) as error:
-            raise BadRequest(f"the session's state is malformed ({type(error).__name__}: {error})") from None
+        except (TypeError, KeyError, AttributeError, IndexError, RecursionError):
+            raise BadRequest("the session's state is malformed (change it with PUT /api/sessions/{token})") from None
 
     return guarded
 
@@ -118,7 +121,7 @@ class TransformHandler(CorrelationHandler):
         self.write_json(document)
 
     async def put(self, dataset_ref: str, image_name: str) -> None:
-        body: TransformBody = self.parse_body(TransformBody)
+        body: TransformBody = await self.parse_body(TransformBody)
         correlation = self.services.correlation
         previous = await self.previous(dataset_ref, image_name)
         if (body.matrix is None) == (body.file is None):
@@ -126,7 +129,7 @@ class TransformHandler(CorrelationHandler):
         if body.matrix is not None:
             record: TransformRecord = await self.services.call(
                 correlation.set_matrix, dataset_ref, image_name, body.matrix, unit=body.unit or "nm",
-                reference=body.reference, author=body.author, note=body.note,
+                reference=body.reference, author=self.owner.name or "", note=body.note,
             )  # fmt: skip
             document = {"saved": True, "transform": transform_json(record), "landmarks": []}
         else:
@@ -134,7 +137,7 @@ class TransformHandler(CorrelationHandler):
             registration = await self.services.call(
                 correlation.import_file, dataset_ref, image_name, body.file.name, body.file.content,
                 reference_text=body.reference_file.content if body.reference_file else None,
-                fit=body.fit, unit=body.unit, reference=body.reference, author=body.author,
+                fit=body.fit, unit=body.unit, reference=body.reference, author=self.owner.name or "",
             )  # fmt: skip
             document = registration.to_json()
         await self.saved(dataset_ref, image_name, previous)
@@ -145,12 +148,14 @@ class LandmarksHandler(CorrelationHandler):
     """POST landmark pairs: fit, report each pair's residual, and (unless ``save`` is false) store."""
 
     async def post(self, dataset_ref: str, image_name: str) -> None:
-        body: LandmarksBody = self.parse_body(LandmarksBody)
+        body: LandmarksBody = await self.parse_body(LandmarksBody)
+        if body.save:
+            await self.escalate("save")
         previous = await self.previous(dataset_ref, image_name)
         registration = await self.services.call(
             self.services.correlation.fit_landmarks, dataset_ref, image_name, body.moving, body.reference,
             fit=body.fit, units=body.units, dimensions=body.dimensions, names=body.names,
-            reference=body.reference_image, author=body.author, note=body.note, save=body.save,
+            reference=body.reference_image, author=self.owner.name or "", note=body.note, save=body.save,
         )  # fmt: skip
         if registration.record is not None:
             await self.saved(dataset_ref, image_name, previous)
@@ -174,7 +179,7 @@ class WarpedImageHandler(PrecomputedChunkHandler):
 class WarpedInfoHandler(WarpedImageHandler):
     async def get(self, dataset_ref: str, image_name: str, transform_id: str) -> None:  # type: ignore[override]
         warped = await self.warped(dataset_ref, image_name, transform_id)
-        self.set_header("Cache-Control", META_CACHE_CONTROL)
+        self.cache_for(META_MAX_AGE)
         self.write_json(warped.info())
 
     head = get
@@ -194,7 +199,7 @@ class SessionDisplayHandler(BaseHandler):
     """POST overlay controls: per-layer colour, window, opacity, visibility, and the layout."""
 
     async def post(self, token: str) -> None:
-        body: DisplayBody = self.parse_body(DisplayBody)
+        body: DisplayBody = await self.parse_body(DisplayBody)
         change = session_edit(lambda state: apply_display(state, body.layers, body.layout, body.select))
         generation, state = await self.services.call(self.services.viewer_sessions.update_state, token, change)
         self.services.session_watch.changed(token)
@@ -205,7 +210,7 @@ class SessionLandmarkLayersHandler(BaseHandler):
     """POST {"image"}: add point layers for pairing landmarks between the reference and ``image``."""
 
     async def post(self, token: str) -> None:
-        body: LandmarkLayersBody = self.parse_body(LandmarkLayersBody)
+        body: LandmarkLayersBody = await self.parse_body(LandmarkLayersBody)
         session = await self.services.call(self.services.viewer_sessions.get, token)
         if session.dataset_id is None:
             raise BadRequest("this viewer session shows no dataset")
@@ -225,7 +230,9 @@ class SessionRegisterHandler(CorrelationHandler):
     """POST {"image", "fit"}: fit the points placed in the session's landmark layers, report, save."""
 
     async def post(self, token: str) -> None:
-        body: RegisterBody = self.parse_body(RegisterBody)
+        body: RegisterBody = await self.parse_body(RegisterBody)
+        if body.save:
+            await self.escalate("save")
         services = self.services
         session = await services.call(services.viewer_sessions.get, token)
         if session.dataset_id is None:
@@ -250,7 +257,7 @@ class SessionRegisterHandler(CorrelationHandler):
         moving_nm = await asyncio.to_thread(to_moving, previous, shown_nm)
         registration = await services.call(
             services.correlation.fit_landmarks, dataset.id, image.name, moving_nm, reference_nm,
-            fit=body.fit, units="nm", method="landmarks (viewer)", author=body.author, save=body.save,
+            fit=body.fit, units="nm", method="landmarks (viewer)", author=self.owner.name or "", save=body.save,
             note=f"placed in viewer session {token[:6]}…",
         )  # fmt: skip
         if registration.record is not None:

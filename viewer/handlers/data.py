@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from tornado.web import HTTPError
-
 from annotations.catalog import ImageRecord
 from tiling.errors import KeyNotFound
 from tiling.precomputed import PrecomputedImage
 from tiling.stores import parse_range_header
 from viewer.handlers.base import BaseHandler
 
-CHUNK_CACHE_CONTROL = "public, max-age=86400"  # registered images are immutable
-META_CACHE_CONTROL = "public, max-age=60"
+CHUNK_MAX_AGE = 86400  # registered images are immutable
+META_MAX_AGE = 60
 
 
 class ImageDataHandler(BaseHandler):
@@ -21,6 +19,11 @@ class ImageDataHandler(BaseHandler):
 
     async def image(self, dataset_ref: str, image_name: str) -> tuple[ImageRecord, PrecomputedImage]:
         return await self.services.images.resolve(dataset_ref, image_name)
+
+    def cache_for(self, seconds: int) -> None:
+        """Public data may sit in shared caches; a private dataset's only in this browser's."""
+        private = self.dataset_access is not None and not self.dataset_access.public()
+        self.set_header("Cache-Control", f"{'private' if private else 'public'}, max-age={seconds}")
 
     def check_not_modified(self, etag: str) -> bool:
         self.set_header("ETag", etag)
@@ -34,7 +37,7 @@ class ImageDataHandler(BaseHandler):
 class PrecomputedInfoHandler(ImageDataHandler):
     async def get(self, dataset_ref: str, image_name: str) -> None:
         _, image = await self.image(dataset_ref, image_name)
-        self.set_header("Cache-Control", META_CACHE_CONTROL)
+        self.cache_for(META_MAX_AGE)
         self.write_json(image.info())
 
     head = get
@@ -49,8 +52,9 @@ class PrecomputedChunkHandler(ImageDataHandler):
         """One encoded chunk with caching headers (immutable: the URL names what it shows)."""
         gzip_ok = "gzip" in self.request.headers.get("Accept-Encoding", "")
         chunk = await image.chunk(scale_key, chunk_name, gzip_ok=gzip_ok)
-        self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)
-        self.set_header("Vary", "Accept-Encoding")
+        self.cache_for(CHUNK_MAX_AGE)
+        vary = self._headers.get("Vary")
+        self.set_header("Vary", f"{vary}, Accept-Encoding" if vary else "Accept-Encoding")
         if self.check_not_modified(chunk.etag):
             return
         self.set_header("Content-Type", chunk.content_type)
@@ -75,13 +79,13 @@ class ZarrStoreHandler(ImageDataHandler):
             # nginx serves the bytes (ranges, sendfile); we decided the path is allowed.
             self.set_header("X-Accel-Redirect", accel.rstrip("/") + quote(str(path)))
             self.set_header("Content-Type", content_type)
-            self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)
+            self.cache_for(CHUNK_MAX_AGE)
             self.finish()
             return
         byte_range = parse_range_header(self.request.headers.get("Range"))
         value = await store.read(key, byte_range)
         self.set_header("Accept-Ranges", "bytes")
-        self.set_header("Cache-Control", CHUNK_CACHE_CONTROL)
+        self.cache_for(CHUNK_MAX_AGE)
         if self.check_not_modified(value.etag):
             return
         self.set_header("Content-Type", content_type)
@@ -92,8 +96,27 @@ class ZarrStoreHandler(ImageDataHandler):
 
     head = get
 
-    def post(self, *_: str, **__: str) -> None:
-        raise HTTPError(405)
+
+class StoredAccessHandler(ImageDataHandler):
+    """For a reverse proxy's ``auth_request``: 204 once the actor may read the image's stored keys.
+
+    Behind ``--accel-redirect`` it also names the image's folder (``X-Lamella-Root``) and the
+    ``Cache-Control`` its keys get, so the proxy can serve them from disk itself (docs/deploy-nginx.md).
+    """
+
+    cors = False
+
+    async def get(self, dataset_ref: str, image_name: str) -> None:
+        _, image = await self.image(dataset_ref, image_name)
+        root = getattr(image.volume.store, "root", None) if self.services.settings.accel_redirect else None
+        if root is not None:
+            self.set_header("X-Lamella-Root", quote(str(root)))
+        self.cache_for(CHUNK_MAX_AGE)
+        self.set_header("X-Lamella-Cache-Control", self._headers["Cache-Control"])
+        self.set_status(204)
+        self.finish()
+
+    head = get
 
 
 def _is_metadata(key: str) -> bool:

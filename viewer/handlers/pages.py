@@ -1,34 +1,65 @@
-"""HTML pages (plain files in static/) and the bundled Neuroglancer client."""
+"""HTML pages and their assets (plain files in static/) and the bundled Neuroglancer client."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from tornado.web import HTTPError, StaticFileHandler
+from tornado.web import HTTPError
 
 from viewer.handlers.base import BaseHandler
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 NEUROGLANCER_CLIENT = Path(str(importlib.resources.files("neuroglancer.static") / "client"))
-_CLIENT_FILE = re.compile(r"^[a-z0-9][a-zA-Z0-9_\-.]*\.(?:js|map|css|wasm|html)$")
+_CLIENT_FILE = re.compile(r"^[a-z0-9][a-zA-Z0-9_\-.]*\.(?:js|map|css|wasm|html)$", re.ASCII)
+_MIME = {".js": "application/javascript", ".mjs": "application/javascript", ".css": "text/css",
+         ".html": "text/html; charset=utf-8", ".map": "application/json", ".wasm": "application/wasm",
+         ".json": "application/json", ".png": "image/png", ".svg": "image/svg+xml"}
 
 
 class PageHandler(BaseHandler):
-    """Serves one HTML file from static/; the page's ES module fetches the API."""
+    """Serves one HTML file from static/; the page's ES module fetches the API.
 
-    def initialize(self, services, page: str) -> None:  # type: ignore[override]
-        super().initialize(services)
+    A dataset page's rule has already answered 404 for a dataset the actor may not read.
+    """
+
+    def initialize(self, services, rule, page: str) -> None:  # type: ignore[override]
+        super().initialize(services, rule)
         self.page = page
 
     async def get(self, dataset_ref: str | None = None) -> None:
-        if dataset_ref is not None:  # a dataset page: 404 here, not a blank page, for an unknown dataset
-            await self.services.call(self.services.catalog.get_dataset, dataset_ref)
+        self.xsrf_token  # noqa: B018 (sets the _xsrf cookie the page's scripts send back on writes)
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        self.finish((STATIC_DIR / self.page).read_bytes())
+        self.finish(_read_cached(STATIC_DIR / self.page))
+
+
+class AssetHandler(BaseHandler):
+    """Our own CSS, ES modules and vendored viewers under /static/, revalidated by ETag."""
+
+    def initialize(self, services, rule, path: str) -> None:  # type: ignore[override]
+        super().initialize(services, rule)
+        self.root = Path(path)
+
+    async def get(self, path: str) -> None:
+        parts = PurePosixPath(path).parts
+        if not parts or any(part in (".", "..") or part.startswith(".") for part in parts):
+            raise HTTPError(404)
+        file = self.root.joinpath(*parts)
+        if file.suffix not in _MIME or not file.is_file():
+            raise HTTPError(404)
+        body = _read_cached(file)
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("Content-Type", _MIME[file.suffix])
+        self.set_header("ETag", '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"')
+        if self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return
+        self.finish(body)
 
 
 class NeuroglancerClientHandler(BaseHandler):
@@ -37,37 +68,19 @@ class NeuroglancerClientHandler(BaseHandler):
     async def get(self, token: str, name: str) -> None:
         name = name or "index.html"
         if not _CLIENT_FILE.match(name):
-            raise HTTPError(404, reason=f"no client file {name!r}")
+            raise HTTPError(404)
         if name == "index.html":
-            await self.services.call(self.services.viewer_sessions.generations, token)
             self.set_header("Cache-Control", "no-cache")
         else:
             self.set_header("Cache-Control", "public, max-age=31536000, immutable")  # content-hashed
         path = NEUROGLANCER_CLIENT / name
         if not path.is_file():
-            raise HTTPError(404, reason=f"no client file {name!r}")
-        self.set_header("Content-Type", _mime(name))
+            raise HTTPError(404)
+        self.set_header("Content-Type", _MIME[path.suffix])
         self.finish(_read_cached(path))
 
 
-_MIME = {".js": "application/javascript", ".css": "text/css", ".html": "text/html; charset=utf-8",
-         ".map": "application/json", ".wasm": "application/wasm"}
-
-
-def _mime(name: str) -> str:
-    return _MIME[Path(name).suffix]
-
-
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=128)
 def _read_cached(path: Path) -> bytes:
-    # The client's files are content-hashed and never change while we run.
+    # Pages, assets and the client's content-hashed files do not change while we run.
     return path.read_bytes()
-
-
-class AssetHandler(StaticFileHandler):
-    """Our own CSS and ES modules, with the JSON 404 of every other path."""
-
-    def write_error(self, status_code: int, **kwargs: object) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish({"ok": False, "status": status_code, "code": "not_found" if status_code == 404 else "http_error",
-                     "message": self._reason})

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+from typing import Annotated
 
+from pydantic import BaseModel, Field
 from tornado.iostream import StreamClosedError
 
-from annotations.errors import StaleGeneration
-from viewer.errors import BadRequest
+from annotations.access import Action
+from annotations.errors import CatalogError, StaleGeneration
+from viewer.bodies import Text, dumps
+from viewer.errors import BadRequest, WebError
 from viewer.handlers.base import BaseHandler
 
 KEEPALIVE_SECONDS = 15.0
@@ -26,11 +29,10 @@ class EventsHandler(BaseHandler):
 
     async def get(self, token: str) -> None:
         client_id = self.get_query_argument("c", None)
-        if not client_id:
-            raise BadRequest("missing client id 'c'")
-        sent = {"s": self.get_query_argument("gs", ""), "c": self.get_query_argument("gc", "")}
+        if not client_id or len(client_id) > 64:
+            raise BadRequest("missing or overlong client id 'c'")
+        sent = {"s": self.get_query_argument("gs", "")[:128], "c": self.get_query_argument("gc", "")[:128]}
         sessions = self.services.viewer_sessions
-        await self.services.call(sessions.generations, token)  # 404 before the stream starts
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -44,7 +46,11 @@ class EventsHandler(BaseHandler):
                 if self.closed:
                     break
                 self.wake.clear()
-                session = await self.services.call(sessions.get, token)
+                try:  # the owner's current rights: a dataset made private ends its anonymous streams
+                    await self.services.identity.session(token, Action.READ)
+                    session = await self.services.call(sessions.get, token)
+                except CatalogError:
+                    break
                 wrote = False
                 for key, generation, body in (("c", session.config_generation, session.config),
                                               ("s", session.generation, session.state)):
@@ -53,7 +59,7 @@ class EventsHandler(BaseHandler):
                     sent[key] = generation
                     # The client already has its own change: never echo it.
                     if not generation.startswith(client_id + "/"):
-                        self.write(f"data: {json.dumps({'k': key, 's': body, 'g': generation})}\n\n")
+                        self.write(f"data: {dumps({'k': key, 's': body, 'g': generation})}\n\n")
                         wrote = True
                 if not wrote:
                     self.write(": keepalive\n\n")
@@ -69,26 +75,33 @@ class EventsHandler(BaseHandler):
             self.wake.set()
 
 
+class StateMessage(BaseModel):
+    """Neuroglancer's POST /state: the new state ``s``, its generation ``g`` made by client ``c``, based on ``pg``."""
+
+    s: dict[str, object]
+    g: Annotated[int, Field(ge=0, lt=2**53)] | Text(60, min_length=1)  # type: ignore[valid-type]  # a count
+    pg: Text(128)  # type: ignore[valid-type]
+    c: Text(64, min_length=1)  # type: ignore[valid-type]
+
+
+class ActionMessage(BaseModel):
+    action: Text(200, min_length=1)  # type: ignore[valid-type]
+    state: dict[str, object] | None = None
+
+
 class SetStateHandler(BaseHandler):
     async def post(self, token: str) -> None:
-        message = self.json_body()
-        if not isinstance(message, dict) or not {"s", "g", "pg", "c"} <= message.keys():
-            raise BadRequest('expected {"s": state, "g": generation, "pg": previous, "c": client}')
-        if not isinstance(message["s"], dict):
-            raise BadRequest("state 's' must be an object")
+        message: StateMessage = await self.parse_body(StateMessage)
         try:
             generation = await self.services.call(
-                self.services.viewer_sessions.set_state,
-                token,
-                message["s"],
-                generation=f"{message['c']}/{message['g']}",
-                expected=message["pg"],
-            )
-            self.services.session_watch.changed(token)
-        except StaleGeneration:
-            self.set_status(412)
-            self.finish()
+                self.services.viewer_sessions.set_state, token, message.s,
+                generation=f"{message.c}/{message.g}", expected=message.pg,
+            )  # fmt: skip
+        except StaleGeneration as stale:
+            # The protocol's answer to a stale base: 412 (Neuroglancer then waits for the newer state).
+            self.send_error(412, exc_info=(StaleGeneration, stale, None))
             return
+        self.services.session_watch.changed(token)
         self.write_json({"g": generation})
 
 
@@ -96,10 +109,7 @@ class ActionHandler(BaseHandler):
     """Key-bound actions: accepted and logged; later issues attach behaviour (e.g. annotate)."""
 
     async def post(self, token: str) -> None:
-        message = self.json_body()
-        if not isinstance(message, dict) or "action" not in message:
-            raise BadRequest('expected {"action": name, "state": ...}')
-        await self.services.call(self.services.viewer_sessions.generations, token)
+        await self.parse_body(ActionMessage)
         self.set_status(204)
         self.finish()
 
@@ -108,6 +118,4 @@ class CredentialsHandler(BaseHandler):
     """Lamella serves public data only so far: no credentials to hand out."""
 
     async def post(self, token: str) -> None:
-        self.set_status(403)
-        self.write_json({"ok": False, "status": 403, "code": "no_credentials",
-                         "message": "this server provides no data-source credentials"}, 403)
+        raise WebError(403, "no_credentials", "this server hands out no data-source credentials")

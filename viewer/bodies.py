@@ -1,0 +1,86 @@
+"""Request bodies: strict JSON only, bounded in size, depth and count, and parsed off the event loop when large.
+
+Strict means what a browser's ``JSON.parse`` accepts and what we can store: no NaN or Infinity,
+no number that overflows a double, no lone surrogate, valid UTF-8 (orjson refuses all of these).
+Every value that crosses HTTP is checked here before any service sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import orjson
+from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
+
+from viewer.errors import BadRequest
+
+MAX_DEPTH = 64  # Neuroglancer states nest about 8 levels
+MAX_VALUES = 250_000  # values in one document: a state with tens of thousands of local annotations fits
+OFFLOAD_BYTES = 64 * 1024  # larger bodies are parsed and validated in a worker thread
+
+
+def parse(data: bytes, *, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUES) -> Any:
+    """The JSON value of ``data`` (an empty body is null), or BadRequest saying what is wrong."""
+    if not data:
+        return None
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"the request body is not strict JSON: {error}") from None
+    check_shape(value, max_depth=max_depth, max_values=max_values)
+    return value
+
+
+def check_shape(value: Any, *, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUES) -> None:
+    """BadRequest if ``value`` nests deeper than ``max_depth`` or holds more than ``max_values`` values."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > max_values:
+            raise BadRequest(f"the document holds more than {max_values} values")
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                raise BadRequest(f"the document nests deeper than {max_depth} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
+async def parse_async(data: bytes, **limits: int) -> Any:
+    if len(data) > OFFLOAD_BYTES:
+        return await asyncio.to_thread(parse, data, **limits)
+    return parse(data, **limits)
+
+
+def validate(model: type[BaseModel], value: Any) -> Any:
+    """``value`` as ``model``, or BadRequest listing each problem (field path and what is wrong)."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:10]]
+        raise BadRequest("; ".join(problems)) from None
+
+
+async def validate_async(model: type[BaseModel], value: Any, size: int) -> Any:
+    if size > OFFLOAD_BYTES:
+        return await asyncio.to_thread(validate, model, value)
+    return validate(model, value)
+
+
+def dumps(document: Any) -> str:
+    """Strict JSON text (a non-finite number is a bug: ValueError, never a bare NaN on the wire)."""
+    return json.dumps(document, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("text may not contain NUL characters")
+    return text
+
+
+def Text(max_length: int, min_length: int = 0) -> Any:
+    """A string field: bounded, without NUL (which PostgreSQL cannot store)."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length), AfterValidator(_no_nul)]

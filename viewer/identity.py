@@ -1,0 +1,156 @@
+"""Who is asking, and may they: one actor per request, and the route's rule applied to it.
+
+Credentials and access facts are looked up in the database and kept per process for at most
+``ACCESS_CACHE_SECONDS``: a revoked token, a disabled account, an ended sign-in, a membership or
+visibility change reaches every server process within that time. The caches are bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from cachetools import TTLCache
+from tornado.httputil import HTTPServerRequest
+
+from annotations.access import ANONYMOUS, Action, Actor, DatasetAccess, require
+from annotations.accounts import Accounts, Credential
+from annotations.errors import DatasetNotFound, NotAuthenticated, SessionNotFound
+
+ACCESS_CACHE_SECONDS = 5.0
+CACHE_ENTRIES = 20_000
+SIGN_IN_COOKIE = "lamella_signin"
+T = TypeVar("T")
+Call = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAccess:
+    """A viewer session's owner and, when it shows one, its dataset."""
+
+    token: str
+    owner: Actor
+    dataset: DatasetAccess | None
+
+
+class _Cache:
+    """A bounded TTL cache that also remembers refusals (so a bad token costs one lookup per period)."""
+
+    def __init__(self, ttl: float) -> None:
+        self._entries: TTLCache[Any, tuple[bool, Any]] = TTLCache(CACHE_ENTRIES, ttl)
+
+    async def get(self, key: Any, load: Callable[[], Awaitable[T]], remember: tuple[type[Exception], ...]) -> T:
+        found = self._entries.get(key)
+        if found is None:
+            try:
+                found = (True, await load())
+            except remember as error:
+                found = (False, error)
+            self._entries[key] = found
+        ok, value = found
+        if not ok:
+            raise value
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class Identity:
+    """Resolves each request's actor and checks it against route rules (cached per process)."""
+
+    def __init__(self, accounts: Accounts, access: Any, viewer_sessions: Any, call: Call,
+                 ttl: float = ACCESS_CACHE_SECONDS) -> None:
+        self.accounts = accounts
+        self.access = access
+        self.viewer_sessions = viewer_sessions
+        self.call = call
+        self.ttl = ttl
+        self._credentials = _Cache(ttl)
+        self._datasets = _Cache(ttl)
+        self._sessions = _Cache(ttl)
+        self._owners = _Cache(ttl)
+
+    async def actor(self, request: HTTPServerRequest, cookie_secret: str | None) -> Actor:
+        """The request's actor: a bearer token's account, a signed-in browser's account, or anonymous.
+
+        A malformed, unknown, revoked or expired token is NotAuthenticated (scripts should fail
+        loudly); an ended browser sign-in is simply anonymous (public pages keep working).
+        """
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, secret = header.strip().partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                raise NotAuthenticated("the Authorization header must be 'Bearer <API token>'")
+            secret = secret.strip()
+            key = ("token", hashlib.sha256(secret.encode(errors="replace")).hexdigest())
+            return await self._credential(key, lambda: self.call(self.accounts.token_actor, secret))
+        secret = signed_cookie(request, cookie_secret)
+        if secret is None:
+            return ANONYMOUS
+        key = ("cookie", hashlib.sha256(secret.encode()).hexdigest())
+        try:
+            return await self._credential(key, lambda: self.call(self.accounts.web_session_actor, secret))
+        except NotAuthenticated:
+            return ANONYMOUS
+
+    async def _credential(self, key: Any, load: Callable[[], Awaitable[Credential]]) -> Actor:
+        credential: Credential = await self._credentials.get(key, load, (NotAuthenticated,))
+        if credential.expires_at is not None and credential.expires_at <= datetime.now(UTC):
+            raise NotAuthenticated("this credential has expired")
+        return credential.actor
+
+    async def dataset(self, actor: Actor, action: Action, ref: str | int) -> DatasetAccess:
+        """The dataset's access facts once ``actor`` may do ``action`` to it (else the policy's error)."""
+        access: DatasetAccess = await self._datasets.get(
+            (str(ref), actor.account_id), lambda: self.call(self.access.dataset_access, actor, ref), (DatasetNotFound,)
+        )
+        require(actor, action, access)
+        return access
+
+    async def session(self, token: str, action: Action) -> SessionAccess:
+        """A viewer session's owner and dataset once the owner may do ``action`` there.
+
+        The unguessable token is the credential; the session acts with its owner's current rights.
+        A session whose owner may no longer read its dataset, or whose owner is disabled, is not found.
+        """
+        dataset_id, account_id = await self._sessions.get(
+            token, lambda: self.call(self.viewer_sessions.owner, token), (SessionNotFound,)
+        )
+        owner = ANONYMOUS
+        if account_id is not None:
+            found = await self._owners.get(account_id, lambda: self.call(self.accounts.actor_by_id, account_id), ())
+            if found is None:
+                raise SessionNotFound(f"no viewer session {token!r}")
+            owner = found
+        if dataset_id is None:
+            return SessionAccess(token, owner, None)
+        try:
+            access = await self.dataset(owner, action, dataset_id)
+        except DatasetNotFound:
+            raise SessionNotFound(f"no viewer session {token!r}") from None
+        return SessionAccess(token, owner, access)
+
+    def forget(self) -> None:
+        """Drop every cached decision of this process (after a change made through it)."""
+        for cache in (self._credentials, self._datasets, self._sessions, self._owners):
+            cache.clear()
+
+
+def signed_cookie(request: HTTPServerRequest, cookie_secret: str | None) -> str | None:
+    """The sign-in secret from a validly signed cookie, else None."""
+    from tornado.web import decode_signed_value
+
+    morsel = request.cookies.get(SIGN_IN_COOKIE)
+    if morsel is None or not cookie_secret:
+        return None
+    value = decode_signed_value(cookie_secret, SIGN_IN_COOKIE, morsel.value, max_age_days=31)
+    if value is None:
+        return None
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
