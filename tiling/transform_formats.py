@@ -13,7 +13,10 @@ Conventions (the same in every parser and writer here):
 - ``dimensions`` is 2 when the inputs were 2D, else 3.
 
 Nothing here fits, inverts or judges transforms (singularity is checked where they are used); parsers only
-reject what cannot be read: malformed text, wrong shapes, non-numbers, non-finite values, a bad homogeneous
+reject what cannot be read: malformed text, wrong shapes, non-numbers, non-finite values (NaN, infinities,
+and literals such as 1e400 or 400-digit integers, which only a float's infinity holds), numbers beyond
+±``MAX_COORDINATE_NM`` (no coordinate or matrix entry of a registration is that large, and the bound keeps
+products finite; a composition that overflows all the same is refused as non-finite), a bad homogeneous
 row, unpairable landmarks. Every such problem raises ``InvalidTransform`` with a one-line message naming
 the line, row or element. XML with a DOCTYPE or ENTITY declaration is refused (eC-CLEM writes none), so the
 standard library parser cannot be made to expand entities.
@@ -69,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from tiling.errors import InvalidTransform
-from tiling.transforms import MIN_PAIRS, lift_2d
+from tiling.transforms import MAX_COORDINATE_NM, MIN_PAIRS, lift_2d
 
 FORMATS = ("matrix-json", "matrix-csv", "mobie", "ec-clem", "bigwarp", "point-lists")
 CONVENTION = "moving physical x,y,z -> reference physical x,y,z"
@@ -143,9 +146,12 @@ class ImportedTransform:
         if self.dimensions not in (2, 3):
             raise InvalidTransform(f"dimensions must be 2 or 3, not {self.dimensions}")
         if self.matrix is not None:
-            matrix = np.array(self.matrix, dtype=np.float64)
+            try:
+                matrix = np.array(self.matrix, dtype=np.float64)
+            except (TypeError, ValueError, OverflowError):
+                raise InvalidTransform("an imported matrix must be a finite 4x4 array") from None
             if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
-                raise InvalidTransform("an imported matrix must be a finite 4x4 array")
+                raise InvalidTransform("an imported matrix must be a finite 4x4 array (did composing it overflow?)")
             matrix.flags.writeable = False
             object.__setattr__(self, "matrix", matrix)
 
@@ -176,7 +182,7 @@ def _show(value: object, limit: int = 40) -> str:
 def _frozen_points(points: object, what: str) -> np.ndarray:
     try:
         array = np.array(points, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidTransform(f"{what} must be numbers") from None
     if array.ndim != 2 or array.shape[1] != 3:
         raise InvalidTransform(f"{what} must have shape (n, 3), not {array.shape}")
@@ -192,14 +198,22 @@ def _clean(text: str) -> str:
     return text.removeprefix("\ufeff")
 
 
+def _bounded(value: float, shown: object, where: str) -> float:
+    if abs(value) > MAX_COORDINATE_NM and math.isfinite(value):
+        raise _fail(f"{where}: {_show(shown)} is beyond ±{MAX_COORDINATE_NM:g}, too large for a registration")
+    return value
+
+
 def _text_number(token: str, where: str, *, allow_infinite: bool = False) -> float:
     token = token.strip()
     if _NUMBER.fullmatch(token) is None and _NON_FINITE.fullmatch(token) is None:
         raise _fail(f"{where}: {_show(token)} is not a number")
-    value = float(token)
-    if math.isnan(value) or (math.isinf(value) and not allow_infinite):
+    value = float(token)  # any length of digits: a literal too large is inf, never an error
+    # Only a spelled-out infinity is one (BigWarp's mark of an unpaired point); 1e400 is not finite.
+    spelled = _NON_FINITE.fullmatch(token) is not None
+    if math.isnan(value) or (math.isinf(value) and not (allow_infinite and spelled)):
         raise _fail(f"{where}: {_show(token)} is not finite")
-    return value
+    return _bounded(value, token, where)
 
 
 def _json_number(value: object, where: str) -> float:
@@ -211,7 +225,7 @@ def _json_number(value: object, where: str) -> float:
         number = math.inf
     if not math.isfinite(number):
         raise _fail(f"{where}: {_show(value)} is not finite")
-    return number
+    return _bounded(number, value, where)
 
 
 def _load_json(text: str) -> Any:
@@ -422,7 +436,8 @@ def _compose_mobie(view: str | None, transforms: object) -> tuple[np.ndarray, st
         if source is not None and sources is not None and not tracked & set(sources):
             continue
         if kind == "affine":
-            matrix = affine @ matrix
+            with np.errstate(over="ignore", invalid="ignore"):  # a product that overflows is refused as non-finite
+                matrix = affine @ matrix
             composed += 1
         else:
             skipped += 1
@@ -431,6 +446,8 @@ def _compose_mobie(view: str | None, transforms: object) -> tuple[np.ndarray, st
                 raise _fail(f"{where}: sourceNamesAfterTransform must name as many sources as sources")
             # the renamed copy carries the transforms; the original name stays untransformed
             tracked = {after for before, after in zip(sources, renamed, strict=True) if before in tracked}
+    if not np.all(np.isfinite(matrix)):
+        raise _fail(f"{label}: composing its {composed} affines overflows: not finite")
     notes = f"MoBIE {label}, {composed} affine{'s' if composed > 1 else ''}"
     notes += " composed in order" if composed > 1 else ""
     notes += f" for source {source!r}" if source else ""
@@ -505,8 +522,9 @@ def _ec_clem_dataset(element: ET.Element, where: str) -> tuple[np.ndarray, list[
     for k, point in enumerate(element.findall("point"), 1):
         coordinates: dict[int, float] = {}
         for coordinate in point.findall("coordinate"):
-            axis_text = coordinate.get("dimension", "")
-            if _INTEGER.fullmatch(axis_text.strip()) is None or not 0 <= int(axis_text) <= 2:
+            axis_text = coordinate.get("dimension", "").strip()
+            # Short before int(): Python refuses to convert integers of more than 4300 digits.
+            if len(axis_text) > 8 or _INTEGER.fullmatch(axis_text) is None or not 0 <= int(axis_text) <= 2:
                 raise _fail(f"{where} point {k}: coordinate dimension {_show(axis_text)} is not 0, 1 or 2")
             coordinates[int(axis_text)] = _text_number(coordinate.text or "", f"{where} point {k}, coordinate")
         points.append(coordinates)
@@ -560,8 +578,11 @@ def parse_ec_clem_xml(text: str) -> ImportedTransform:
     matrix_dimensions = 3
     for k, element in enumerate(matrix_elements, 1):
         step, step_dimensions = _ec_clem_matrix(element, f"MatrixTransformation {k}")
-        matrix = step if matrix is None else step @ matrix  # later updates apply after earlier ones
+        with np.errstate(over="ignore", invalid="ignore"):  # a product that overflows is refused as non-finite
+            matrix = step if matrix is None else step @ matrix  # later updates apply after earlier ones
         matrix_dimensions = min(matrix_dimensions, step_dimensions)
+    if matrix is not None and not np.all(np.isfinite(matrix)):
+        raise _fail(f"composing the {len(matrix_elements)} MatrixTransformation elements overflows: not finite")
     if len(matrix_elements) > 1:
         details.append(f"{len(matrix_elements)} matrices composed in order")
 
@@ -736,7 +757,14 @@ def _is_number(token: str) -> bool:
 
 
 def _normal_id(token: str) -> str:
-    return str(int(token)) if _INTEGER.fullmatch(token) else token
+    """Integer ids without sign or leading zeros ("007" pairs with "7"); others as written."""
+    if _INTEGER.fullmatch(token) is None:
+        return token
+    try:
+        return str(int(token))
+    except ValueError:  # more digits than Python converts (4300): the same normal form, by hand
+        digits = token.lstrip("+-").lstrip("0") or "0"
+        return ("-" if token.startswith("-") and digits != "0" else "") + digits
 
 
 def _id_list(ids: list[str], limit: int = 20) -> str:

@@ -43,13 +43,54 @@ MAX_PAIRS = 2000
 # Leave-one-out costs one spline per pair: above this many pairs it is not reported.
 MAX_LEAVE_ONE_OUT = 150
 
+# Bounds on what a transform may hold, far beyond any microscope, so that no product of a point,
+# a matrix and its inverse can overflow float64 (~1.8e308): landmark coordinates and translations
+# within ±1e12 (nm: 1 km; points are judged in their own unit before any conversion, and again in
+# nm after it); each singular value of a linear part (a physical nm -> nm scale) within [1e-6, 1e6];
+# and a condition number (largest over smallest singular value) of at most 1e9, so that inverting
+# cannot lose more than 9 of float64's ~16 digits.
+MAX_COORDINATE_NM = 1e12
+MAX_SCALE = 1e6
+MAX_CONDITION = 1e9
 
-def check_affine(matrix: object) -> np.ndarray:
-    """A valid 4x4 homogeneous affine as float64, or InvalidTransform saying why not."""
+
+def affine_problem(matrix: np.ndarray) -> str | None:
+    """Why a 4x4 float64 affine cannot be used (singular, ill-conditioned, out of bounds), or None.
+
+    The one criterion for every matrix Lamella stores, judged after every conversion (units,
+    pixels to nm, 2D to 3D, composition), and for matrices already stored (``lamella check``).
+    """
+    if matrix.shape != (4, 4):
+        return f"the matrix must be 4x4, not {'x'.join(map(str, matrix.shape))}"
+    if not np.all(np.isfinite(matrix)):
+        return "the matrix holds non-finite values (NaN or infinity)"
+    if not np.allclose(matrix[3], [0.0, 0.0, 0.0, 1.0]):
+        return f"the last row of an affine must be 0 0 0 1, not {matrix[3].tolist()}"
+    largest = float(np.max(np.abs(matrix[:3, :3])))
+    if largest > MAX_SCALE:  # the largest singular value is at least this: judged before any arithmetic
+        return f"the matrix scales by up to {largest:.3g}; a scale between modalities lies within {MAX_SCALE:g}"
+    translation = float(np.max(np.abs(matrix[:3, 3])))
+    if translation > MAX_COORDINATE_NM:
+        return f"the translation ({translation:.3g} nm) is beyond ±{MAX_COORDINATE_NM:g} nm (1 km)"
+    singular = np.linalg.svd(matrix[:3, :3], compute_uv=False)
+    if singular[-1] == 0 or singular[-1] / singular[0] < 1 / MAX_CONDITION:
+        return "the matrix is singular: it collapses space and cannot be inverted"
+    if singular[0] > MAX_SCALE or singular[-1] < 1 / MAX_SCALE:
+        return (
+            f"the matrix scales by {singular[-1]:.3g} to {singular[0]:.3g}; "
+            f"a scale between modalities lies within {1 / MAX_SCALE:g} and {MAX_SCALE:g}"
+        )
+    if not np.all(np.isfinite(np.linalg.inv(matrix))):  # cannot happen within the bounds above; kept as the rule
+        return "the matrix has no finite inverse"
+    return None
+
+
+def as_affine(matrix: object) -> np.ndarray:
+    """A 4x4 float64 from a 4x4, 3x4 or 3x3 (2D, lifted) array of finite numbers; not yet judged."""
     try:
-        array = np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InvalidTransform("the matrix must be a 4x4 array of numbers") from None
+        array = np.array(matrix, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidTransform("the matrix must be a 4x4 array of finite numbers") from None
     if array.shape == (3, 3):
         array = lift_2d(array)
     if array.shape == (3, 4):
@@ -58,19 +99,24 @@ def check_affine(matrix: object) -> np.ndarray:
         raise InvalidTransform(f"the matrix must be 4x4 (or 3x4, or 3x3 for 2D), not {'x'.join(map(str, array.shape))}")
     if not np.all(np.isfinite(array)):
         raise InvalidTransform("the matrix holds non-finite values (NaN or infinity)")
-    if not np.allclose(array[3], [0.0, 0.0, 0.0, 1.0]):
-        raise InvalidTransform(f"the last row of an affine must be 0 0 0 1, not {array[3].tolist()}")
-    linear = array[:3, :3]
-    # Relative to the largest singular value, so that nm and µm scales judge alike.
-    singular = np.linalg.svd(linear, compute_uv=False)
-    if singular[0] == 0 or singular[-1] / singular[0] < 1e-9:
-        raise InvalidTransform("the matrix is singular: it collapses space and cannot be inverted")
+    return array
+
+
+def check_affine(matrix: object) -> np.ndarray:
+    """A valid 4x4 homogeneous affine as float64, or InvalidTransform saying why not (``affine_problem``)."""
+    array = as_affine(matrix)
+    problem = affine_problem(array)
+    if problem is not None:
+        raise InvalidTransform(problem)
     return array
 
 
 def lift_2d(matrix: np.ndarray) -> np.ndarray:
     """A 3x3 homogeneous 2D affine (x, y) as a 4x4 3D one with z unchanged."""
-    array = np.asarray(matrix, dtype=np.float64)
+    try:
+        array = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidTransform("a 2D affine must be a 3x3 array of finite numbers") from None
     if array.shape != (3, 3):
         raise InvalidTransform("a 2D affine must be 3x3")
     if not np.allclose(array[2], [0.0, 0.0, 1.0]):
@@ -92,15 +138,32 @@ def scale_matrix(voxel_size_xyz: tuple[float, float, float] | np.ndarray) -> np.
     return np.diag([*np.asarray(voxel_size_xyz, dtype=np.float64), 1.0])
 
 
+def points_problem(points: np.ndarray, name: str) -> str | None:
+    """Why (n, 2|3) float64 points cannot be used (non-finite, beyond ±``MAX_COORDINATE_NM``), or None."""
+    if not np.all(np.isfinite(points)):
+        return f"{name} hold non-finite coordinates (NaN or infinity)"
+    if points.size and float(np.max(np.abs(points))) > MAX_COORDINATE_NM:
+        return f"{name} hold a coordinate beyond ±{MAX_COORDINATE_NM:g} (1 km in nm): {np.max(np.abs(points)):.3g}"
+    return None
+
+
 def check_points(points: object, name: str) -> np.ndarray:
+    """(n, 3) float64 points (2D ones get z = 0): finite and within ±``MAX_COORDINATE_NM``.
+
+    Judged before any arithmetic, in whatever unit they are given, and again by callers once
+    converted to nm.
+    """
     try:
         array = np.asarray(points, dtype=np.float64)
+    except OverflowError:
+        raise InvalidTransform(f"{name} hold a number too large for a coordinate") from None
     except (TypeError, ValueError):
         raise InvalidTransform(f"{name} must be a list of [x, y, z] numbers") from None
     if array.ndim != 2 or array.shape[1] not in (2, 3):
         raise InvalidTransform(f"{name} must be a list of [x, y] or [x, y, z] points")
-    if not np.all(np.isfinite(array)):
-        raise InvalidTransform(f"{name} hold non-finite coordinates")
+    problem = points_problem(array, name)
+    if problem is not None:
+        raise InvalidTransform(problem)
     if array.shape[1] == 2:
         array = np.hstack([array, np.zeros((len(array), 1))])
     return array
@@ -144,6 +207,65 @@ def check_pairs(moving: object, reference: object, kind: str, dimensions: int) -
             first, second = duplicates[0]
             raise InvalidTransform(f"{label} landmarks {first + 1} and {second + 1} are the same point")
     return moving_points, reference_points
+
+
+def _numbers(value: object, name: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise InvalidTransform(f"{name} hold a number too large for float64") from None
+    except (TypeError, ValueError):
+        raise InvalidTransform(f"{name} are not an array of numbers") from None
+
+
+def check_transform(
+    kind: str, dimensions: int, matrix: object, landmarks: object, residuals: object, rms: object
+) -> None:
+    """InvalidTransform unless a transform as stored (matrix, landmark pairs, residuals, RMS) is usable.
+
+    The criteria of ``check_affine`` and ``check_points``, on the stored form (4x4, nm): applied
+    to every transform before it is stored and, by ``lamella check``, to what older versions stored.
+    """
+    if kind not in ("affine", "tps"):
+        raise InvalidTransform(f"unknown transform kind {kind!r}")
+    if dimensions not in (2, 3):
+        raise InvalidTransform(f"dimensions must be 2 or 3, not {dimensions!r}")
+    if matrix is None and kind == "affine":
+        raise InvalidTransform("an affine transform without a matrix")
+    if matrix is not None:
+        problem = affine_problem(_numbers(matrix, "the matrix"))
+        if problem:
+            raise InvalidTransform(problem)
+    if landmarks is None and kind == "tps":
+        raise InvalidTransform("a thin-plate spline without landmarks")
+    if landmarks is not None:
+        if not isinstance(landmarks, dict) or not {"moving", "reference"} <= set(landmarks):
+            raise InvalidTransform("landmarks must hold moving and reference points")
+        moving = check_points(landmarks["moving"], "moving landmarks")
+        reference = check_points(landmarks["reference"], "reference landmarks")
+        if len(moving) != len(reference):
+            raise InvalidTransform(f"{len(moving)} moving landmarks but {len(reference)} reference landmarks")
+    if residuals is not None:
+        if not isinstance(residuals, list):
+            raise InvalidTransform("residuals must be a list")
+        measured = _numbers([value for value in residuals if value is not None], "residuals")
+        if not np.all(np.isfinite(measured)):
+            raise InvalidTransform("residuals hold non-finite values (NaN or infinity)")
+    if rms is not None:
+        value = _numbers(rms, "the RMS residual")
+        if value.ndim != 0 or not np.isfinite(value):
+            raise InvalidTransform("the RMS residual is not a finite number")
+
+
+def transform_problem(
+    kind: str, dimensions: int, matrix: object, landmarks: object, residuals: object, rms: object
+) -> str | None:
+    """Why a stored transform cannot be used (``check_transform``'s message), or None."""
+    try:
+        check_transform(kind, dimensions, matrix, landmarks, residuals, rms)
+    except InvalidTransform as error:
+        return str(error)
+    return None
 
 
 @dataclass(frozen=True)

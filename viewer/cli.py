@@ -321,11 +321,17 @@ def list_datasets(**options: Any) -> None:
 
 @main.command()
 @with_common
-def check(**options: Any) -> None:
-    """Open every registered image and report the ones that cannot be served."""
+@click.option("--repair", is_flag=True,
+              help="Quarantine unusable transforms (kept as history, never current) and clean viewer states "
+                   "and configs of non-finite numbers (the originals are kept in quarantined_documents).")
+def check(repair: bool, **options: Any) -> None:
+    """Open every registered image and report the ones that cannot be served; report (and with
+    --repair, quarantine) stored transforms and viewer states that cannot be used."""
     import asyncio
 
+    from annotations.repair import find_bad_sessions, find_bad_transforms, quarantine_transform, repair_session
     from tiling.omezarr import make_context, open_volume
+    from tiling.transforms import transform_problem
 
     settings = Settings.from_env(**options)
     catalog = open_catalog(settings)
@@ -339,6 +345,38 @@ def check(**options: Any) -> None:
             except TilingError as error:
                 broken += 1
                 click.echo(f"broken\t{dataset.name}/{image.name}\t{error}")
+    sessions = catalog.sessions
+    transforms = find_bad_transforms(sessions, transform_problem)
+    documents = find_bad_sessions(sessions)
+    for transform in transforms:
+        click.echo(f"bad-transform\t{transform.dataset}/{transform.image}\t#{transform.id}\t{transform.reason}")
+    for document in documents:  # tokens are secrets: shown shortened, kept whole in quarantined_documents
+        click.echo(f"bad-session\t{document.dataset or '-'}\t{document.token[:6]}…\t{document.part}: {document.reason}")
+    if repair and (transforms or documents):
+        touched = {transform.dataset for transform in transforms}
+        for transform in transforms:
+            if quarantine_transform(sessions, transform):
+                click.echo(f"quarantined\t{transform.dataset}/{transform.image}\t#{transform.id}")
+        for document in documents:
+            done = repair_session(sessions, document)
+            if done is not None:
+                touched.add(document.dataset)
+                click.echo(f"repaired-session\t{document.dataset or '-'}\t{document.token[:6]}…\t{document.part}: "
+                           f"removed {', '.join(done.removed)}; original kept in quarantined_documents")
+        # Open viewers of those datasets: layers re-placed by the transforms now current.
+        from annotations.transforms import Transforms
+        from annotations.viewer_sessions import ViewerSessions
+        from viewer.correlation import Correlation
+
+        correlation = Correlation(catalog, Transforms(sessions))
+        for name in sorted(name for name in touched if name is not None):
+            tokens = correlation.refresh_sessions(ViewerSessions(sessions), name)
+            if tokens:
+                click.echo(f"refreshed\t{name}\t{len(tokens)} viewer session(s) re-placed by the current transforms")
+    if (transforms or documents) and not repair:
+        unusable = f"{len(transforms)} transform(s) and {len(documents)} viewer document(s) cannot be used"
+        also = f"; {broken} image(s) cannot be served" if broken else ""
+        fail(f"{unusable}{also}; lamella check --repair quarantines them")
     if broken:
         fail(f"{broken} image(s) cannot be served")
 

@@ -6,7 +6,9 @@ Composes ``tiling.transforms`` (the geometry), ``tiling.transform_formats`` (the
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +30,14 @@ from tiling.transform_formats import (
 )
 from tiling.transforms import (
     FIT_KINDS,
+    MAX_COORDINATE_NM,
     ThinPlateSpline,
     apply_affine,
+    as_affine,
     check_affine,
     check_pair_dimensions,
     check_points,
+    check_transform,
     fit_affine,
     scale_matrix,
 )
@@ -53,15 +58,35 @@ def nm_per(unit: str | None) -> float:
 
 
 def affine_in_nm(matrix: object, unit: str | None) -> np.ndarray:
-    """A checked affine whose translation, given in ``unit``, is converted to nm."""
-    checked = check_affine(matrix).copy()
-    checked[:3, 3] *= nm_per(unit)
-    return checked
+    """An affine whose translation, given in ``unit``, is converted to nm; checked once converted."""
+    factor = nm_per(unit)
+    array = as_affine(matrix)
+    largest = float(np.max(np.abs(array[:3, 3])))
+    if largest * factor > MAX_COORDINATE_NM:  # Python floats: an overflow here is inf, not an error
+        shown = f"{largest:.3g} {unit or 'nm'}"
+        raise InvalidTransform(f"the translation ({shown}) is beyond ±{MAX_COORDINATE_NM:g} nm (1 km)")
+    array[:3, 3] *= factor
+    return check_affine(array)
 
 
-def pixels_to_nm(points: np.ndarray, image: ImageRecord) -> np.ndarray:
-    """Level-0 voxel indices (x, y, z) to physical nm (OME: voxel centres at index x size)."""
-    return points * xyz(image.voxel_size_nm)
+def converted(points: np.ndarray, factor: np.ndarray | float, name: str) -> np.ndarray:
+    """Checked points (any unit, within bounds) times ``factor`` (to nm: a unit's factor, or a voxel
+    size for level-0 voxel indices, OME voxel centres at index x size), checked again in nm."""
+    with np.errstate(over="ignore", invalid="ignore"):  # judged just below
+        return check_points(points * factor, f"{name} (in nm)")
+
+
+def composed(*matrices: np.ndarray) -> np.ndarray:
+    """The product of checked affines, itself checked."""
+    with np.errstate(over="ignore", invalid="ignore"):  # judged just below
+        product = functools.reduce(np.matmul, matrices)
+    return check_affine(product)
+
+
+def checked_spec(spec: TransformSpec) -> TransformSpec:
+    """``spec`` if everything it holds is usable (the criterion ``lamella check`` also applies)."""
+    check_transform(spec.kind, spec.dimensions, spec.matrix, spec.landmarks, spec.residuals_nm, spec.rms_nm)
+    return spec
 
 
 def global_to_nm(points: np.ndarray, reference: ImageRecord) -> np.ndarray:
@@ -76,7 +101,8 @@ def to_moving(record: TransformRecord | None, points_nm: np.ndarray) -> np.ndarr
     if record.kind == "tps" and record.landmarks:
         landmarks = record.landmarks
         return ThinPlateSpline(landmarks["moving"], landmarks["reference"], record.dimensions).inverse(points_nm)
-    return apply_affine(np.linalg.inv(np.asarray(record.matrix)), points_nm)
+    # Stored matrices are checked, but rows older than the checks may not be (see ``lamella check``).
+    return apply_affine(np.linalg.inv(check_affine(record.matrix)), points_nm)
 
 
 def to_reference(record: TransformRecord | None, points_nm: np.ndarray) -> np.ndarray:
@@ -87,7 +113,7 @@ def to_reference(record: TransformRecord | None, points_nm: np.ndarray) -> np.nd
         landmarks = record.landmarks
         spline = ThinPlateSpline(landmarks["moving"], landmarks["reference"], record.dimensions, inverse=False)
         return spline.forward(points_nm)
-    return apply_affine(np.asarray(record.matrix), points_nm)
+    return apply_affine(check_affine(record.matrix), points_nm)
 
 
 def finite_or_none(values: np.ndarray | None) -> list[float | None] | None:
@@ -144,8 +170,20 @@ class Registration:
         }
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with non-finite numbers as null: what browsers' JSON parsers accept."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [strict_json(item) for item in value]
+    return value
+
+
 def transform_json(transform: TransformSpec) -> dict[str, Any]:
-    data = transform.model_dump(mode="json")
+    """A transform for the API; a quarantined one (kept in the history) may hold non-finite values: null."""
+    data = strict_json(transform.model_dump(mode="json"))
     data["convention"] = f"{CONVENTION}, in nm; voxel centres at index*size"
     return data
 
@@ -263,7 +301,7 @@ class Correlation:
             author=author,
             note=note,
         )
-        return self.transforms.save(image.id, reference_image.id, spec)
+        return self.transforms.save(image.id, reference_image.id, checked_spec(spec))
 
     def fit_landmarks(
         self,
@@ -293,10 +331,12 @@ class Correlation:
         moving_points = check_points(moving, "moving landmarks")
         reference_xyz = check_points(reference_points, "reference landmarks")
         if units == "pixels":
-            moving_nm = pixels_to_nm(moving_points, image)
-            reference_nm = pixels_to_nm(reference_xyz, reference_image)
+            moving_nm = converted(moving_points, xyz(image.voxel_size_nm), "moving landmarks")
+            reference_nm = converted(reference_xyz, xyz(reference_image.voxel_size_nm), "reference landmarks")
         else:
-            moving_nm, reference_nm = moving_points * nm_per(units), reference_xyz * nm_per(units)
+            factor = nm_per(units)
+            moving_nm = converted(moving_points, factor, "moving landmarks")
+            reference_nm = converted(reference_xyz, factor, "reference landmarks")
         if dimensions is None:
             # A flat moving image (a section, a projection) or points all in one plane: fit in x, y.
             flat = image.shape[0] == 1
@@ -330,7 +370,7 @@ class Correlation:
             note=note,
         )
         report = landmark_report(names, moving_nm, reference_nm, residuals, reference_image)
-        registration = Registration(spec, report)
+        registration = Registration(checked_spec(spec), report)
         if save:
             registration.record = self.transforms.save(image.id, reference_image.id, spec)
         return registration
@@ -379,7 +419,7 @@ class Correlation:
             if imported.unit == "pixel":  # e.g. eC-CLEM 2D: moving pixels -> reference pixels
                 to_reference_nm = scale_matrix(xyz(reference_image.voxel_size_nm))
                 from_moving_nm = np.linalg.inv(scale_matrix(xyz(image.voxel_size_nm)))
-                matrix = to_reference_nm @ check_affine(imported.matrix) @ from_moving_nm
+                matrix = composed(to_reference_nm, check_affine(imported.matrix), from_moving_nm)
             else:
                 matrix = affine_in_nm(imported.matrix, unit or imported.unit or "nm")
             spec = TransformSpec(
@@ -388,19 +428,22 @@ class Correlation:
             )  # fmt: skip
             report: list[dict[str, Any]] = []
             if pairs is not None:
+                moving_points = check_points(pairs.moving, "moving landmarks")
+                reference_xyz = check_points(pairs.reference, "reference landmarks")
                 if pairs.in_pixels:
-                    moving_nm = pixels_to_nm(pairs.moving, image)
-                    reference_nm = pixels_to_nm(pairs.reference, reference_image)
+                    moving_nm = converted(moving_points, xyz(image.voxel_size_nm), "moving landmarks")
+                    reference_nm = converted(reference_xyz, xyz(reference_image.voxel_size_nm), "reference landmarks")
                 else:
                     factor = nm_per(unit or pairs.unit or imported.unit or "nm")
-                    moving_nm, reference_nm = pairs.moving * factor, pairs.reference * factor
+                    moving_nm = converted(moving_points, factor, "moving landmarks")
+                    reference_nm = converted(reference_xyz, factor, "reference landmarks")
                 residuals = np.linalg.norm(apply_affine(matrix, moving_nm) - reference_nm, axis=1)
                 spec.landmarks = {"moving": moving_nm.tolist(), "reference": reference_nm.tolist(),
                                   "names": list(pairs.names)}
                 spec.residuals_nm = finite_or_none(residuals)
                 spec.rms_nm = rms_of(residuals)
                 report = landmark_report(list(pairs.names), moving_nm, reference_nm, residuals, reference_image)
-            registration = Registration(spec, report)
+            registration = Registration(checked_spec(spec), report)
         if save:
             registration.record = self.transforms.save(image.id, reference_image.id, registration.spec)
         return registration

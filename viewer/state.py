@@ -11,6 +11,7 @@ thin-plate spline: a server-resampled volume on the reference grid).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -20,7 +21,8 @@ import numpy as np
 
 from annotations.catalog import DatasetRecord, ImageRecord
 from annotations.transforms import TransformRecord
-from tiling.transforms import neuroglancer_matrix
+from tiling.errors import InvalidTransform
+from tiling.transforms import MAX_COORDINATE_NM, neuroglancer_matrix
 
 OVERLAY_COLOURS = ["#00ff00", "#ff00ff", "#00ffff", "#ffff00", "#ff8000", "#0080ff"]
 COLOUR_SHADER = """#uicontrol vec3 color color(default="green")
@@ -36,6 +38,7 @@ void main() {
 """
 LANDMARK_COLOURS = {"reference": "#ffff00", "moving": "#00e5ff"}
 LAYOUTS = ("4panel", "xy", "side-by-side")
+log = logging.getLogger("lamella")
 
 
 def image_base_url(origin: str, dataset: DatasetRecord, image: ImageRecord) -> str:
@@ -259,14 +262,28 @@ def with_landmark_layers(state: dict[str, Any], reference: str, moving: str) -> 
     return new_state
 
 
+def _coordinate(value: Any, where: str) -> float:
+    """A point coordinate from a stored state: finite and within ±``MAX_COORDINATE_NM``."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidTransform(f"{where} has a coordinate too large for a number") from None
+    if not (math.isfinite(number) and abs(number) <= MAX_COORDINATE_NM):
+        raise InvalidTransform(f"{where} has a coordinate that is not finite or beyond ±{MAX_COORDINATE_NM:g}")
+    return number
+
+
 def landmark_points(state: dict[str, Any], image_name: str) -> list[list[float]]:
-    """The points of an image's landmark layer in global (reference voxel) coordinates, in order."""
+    """The points of an image's landmark layer in global (reference voxel) coordinates, in order.
+
+    InvalidTransform (a ValueError) for a point with a non-finite or absurdly large coordinate.
+    """
     for layer in state.get("layers", []):
         if layer.get("name") == landmark_layer_name(image_name):
+            points = [annotation for annotation in layer.get("annotations", []) if annotation.get("type") == "point"]
             return [
-                [float(v) for v in annotation["point"][:3]]
-                for annotation in layer.get("annotations", [])
-                if annotation.get("type") == "point"
+                [_coordinate(v, f"point {k} of layer {layer['name']!r}") for v in annotation["point"][:3]]
+                for k, annotation in enumerate(points, 1)
             ]
     return []
 
@@ -276,17 +293,32 @@ def move_landmarks(
 ) -> dict[str, Any]:
     """``state`` with the points of an image's landmark layer moved by ``mapping`` (global coordinates).
 
-    When an image's transform changes, points placed on its features must follow them.
+    When an image's transform changes, points placed on its features must follow them. Points
+    that cannot be moved (unreadable, or ``mapping`` fails or gives a non-finite or absurd result)
+    stay where they are, all of the layer's together so that pairs stay in step, and are logged:
+    a state never receives a non-finite point.
     """
     new_state = copy.deepcopy(state)
     for layer in new_state.get("layers", []):
         if layer.get("name") != landmark_layer_name(image_name):
             continue
         points = [a for a in layer.get("annotations", []) if a.get("type") == "point"]
-        if points:
-            moved = mapping(np.asarray([a["point"][:3] for a in points], dtype=np.float64))
-            for annotation, point in zip(points, moved, strict=True):
-                annotation["point"] = [float(v) for v in point] + list(annotation["point"][3:])
+        if not points:
+            continue
+        try:
+            before = np.asarray([a["point"][:3] for a in points], dtype=np.float64)
+            with np.errstate(all="ignore"):  # judged below
+                moved = np.asarray(mapping(before), dtype=np.float64)
+        except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as error:
+            log.warning("landmarks of layer %r not moved: %s", layer.get("name"), error)
+            continue
+        usable = moved.shape == before.shape and bool(np.all(np.isfinite(moved)))
+        if not usable or (moved.size and float(np.max(np.abs(moved))) > MAX_COORDINATE_NM):
+            log.warning("landmarks of layer %r not moved: the new transform puts them at non-finite or absurd "
+                        "coordinates", layer.get("name"))
+            continue
+        for annotation, point in zip(points, moved, strict=True):
+            annotation["point"] = [float(v) for v in point] + list(annotation["point"][3:])
     return new_state
 
 
