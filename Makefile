@@ -6,7 +6,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATA_DIR ?= lamella-data
 PORT ?= 8080
 
-.PHONY: serve test lint bench system-test-deps clean
+SWAGGER_UI := 5.35.0
+VENDOR := static/vendor/swagger-ui
+
+.PHONY: serve test lint bench system-test-deps api-viewer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +27,19 @@ $(VENV)/.bench-installed: $(VENV)/.test-installed
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $@
 
-serve: $(VENV)/.installed
+# Swagger UI for /api/docs, from the npm registry (`npm pack`: the package alone, no install scripts).
+# Optional for serving: without npm the page points at /api/openapi.json instead.
+$(VENDOR)/swagger-ui-bundle.js:
+	@mkdir -p build/npm $(VENDOR)
+	cd build/npm && npm pack --silent swagger-ui-dist@$(SWAGGER_UI) >/dev/null
+	tar -xzf build/npm/swagger-ui-dist-$(SWAGGER_UI).tgz -C $(VENDOR) --strip-components=1 \
+		package/swagger-ui-bundle.js package/swagger-ui.css package/LICENSE package/NOTICE
+
+api-viewer:
+	@command -v npm >/dev/null && $(MAKE) -s $(VENDOR)/swagger-ui-bundle.js || \
+		echo "npm not found: /api/docs will link to /api/openapi.json instead of showing Swagger UI"
+
+serve: $(VENV)/.installed api-viewer
 	$(BIN)/lamella serve --demo --data-dir $(DATA_DIR) --host 127.0.0.1 --port $(PORT)
 
 # Debian's Chromium and ChromeDriver for the browser tests; the local PostgreSQL if installed but stopped.
@@ -38,7 +53,7 @@ system-test-deps:
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
-test: $(VENV)/.test-installed system-test-deps lint
+test: $(VENV)/.test-installed system-test-deps $(VENDOR)/swagger-ui-bundle.js lint
 	$(BIN)/pytest
 
 # Peers and load tools for benchmarks/: wrk and nginx from Debian, ome-zarr-py and ngff-zarr from PyPI.

@@ -14,7 +14,7 @@ from annotations.access import Actor, check_visibility, dataset_where, is_public
 from annotations.errors import ImageNotFound, InvalidAccess, InvalidMetadata, NameTaken
 from annotations.metadata import DatasetMetadata
 from annotations.models import Dataset, Image, Membership
-from annotations.names import check_name
+from annotations.names import check_name, no_nul
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -23,6 +23,7 @@ def as_utc(moment: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
+StoredText = Annotated[str, AfterValidator(no_nul)]
 
 
 class ImageRecord(BaseModel):
@@ -83,8 +84,8 @@ class DatasetRecord(BaseModel):
 class NewDataset(BaseModel):
     """How a dataset starts: its visibility, release date, title and curator (an account id)."""
 
-    title: str | None = Field(None, max_length=500)
-    description: str = Field("", max_length=20_000)
+    title: StoredText | None = Field(None, max_length=500)
+    description: StoredText = Field("", max_length=20_000)
     visibility: str = "public"
     release_date: date | None = None
     curator: int | None = None
@@ -93,11 +94,11 @@ class NewDataset(BaseModel):
 class DatasetChanges(BaseModel):
     """A curator's changes to a dataset's description (only the fields given change; null clears)."""
 
-    title: str | None = Field(None, min_length=1, max_length=500)
-    description: str | None = Field(None, max_length=20_000)
-    licence: str | None = Field(None, max_length=200)
-    accession: str | None = Field(None, max_length=64)
-    reference_image: str | None = Field(None, max_length=64)
+    title: StoredText = Field(None, min_length=1, max_length=500)  # type: ignore[assignment]  # absent: unchanged
+    description: StoredText = Field(None, max_length=20_000)  # type: ignore[assignment]
+    licence: StoredText | None = Field(None, max_length=200)
+    accession: StoredText | None = Field(None, max_length=64)
+    reference_image: StoredText | None = Field(None, max_length=64)
 
 
 class ImageSpec(BaseModel):

@@ -15,3 +15,10 @@ def check_name(name: str, what: str) -> str:
             f"{what} name {name!r} must start with a lowercase letter and use only a-z, 0-9, _ and -"
         )
     return name
+
+
+def no_nul(text: str) -> str:
+    """Text the databases can store: PostgreSQL refuses NUL characters in text."""
+    if "\x00" in text:
+        raise ValueError("text may not contain NUL characters")
+    return text

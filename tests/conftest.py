@@ -109,6 +109,7 @@ class Server:
     url: str
     process: subprocess.Popen[str]
     admin_token: str = ""
+    data_dir: Path | None = None
 
     def get(self, path: str, **kwargs: object) -> requests.Response:
         return requests.get(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
@@ -155,6 +156,33 @@ def stop_server(server: Server) -> None:
 def server(data_dir: tuple[Path, Sample]) -> Iterator[Server]:
     running = start_server(data_dir[0])
     running.admin_token = data_dir[1].admin_token
+    running.data_dir = data_dir[0]
+    yield running
+    stop_server(running)
+
+
+def clone_data_dir(source: Path, destination: Path) -> Path:
+    """A copy of a data directory for a test that changes it: the database by SQLite's backup API (a
+    consistent copy while a server may be using it), imported images as hard links (never rewritten)."""
+    import shutil
+    import sqlite3
+
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / "images", destination / "images", copy_function=os.link)
+    with sqlite3.connect(source / "lamella.sqlite") as original, \
+            sqlite3.connect(destination / "lamella.sqlite") as copy:
+        original.backup(copy)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def scratch_server(data_dir: tuple[Path, Sample], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server of its own on a copy of the test data directory, for tests that change datasets, accounts
+    and sessions in ways others must not see (fuzzing, schemathesis, access changes)."""
+    root = clone_data_dir(data_dir[0], tmp_path_factory.mktemp("scratch-data"))
+    running = start_server(root)
+    running.admin_token = data_dir[1].admin_token
+    running.data_dir = root
     yield running
     stop_server(running)
 

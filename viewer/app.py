@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.web import Application, url
 
-from viewer.handlers import accounts, api, correlation, curation, data, pages, state_sync
+from viewer.handlers import accounts, api, correlation, curation, data, docs, pages, state_sync
 from viewer.handlers.base import NotFoundHandler
 from viewer.rules import (
     ANYONE,
@@ -17,6 +18,7 @@ from viewer.rules import (
     PUBLIC_PAGE,
     READ,
     SIGNED_IN,
+    KiB,
     MiB,
     Rule,
     dataset,
@@ -41,6 +43,7 @@ STORED_KEY = r"(?P<key>.{1,1024})"
 STATE_BODY = 4 * MiB  # a viewer state (Neuroglancer's own, or PUT through the API)
 TRANSFORM_BODY = 4 * MiB  # a transform file (matrices, landmark lists, eC-CLEM XML)
 LANDMARKS_BODY = 1 * MiB  # up to 2000 landmark pairs
+METADATA_BODY = 512 * KiB  # a dataset's title and description (20,000 characters, escaped)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ def routes() -> list[Route]:
         Route(rf"/datasets/{DATASET}", pages.PageHandler, dataset(GET=READ), "dataset-page",
               {"page": "dataset.html"}),
         Route(r"/sign-in", pages.PageHandler, PUBLIC_PAGE, "sign-in-page", {"page": "sign-in.html"}),
+        Route(r"/api/docs", pages.PageHandler, PUBLIC_PAGE, "api-docs-page", {"page": "api.html"}),
+        Route(r"/api/openapi.json", docs.OpenApiHandler, PUBLIC_PAGE, "openapi", {"build": openapi_document}),
         Route(r"/static/(?P<path>[A-Za-z0-9_\-./]{1,200})", pages.AssetHandler, PUBLIC_PAGE, "static",
               {"path": str(pages.STATIC_DIR)}),
         # Who is asking
@@ -71,8 +76,10 @@ def routes() -> list[Route]:
         Route(rf"/api/tokens/{TOKEN_ID}", accounts.TokenHandler, server(DELETE=SIGNED_IN), "token"),
         Route(r"/api/accounts", accounts.AccountsHandler, server(GET=MANAGE_ACCOUNTS), "accounts"),
         # Datasets and their images
-        Route(r"/api/datasets", api.DatasetsHandler, server(GET=ANYONE, POST=CREATE_DATASETS), "datasets"),
-        Route(rf"/api/datasets/{DATASET}", api.DatasetHandler, dataset(GET=READ, PATCH=CURATE), "dataset"),
+        Route(r"/api/datasets", api.DatasetsHandler,
+              server(GET=ANYONE, POST=CREATE_DATASETS, body_limit=METADATA_BODY), "datasets"),
+        Route(rf"/api/datasets/{DATASET}", api.DatasetHandler,
+              dataset(GET=READ, PATCH=CURATE, body_limit=METADATA_BODY), "dataset"),
         Route(rf"/api/datasets/{DATASET}/visibility", curation.VisibilityHandler,
               dataset(GET=READ, PUT=CURATE), "visibility"),
         Route(rf"/api/datasets/{DATASET}/members", curation.MembersHandler, dataset(GET=CURATE), "members"),
@@ -117,6 +124,13 @@ def routes() -> list[Route]:
         Route(rf"/credentials/{TOKEN}", state_sync.CredentialsHandler, session(POST=READ, xsrf="exempt"),
               "credentials"),
     ]
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    from viewer.openapi import document
+
+    return document(routes())
 
 
 NOT_FOUND_RULE = server(GET=ANYONE, POST=ANYONE, PUT=ANYONE, PATCH=ANYONE, DELETE=ANYONE)

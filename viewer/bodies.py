@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import date
 from typing import Annotated, Any
 
 import orjson
-from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool, StringConstraints, ValidationError
 
 from viewer.errors import BadRequest
 
@@ -73,6 +74,30 @@ async def validate_async(model: type[BaseModel], value: Any, size: int) -> Any:
 def dumps(document: Any) -> str:
     """Strict JSON text (a non-finite number is a bug: ValueError, never a bare NaN on the wire)."""
     return json.dumps(document, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def _a_number(value: Any) -> Any:
+    """JSON numbers only: pydantic would also take "3" or true where the schema says number."""
+    if isinstance(value, str | bool):
+        raise ValueError("expected a number")
+    return value
+
+
+def _text_only(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+# Body fields typed as JSON Schema reads them: no coercion from strings or booleans.
+Flag = StrictBool
+Number = Annotated[float, BeforeValidator(_a_number)]
+Day = Annotated[date, BeforeValidator(_text_only)]  # YYYY-MM-DD
+
+
+def Integer(ge: int | None = None, le: int | None = None) -> Any:
+    """An integer field (3.0 counts, as in JSON Schema; "3" and true do not)."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_a_number)]
 
 
 def _no_nul(text: str) -> str:

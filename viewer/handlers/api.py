@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Any
+from datetime import date, datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from annotations.catalog import DatasetChanges, DatasetRecord, ImageRecord, NewDataset
-from viewer.bodies import Text
+from annotations.names import NAME
+from viewer.apidoc import op
+from viewer.bodies import Day, Text
 from viewer.handlers.base import BaseHandler
 from viewer.state import DEFAULT_CONFIG, dataset_state, image_base_url
 
@@ -17,55 +19,96 @@ def origin_of(handler: BaseHandler) -> str:
     return f"{handler.request.protocol}://{handler.request.host}"
 
 
-def image_json(origin: str, dataset: DatasetRecord, image: ImageRecord) -> dict[str, Any]:
+class Zyx(BaseModel):
+    z: float
+    y: float
+    x: float
+
+
+class ImageUrls(BaseModel):
+    precomputed: str  # precomputed://… for Neuroglancer
+    zarr: str  # zarr2:// or zarr3://… for any Zarr client
+
+
+class ImageOut(BaseModel):
+    name: str
+    modality: str
+    kind: str  # image | segmentation
+    labels_of: str | None
+    shape: Zyx
+    dtype: str
+    channels: int
+    voxel_size_nm: Zyx
+    levels: list[dict[str, Any]]
+    window: list[float]
+    ome_version: str
+    zarr_format: int
+    managed: bool
+    urls: ImageUrls
+    transform_url: str
+
+
+class DatasetOut(BaseModel):
+    id: int
+    name: str
+    title: str
+    description: str
+    accession: str | None
+    licence: str | None
+    rembi: dict[str, Any]
+    reference_image: str | None
+    visibility: str  # public | private
+    release_date: date | None  # a private dataset becomes public on this day (UTC)
+    public: bool  # readable by anyone today
+    created_at: datetime
+    url: str
+    images: list[ImageOut]
+
+
+class DatasetsOut(BaseModel):
+    datasets: list[DatasetOut]
+
+
+class ImagesOut(BaseModel):
+    images: list[ImageOut]
+
+
+def image_json(origin: str, dataset: DatasetRecord, image: ImageRecord) -> ImageOut:
     base = image_base_url(origin, dataset, image)
-    return {
-        "name": image.name,
-        "modality": image.modality,
-        "kind": image.kind,
-        "labels_of": next((i.name for i in dataset.images if i.id == image.labels_of), None),
-        "shape": {"z": image.shape[0], "y": image.shape[1], "x": image.shape[2]},
-        "dtype": image.dtype,
-        "channels": image.channels,
-        "voxel_size_nm": {"z": image.voxel_size_nm[0], "y": image.voxel_size_nm[1], "x": image.voxel_size_nm[2]},
-        "levels": image.levels,
-        "window": image.window,
-        "ome_version": image.ome_version,
-        "zarr_format": image.zarr_format,
-        "managed": image.managed,
-        "urls": {
-            "precomputed": f"precomputed://{base}/precomputed",
-            "zarr": f"zarr{image.zarr_format}://{base}/zarr/",
-        },
-        "transform_url": f"{base}/transform",
-    }
+    z, y, x = image.shape
+    return ImageOut(
+        name=image.name, modality=image.modality, kind=image.kind,
+        labels_of=next((i.name for i in dataset.images if i.id == image.labels_of), None),
+        shape=Zyx(z=z, y=y, x=x), dtype=image.dtype, channels=image.channels,
+        voxel_size_nm=Zyx(z=image.voxel_size_nm[0], y=image.voxel_size_nm[1], x=image.voxel_size_nm[2]),
+        levels=image.levels, window=image.window, ome_version=image.ome_version, zarr_format=image.zarr_format,
+        managed=image.managed,
+        urls=ImageUrls(precomputed=f"precomputed://{base}/precomputed", zarr=f"zarr{image.zarr_format}://{base}/zarr/"),
+        transform_url=f"{base}/transform",
+    )  # fmt: skip
 
 
-def dataset_json(origin: str, dataset: DatasetRecord) -> dict[str, Any]:
-    return {
-        "id": dataset.id,
-        "name": dataset.name,
-        "title": dataset.title,
-        "description": dataset.description,
-        "accession": dataset.accession,
-        "licence": dataset.licence,
-        "rembi": dataset.rembi,
-        "reference_image": reference.name if (reference := dataset.reference()) else None,
-        "visibility": dataset.visibility,
-        "release_date": dataset.release_date.isoformat() if dataset.release_date else None,
-        "public": dataset.public,
-        "created_at": dataset.created_at.isoformat(),
-        "url": f"{origin}/datasets/{dataset.id}",
-        "images": [image_json(origin, dataset, image) for image in dataset.images],
-    }
+def dataset_json(origin: str, dataset: DatasetRecord) -> DatasetOut:
+    reference = dataset.reference()
+    return DatasetOut(
+        id=dataset.id, name=dataset.name, title=dataset.title, description=dataset.description,
+        accession=dataset.accession, licence=dataset.licence, rembi=dataset.rembi,
+        reference_image=reference.name if reference else None, visibility=dataset.visibility,
+        release_date=dataset.release_date, public=dataset.public, created_at=dataset.created_at,
+        url=f"{origin}/datasets/{dataset.id}", images=[image_json(origin, dataset, image) for image in dataset.images],
+    )  # fmt: skip
 
 
 class NewDatasetBody(BaseModel):
-    name: Text(64, min_length=1)  # type: ignore[valid-type]
+    """A new, empty dataset; its creator becomes its curator. Private unless said otherwise."""
+
+    model_config = {"json_schema_extra": {"examples": [{"name": "mito-fibsem", "title": "Mitochondria, FIB-SEM"}]}}
+
+    name: str = Field(pattern=NAME.pattern)  # a-z first, then a-z, 0-9, _ and -: it appears in URLs
     title: Text(500) | None = None  # type: ignore[valid-type]
     description: Text(20_000) = ""  # type: ignore[valid-type]
-    visibility: str = Field("private", max_length=16)
-    release_date: date | None = None
+    visibility: Literal["public", "private"] = "private"
+    release_date: Day | None = None
 
 
 class DatasetChangesBody(DatasetChanges):
@@ -73,15 +116,16 @@ class DatasetChangesBody(DatasetChanges):
 
 
 class DatasetsHandler(BaseHandler):
-    """GET the datasets the actor may read; POST (curators, admins) a new empty dataset they curate."""
-
+    @op(summary="The datasets the actor may read", response=DatasetsOut)
     async def get(self) -> None:
         datasets = await self.services.call(self.services.catalog.list_datasets, self.actor)
         origin = origin_of(self)
-        self.write_json({"datasets": [dataset_json(origin, d) for d in datasets]})
+        self.write_json(DatasetsOut(datasets=[dataset_json(origin, d) for d in datasets]))
 
+    @op(summary="Create an empty dataset (curators, admins); its creator curates it", body=NewDatasetBody,
+        response=DatasetOut, status=201)
     async def post(self) -> None:
-        body: NewDatasetBody = await self.parse_body(NewDatasetBody)
+        body: NewDatasetBody = await self.parse_body()
         spec = NewDataset(title=body.title, description=body.description, visibility=body.visibility,
                           release_date=body.release_date, curator=self.actor.account_id)
         dataset = await self.services.call(self.services.catalog.create_dataset, body.name, spec)
@@ -90,32 +134,55 @@ class DatasetsHandler(BaseHandler):
 
 
 class DatasetHandler(BaseHandler):
+    @op(summary="A dataset: metadata, visibility and images", response=DatasetOut)
     async def get(self, dataset_ref: str) -> None:
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
         self.write_json(dataset_json(origin_of(self), dataset))
 
+    @op(summary="Change a dataset's title, description, licence, accession or reference image",
+        body=DatasetChangesBody, response=DatasetOut)
     async def patch(self, dataset_ref: str) -> None:
-        changes: DatasetChangesBody = await self.parse_body(DatasetChangesBody)
+        changes: DatasetChangesBody = await self.parse_body()
         dataset = await self.services.call(self.services.catalog.update_dataset, dataset_ref, changes)
         self.write_json(dataset_json(origin_of(self), dataset))
 
 
 class ImagesHandler(BaseHandler):
+    @op(summary="A dataset's images", response=ImagesOut)
     async def get(self, dataset_ref: str) -> None:
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
         origin = origin_of(self)
-        self.write_json({"images": [image_json(origin, dataset, i) for i in dataset.images]})
+        self.write_json(ImagesOut(images=[image_json(origin, dataset, i) for i in dataset.images]))
 
 
 class ImageHandler(BaseHandler):
+    @op(summary="One image: shape, dtype, voxel size, levels, window, source URLs", response=ImageOut)
     async def get(self, dataset_ref: str, image_name: str) -> None:
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
         self.write_json(image_json(origin_of(self), dataset, dataset.image(image_name)))
 
 
-class DatasetSessionsHandler(BaseHandler):
-    """POST: a new server-owned viewer session showing the dataset, owned by the actor."""
+class SessionCreatedOut(BaseModel):
+    token: str  # the session's credential: keep it to yourself
+    viewer_url: str
+    state: dict[str, Any]
 
+
+class SessionOut(BaseModel):
+    token: str
+    dataset_id: int | None
+    generation: str
+    state: dict[str, Any]
+
+
+class GenerationOut(BaseModel):
+    token: str
+    generation: str
+
+
+class DatasetSessionsHandler(BaseHandler):
+    @op(summary="Open a viewer session on the dataset, owned by (and acting with the rights of) the actor",
+        response=SessionCreatedOut, status=201)
     async def post(self, dataset_ref: str) -> None:
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
         transforms = await self.services.call(self.services.correlation.current_transforms, dataset)
@@ -123,30 +190,32 @@ class DatasetSessionsHandler(BaseHandler):
         session = await self.services.call(
             self.services.viewer_sessions.create, dataset.id, state, DEFAULT_CONFIG, self.actor.account_id
         )
-        self.write_json(
-            {"token": session.token, "viewer_url": f"/v/{session.token}/", "state": session.state}, 201
-        )
+        self.write_json(SessionCreatedOut(token=session.token, viewer_url=f"/v/{session.token}/", state=session.state),
+                        201)
 
 
 class SessionStateBody(BaseModel):
     """A whole viewer state; with ``generation``, stored only if that is still the current one (else 412)."""
+
+    model_config = {"json_schema_extra": {"examples": [{"state": {"layout": "xy", "layers": []}}]}}
 
     state: dict[str, Any]
     generation: Text(128) | None = None  # type: ignore[valid-type]
 
 
 class SessionHandler(BaseHandler):
-    """GET the state the server holds; PUT a new state, pushed to every open viewer."""
-
+    @op(summary="The viewer state the server holds for this session", response=SessionOut)
     async def get(self, token: str) -> None:
         session = await self.services.call(self.services.viewer_sessions.get, token)
-        self.write_json({"token": token, "dataset_id": session.dataset_id,
-                         "generation": session.generation, "state": session.state})
+        self.write_json(SessionOut(token=token, dataset_id=session.dataset_id, generation=session.generation,
+                                   state=session.state))
 
+    @op(summary="Replace the session's state; every open viewer follows", body=SessionStateBody,
+        response=GenerationOut)
     async def put(self, token: str) -> None:
-        body: SessionStateBody = await self.parse_body(SessionStateBody)
+        body: SessionStateBody = await self.parse_body()
         new_generation = await self.services.call(
             self.services.viewer_sessions.set_state, token, body.state, expected=body.generation
         )
         self.services.session_watch.changed(token)
-        self.write_json({"token": token, "generation": new_generation})
+        self.write_json(GenerationOut(token=token, generation=new_generation))

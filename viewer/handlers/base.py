@@ -14,8 +14,9 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from annotations.access import ANONYMOUS, Action, Actor, DatasetAccess, require
 from viewer import bodies
-from viewer.errors import BodyTooLarge, MethodNotAllowed, NoRoute, XsrfFailed, classify
-from viewer.identity import SIGN_IN_COOKIE, SessionAccess
+from viewer.apidoc import operation
+from viewer.errors import BadRequest, BodyTooLarge, MethodNotAllowed, NoRoute, XsrfFailed, classify
+from viewer.identity import SessionAccess
 from viewer.rules import WRITE_METHODS, Rule
 from viewer.services import Services
 
@@ -106,13 +107,12 @@ class BaseHandler(RequestHandler):
         self.set_header("Vary", "Cookie, Authorization")
 
     def check_xsrf(self) -> None:
-        """XSRF applies to writes made with a browser's sign-in cookie (a bearer token is no ambient
-        credential); the rule may require it always (sign-in) or exempt the route (state sync)."""
+        """XSRF applies to writes made as a browser's signed-in account (a bearer token, or a cookie that signs
+        nobody in, is no ambient credential); the rule may require it always (sign-in) or exempt the route
+        (state sync)."""
         if self.request.method not in WRITE_METHODS or self.rule.xsrf == "exempt":
             return
-        if self.rule.xsrf == "cookie" and (
-            self.actor.via == "token" or SIGN_IN_COOKIE not in self.request.cookies
-        ):
+        if self.rule.xsrf == "cookie" and self.actor.via != "cookie":
             return
         try:
             RequestHandler.check_xsrf_cookie(self)
@@ -151,9 +151,29 @@ class BaseHandler(RequestHandler):
     async def json_body(self) -> Any:
         return await bodies.parse_async(bytes(self._body))
 
-    async def parse_body(self, model: type[BaseModel]) -> Any:
+    async def parse_body(self, model: type[BaseModel] | None = None) -> Any:
+        """The body as ``model`` (default: the body model this method declares with ``@op``)."""
+        model = model or operation(type(self), self.request.method or "").body
+        if model is None:
+            raise TypeError(f"{type(self).__name__}.{self.request.method} declares no body model")
         value = await self.json_body()
         return await bodies.validate_async(model, value, len(self._body))
+
+    def query(self) -> Any:
+        """The query arguments as the model this method declares (the last value of a repeated one)."""
+        model = operation(type(self), self.request.method or "").query
+        assert model is not None, f"{type(self).__name__} declares no query model"
+        values = {}
+        for name, given in self.request.query_arguments.items():
+            try:
+                values[name] = given[-1].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"query argument {name[:40]!r} is not UTF-8") from None
+        return bodies.validate(model, values)
+
+    async def head(self, *args: Any, **kwargs: Any) -> None:
+        """HEAD is GET without the body (Tornado drops it)."""
+        await self.get(*args, **kwargs)  # type: ignore[attr-defined]
 
     # Answers
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from annotations.transforms import TransformRecord
 from tiling.errors import InvalidTransform
-from viewer.bodies import Text
+from viewer.apidoc import ANY_JSON, BINARY, CHUNK_TYPES, op
+from viewer.bodies import Flag, Integer, Number, Text
 from viewer.correlation import global_to_nm, to_moving, transform_json
 from viewer.errors import BadRequest
 from viewer.handlers.api import origin_of
@@ -32,9 +33,15 @@ class TextFile(BaseModel):
 
 
 class TransformBody(BaseModel):
-    """PUT a transform: a matrix, or a transform file (MoBIE, eC-CLEM, BigWarp, point lists, matrix)."""
+    """A transform: a matrix (into the reference image's space, translation in ``unit``), or a transform
+    file (MoBIE, eC-CLEM, BigWarp, point lists, matrix)."""
 
-    matrix: list[list[float]] | None = Field(None, max_length=4)
+    model_config = {"json_schema_extra": {"examples": [
+        {"matrix": [[1, 0, 0, 120], [0, 1, 0, -40], [0, 0, 1, 0], [0, 0, 0, 1]], "unit": "nm"},
+        {"file": {"name": "landmarks.csv", "content": "Pt-0,true,0,0,0,10,10,0"}, "fit": "affine", "unit": "um"},
+    ]}}
+
+    matrix: list[list[Number]] | None = Field(None, max_length=4)
     file: TextFile | None = None
     reference_file: TextFile | None = None  # the reference image's list, for paired coordinate lists
     unit: Text(32) | None = None  # type: ignore[valid-type]
@@ -43,34 +50,52 @@ class TransformBody(BaseModel):
     note: Text(2000) = ""  # type: ignore[valid-type]
 
 
-Point = list[float]
+Point = list[Number]
 
 
 class LandmarksBody(BaseModel):
+    """Paired points (moving image, reference image) to fit; ``save`` stores the fit (curators)."""
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "moving": [[0, 0, 0], [1000, 0, 0], [0, 1000, 0], [0, 0, 1000]],
+        "reference": [[10, 5, 0], [1010, 5, 0], [10, 1005, 0], [10, 5, 1000]],
+        "fit": "rigid", "units": "nm", "save": False,
+    }]}}
+
     moving: list[Point] = Field(max_length=MAX_LANDMARKS)
     reference: list[Point] = Field(max_length=MAX_LANDMARKS)
     names: list[Text(64)] | None = Field(None, max_length=MAX_LANDMARKS)  # type: ignore[valid-type]
     fit: Text(16) = "affine"  # type: ignore[valid-type]
     units: Text(32) = "nm"  # type: ignore[valid-type]
-    dimensions: int | None = Field(None, ge=2, le=3)
+    dimensions: Integer(2, 3) | None = None  # type: ignore[valid-type]
     reference_image: Text(64) | None = None  # type: ignore[valid-type]
-    save: bool = True
+    save: Flag = True
     note: Text(2000) = ""  # type: ignore[valid-type]
 
 
 class DisplayBody(BaseModel):
+    """Per-layer colour, window, opacity and visibility; the layout; the selected layer."""
+
+    model_config = {"json_schema_extra": {"examples": [{"layers": {"em": {"window": [20, 230]}}, "layout": "xy"}]}}
+
     layers: dict[Text(200), dict[Text(64), Any]] = Field({}, max_length=64)  # type: ignore[valid-type]
     layout: Text(32) | None = None  # type: ignore[valid-type]
     select: Text(200) | None = None  # type: ignore[valid-type]
 
 
 class RegisterBody(BaseModel):
+    """Fit the landmark pairs placed in the session for ``image``; ``save`` stores it (curators)."""
+
+    model_config = {"json_schema_extra": {"examples": [{"image": "fluorescence", "fit": "affine", "save": False}]}}
+
     image: Text(64)  # type: ignore[valid-type]
     fit: Text(16) = "affine"  # type: ignore[valid-type]
-    save: bool = True
+    save: Flag = True
 
 
 class LandmarkLayersBody(BaseModel):
+    model_config = {"json_schema_extra": {"examples": [{"image": "fluorescence"}]}}
+
     image: Text(64)  # type: ignore[valid-type]
 
 
@@ -104,12 +129,31 @@ class CorrelationHandler(BaseHandler):
             services.session_watch.changed(token)
 
 
-class TransformHandler(CorrelationHandler):
-    """GET the current transform (``?format=json|mobie|neuroglancer``, ``?history=1``); PUT a new one."""
+class TransformQuery(BaseModel):
+    format: Literal["json", "mobie", "neuroglancer"] = "json"
+    history: Literal["0", "1"] = "0"
 
+
+class RegistrationOut(BaseModel):
+    saved: bool
+    transform: dict[str, Any]
+    rms_nm: float | None = None
+    landmarks: list[dict[str, Any]]
+
+
+class SessionChangeOut(BaseModel):
+    token: str
+    generation: str
+    state: dict[str, Any]
+
+
+class TransformHandler(CorrelationHandler):
+    @op(summary="The image's current transform into the reference space (JSON, MoBIE view or Neuroglancer "
+                "state), or its history", query=TransformQuery, response=ANY_JSON)
     async def get(self, dataset_ref: str, image_name: str) -> None:
-        form = self.get_query_argument("format", "json")
-        if self.get_query_argument("history", "0") == "1":
+        query: TransformQuery = self.query()
+        form = query.format
+        if query.history == "1":
             dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
             image = dataset.image(image_name)
             history = await self.services.call(self.services.transforms.history, image.id)
@@ -120,8 +164,10 @@ class TransformHandler(CorrelationHandler):
         )
         self.write_json(document)
 
+    @op(summary="Store a new current transform (curators); open viewers move the layer", body=TransformBody,
+        response=RegistrationOut)
     async def put(self, dataset_ref: str, image_name: str) -> None:
-        body: TransformBody = await self.parse_body(TransformBody)
+        body: TransformBody = await self.parse_body()
         correlation = self.services.correlation
         previous = await self.previous(dataset_ref, image_name)
         if (body.matrix is None) == (body.file is None):
@@ -145,10 +191,10 @@ class TransformHandler(CorrelationHandler):
 
 
 class LandmarksHandler(CorrelationHandler):
-    """POST landmark pairs: fit, report each pair's residual, and (unless ``save`` is false) store."""
-
+    @op(summary="Fit landmark pairs and report each pair's residual; with save (curators), store the fit",
+        body=LandmarksBody, response=RegistrationOut, status=201, also={200: "fitted, not saved"})
     async def post(self, dataset_ref: str, image_name: str) -> None:
-        body: LandmarksBody = await self.parse_body(LandmarksBody)
+        body: LandmarksBody = await self.parse_body()
         if body.save:
             await self.escalate("save")
         previous = await self.previous(dataset_ref, image_name)
@@ -177,40 +223,42 @@ class WarpedImageHandler(PrecomputedChunkHandler):
 
 
 class WarpedInfoHandler(WarpedImageHandler):
+    @op(summary="Precomputed info of the image resampled on the reference grid through a stored spline",
+        response=ANY_JSON)
     async def get(self, dataset_ref: str, image_name: str, transform_id: str) -> None:  # type: ignore[override]
         warped = await self.warped(dataset_ref, image_name, transform_id)
         self.cache_for(META_MAX_AGE)
         self.write_json(warped.info())
 
-    head = get
 
 
 class WarpedChunkHandler(WarpedImageHandler):
+    @op(summary="One chunk of the image resampled through a stored thin-plate spline", response=BINARY,
+        content=CHUNK_TYPES, also={304: "not modified"})
     async def get(  # type: ignore[override]
         self, dataset_ref: str, image_name: str, transform_id: str, scale_key: str, chunk_name: str
     ) -> None:
         warped = await self.warped(dataset_ref, image_name, transform_id)
         await self.send_chunk(warped, scale_key, chunk_name)  # the URL names the transform: immutable
 
-    head = get
 
 
 class SessionDisplayHandler(BaseHandler):
-    """POST overlay controls: per-layer colour, window, opacity, visibility, and the layout."""
-
+    @op(summary="Overlay controls: per-layer colour, window, opacity, visibility; the layout", body=DisplayBody,
+        response=SessionChangeOut)
     async def post(self, token: str) -> None:
-        body: DisplayBody = await self.parse_body(DisplayBody)
+        body: DisplayBody = await self.parse_body()
         change = session_edit(lambda state: apply_display(state, body.layers, body.layout, body.select))
         generation, state = await self.services.call(self.services.viewer_sessions.update_state, token, change)
         self.services.session_watch.changed(token)
-        self.write_json({"token": token, "generation": generation, "state": state})
+        self.write_json(SessionChangeOut(token=token, generation=generation, state=state))
 
 
 class SessionLandmarkLayersHandler(BaseHandler):
-    """POST {"image"}: add point layers for pairing landmarks between the reference and ``image``."""
-
+    @op(summary="Add point layers for pairing landmarks between the reference and an image",
+        body=LandmarkLayersBody, response=SessionChangeOut)
     async def post(self, token: str) -> None:
-        body: LandmarkLayersBody = await self.parse_body(LandmarkLayersBody)
+        body: LandmarkLayersBody = await self.parse_body()
         session = await self.services.call(self.services.viewer_sessions.get, token)
         if session.dataset_id is None:
             raise BadRequest("this viewer session shows no dataset")
@@ -223,14 +271,14 @@ class SessionLandmarkLayersHandler(BaseHandler):
             session_edit(lambda current: with_landmark_layers(current, reference.name, image.name)),
         )
         self.services.session_watch.changed(token)
-        self.write_json({"token": token, "generation": generation, "state": state})
+        self.write_json(SessionChangeOut(token=token, generation=generation, state=state))
 
 
 class SessionRegisterHandler(CorrelationHandler):
-    """POST {"image", "fit"}: fit the points placed in the session's landmark layers, report, save."""
-
+    @op(summary="Fit the landmark pairs placed in the session; with save (curators), store the fit",
+        body=RegisterBody, response=RegistrationOut, status=201, also={200: "fitted, not saved"})
     async def post(self, token: str) -> None:
-        body: RegisterBody = await self.parse_body(RegisterBody)
+        body: RegisterBody = await self.parse_body()
         if body.save:
             await self.escalate("save")
         services = self.services

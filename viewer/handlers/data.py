@@ -8,6 +8,7 @@ from annotations.catalog import ImageRecord
 from tiling.errors import KeyNotFound
 from tiling.precomputed import PrecomputedImage
 from tiling.stores import parse_range_header
+from viewer.apidoc import ANY_JSON, BINARY, CHUNK_TYPES, STORED_TYPES, op
 from viewer.handlers.base import BaseHandler
 
 CHUNK_MAX_AGE = 86400  # registered images are immutable
@@ -35,15 +36,17 @@ class ImageDataHandler(BaseHandler):
 
 
 class PrecomputedInfoHandler(ImageDataHandler):
+    @op(summary="Neuroglancer precomputed info: one scale per stored OME-Zarr level", response=ANY_JSON,
+        also={304: "not modified"})
     async def get(self, dataset_ref: str, image_name: str) -> None:
         _, image = await self.image(dataset_ref, image_name)
         self.cache_for(META_MAX_AGE)
         self.write_json(image.info())
 
-    head = get
-
 
 class PrecomputedChunkHandler(ImageDataHandler):
+    @op(summary="One precomputed chunk (JPEG for uint8 images, compressed_segmentation for labels, else raw)",
+        response=BINARY, content=CHUNK_TYPES, also={304: "not modified"})
     async def get(self, dataset_ref: str, image_name: str, scale_key: str, chunk_name: str) -> None:
         _, image = await self.image(dataset_ref, image_name)
         await self.send_chunk(image, scale_key, chunk_name)
@@ -62,12 +65,11 @@ class PrecomputedChunkHandler(ImageDataHandler):
             self.set_header("Content-Encoding", chunk.content_encoding)
         self.finish(chunk.body)
 
-    head = get
 
 
 class ZarrStoreHandler(ImageDataHandler):
-    """Stored keys as they are (metadata, chunks, shards), with single byte ranges."""
-
+    @op(summary="A stored OME-Zarr key as it is (metadata, chunk or shard), with a single byte range",
+        response=BINARY, content=STORED_TYPES, also={206: "the range asked for", 304: "not modified"})
     async def get(self, dataset_ref: str, image_name: str, key: str) -> None:
         _, image = await self.image(dataset_ref, image_name)
         store = image.volume.store
@@ -94,7 +96,6 @@ class ZarrStoreHandler(ImageDataHandler):
             self.set_header("Content-Range", value.content_range)
         self.finish(value.data)
 
-    head = get
 
 
 class StoredAccessHandler(ImageDataHandler):
@@ -106,6 +107,7 @@ class StoredAccessHandler(ImageDataHandler):
 
     cors = False
 
+    @op(summary="For a reverse proxy's auth_request: may the actor read this image's stored keys", status=204)
     async def get(self, dataset_ref: str, image_name: str) -> None:
         _, image = await self.image(dataset_ref, image_name)
         root = getattr(image.volume.store, "root", None) if self.services.settings.accel_redirect else None
@@ -116,7 +118,6 @@ class StoredAccessHandler(ImageDataHandler):
         self.set_status(204)
         self.finish()
 
-    head = get
 
 
 def _is_metadata(key: str) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from tornado.web import HTTPError
 
+from viewer.apidoc import BINARY, FILE_TYPES, op
 from viewer.handlers.base import BaseHandler
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
@@ -30,6 +31,8 @@ class PageHandler(BaseHandler):
         super().initialize(services, rule)
         self.page = page
 
+    @op(summary="An HTML page (catalog, dataset viewer, sign-in); sets the _xsrf cookie", response={"type": "string"},
+        content="text/html")
     async def get(self, dataset_ref: str | None = None) -> None:
         self.xsrf_token  # noqa: B018 (sets the _xsrf cookie the page's scripts send back on writes)
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -44,6 +47,8 @@ class AssetHandler(BaseHandler):
         super().initialize(services, rule)
         self.root = Path(path)
 
+    @op(summary="A static asset of the pages (CSS, ES module, vendored API viewer)", response=BINARY,
+        content=FILE_TYPES, also={304: "not modified"})
     async def get(self, path: str) -> None:
         parts = PurePosixPath(path).parts
         if not parts or any(part in (".", "..") or part.startswith(".") for part in parts):
@@ -65,6 +70,8 @@ class AssetHandler(BaseHandler):
 class NeuroglancerClientHandler(BaseHandler):
     """The client of the neuroglancer wheel under /v/<token>/ (it reads its token from the URL)."""
 
+    @op(summary="Neuroglancer's client (from the neuroglancer wheel) for a viewer session", response=BINARY,
+        content=FILE_TYPES)
     async def get(self, token: str, name: str) -> None:
         name = name or "index.html"
         if not _CLIENT_FILE.match(name):

@@ -10,28 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from tornado.iostream import StreamClosedError
 
 from annotations.access import Action
 from annotations.errors import CatalogError, StaleGeneration
-from viewer.bodies import Text, dumps
-from viewer.errors import BadRequest, WebError
+from viewer.apidoc import op
+from viewer.bodies import Integer, Text, dumps
+from viewer.errors import WebError
 from viewer.handlers.base import BaseHandler
 
 KEEPALIVE_SECONDS = 15.0
 
 
+class EventsQuery(BaseModel):
+    c: Text(64, min_length=1)  # type: ignore[valid-type]  # the client's id
+    gs: Text(128) = ""  # type: ignore[valid-type]  # the state generation the client has
+    gc: Text(128) = ""  # type: ignore[valid-type]  # the config generation the client has
+
+
 class EventsHandler(BaseHandler):
     closed = False
 
+    @op(summary="Server-sent events: the session's state and config as they change (Neuroglancer's protocol)",
+        query=EventsQuery, response={"type": "string"}, content="text/event-stream")
     async def get(self, token: str) -> None:
-        client_id = self.get_query_argument("c", None)
-        if not client_id or len(client_id) > 64:
-            raise BadRequest("missing or overlong client id 'c'")
-        sent = {"s": self.get_query_argument("gs", "")[:128], "c": self.get_query_argument("gc", "")[:128]}
+        query: EventsQuery = self.query()
+        client_id = query.c
+        sent = {"s": query.gs, "c": query.gc}
         sessions = self.services.viewer_sessions
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
@@ -69,29 +76,49 @@ class EventsHandler(BaseHandler):
         finally:
             watch.unsubscribe(token, self.wake)
 
+    async def head(self, token: str) -> None:
+        """The stream's headers only (a HEAD must not start an endless stream)."""
+        self.query()
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish()
+
     def on_connection_close(self) -> None:
         self.closed = True
         if hasattr(self, "wake"):
             self.wake.set()
 
 
+Count = Integer(0, 2**53 - 1)  # "0001" is a generation name, never the count 1
+
+
 class StateMessage(BaseModel):
     """Neuroglancer's POST /state: the new state ``s``, its generation ``g`` made by client ``c``, based on ``pg``."""
 
+    model_config = {"json_schema_extra": {"examples": [{"s": {"layout": "xy"}, "g": 3, "pg": "server/0", "c": "c1"}]}}
+
     s: dict[str, object]
-    g: Annotated[int, Field(ge=0, lt=2**53)] | Text(60, min_length=1)  # type: ignore[valid-type]  # a count
+    g: Count | Text(60, min_length=1)  # type: ignore[valid-type]  # Neuroglancer sends its change count
     pg: Text(128)  # type: ignore[valid-type]
     c: Text(64, min_length=1)  # type: ignore[valid-type]
 
 
 class ActionMessage(BaseModel):
+    model_config = {"json_schema_extra": {"examples": [{"action": "annotate"}]}}
+
     action: Text(200, min_length=1)  # type: ignore[valid-type]
     state: dict[str, object] | None = None
 
 
+class GenerationAnswer(BaseModel):
+    g: str
+
+
 class SetStateHandler(BaseHandler):
+    @op(summary="Neuroglancer posts its state; accepted if based on the current generation (else 412)",
+        body=StateMessage, response=GenerationAnswer)
     async def post(self, token: str) -> None:
-        message: StateMessage = await self.parse_body(StateMessage)
+        message: StateMessage = await self.parse_body()
         try:
             generation = await self.services.call(
                 self.services.viewer_sessions.set_state, token, message.s,
@@ -108,14 +135,16 @@ class SetStateHandler(BaseHandler):
 class ActionHandler(BaseHandler):
     """Key-bound actions: accepted and logged; later issues attach behaviour (e.g. annotate)."""
 
+    @op(summary="Neuroglancer's key-bound actions (accepted)", body=ActionMessage, status=204)
     async def post(self, token: str) -> None:
-        await self.parse_body(ActionMessage)
+        await self.parse_body()
         self.set_status(204)
         self.finish()
 
 
 class CredentialsHandler(BaseHandler):
-    """Lamella serves public data only so far: no credentials to hand out."""
+    """Data sources are served by Lamella itself, with the session's rights: no credentials to hand out."""
 
+    @op(summary="Neuroglancer's data-source credentials: none (always 403)", body=ActionMessage, status=403)
     async def post(self, token: str) -> None:
         raise WebError(403, "no_credentials", "this server hands out no data-source credentials")
