@@ -1,0 +1,243 @@
+"""Hostile input never breaks Lamella: each parser of untrusted text gives a correct value or its domain error.
+
+Property tests (Hypothesis) feed arbitrary text — other scripts' digits, huge digit strings, NUL,
+lone surrogates, very long strings — and check that accepted text is the one canonical spelling
+of what it parsed to; regression tests pin the inputs an attacker run found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiling.chunks import MAX_COORDINATE, ChunkKey
+from tiling.errors import InvalidChunkKey, UnknownScale
+from tiling.integers import parse_integer, parse_natural
+from tiling.omezarr import make_context, open_volume
+from tiling.precomputed import ChunkCache, PrecomputedImage
+from tiling.pyramid import PyramidOptions, write_pyramid
+from tiling.sources import ArraySource
+
+EXAMPLES = settings(max_examples=300, deadline=None)
+# Characters that look like parts of numbers or names: other scripts' digits, superscripts,
+# circled and full-width digits, signs, spaces, NUL, newline, a zero-width space.
+TRICKY = "²³①٣۳০߂\uff10\U0001d7d8 +-_./\\\x00\n\t\u200b\u00a0"
+any_character = st.characters(exclude_categories=())  # includes lone surrogates
+hostile_text = st.one_of(
+    st.text(any_character),
+    st.text(st.sampled_from("0123456789-_" + TRICKY)),
+    st.integers(300, 6000).map(lambda n: "1" * n),
+    st.text(any_character, min_size=1000, max_size=5000),
+)
+
+
+class Refused(ValueError):
+    """A caller's domain error, to show the helpers raise what they are given."""
+
+
+# --- tiling.integers -----------------------------------------------------------------------
+
+
+@EXAMPLES
+@given(st.integers(0, 10**12), st.integers(0, 10**12))
+def test_natural_round_trip(value: int, maximum: int) -> None:
+    if value <= maximum:
+        assert parse_natural(str(value), maximum, Refused) == value
+    else:
+        with pytest.raises(Refused):
+            parse_natural(str(value), maximum, Refused)
+
+
+@EXAMPLES
+@given(hostile_text, st.integers(0, 10**20))
+def test_natural_accepts_only_its_canonical_spelling(text: str, maximum: int) -> None:
+    try:
+        value = parse_natural(text, maximum, Refused)
+    except Refused:
+        return
+    assert str(value) == text and 0 <= value <= maximum
+
+
+@EXAMPLES
+@given(hostile_text, st.integers(0, 10**20))
+def test_integer_accepts_only_its_canonical_spelling(text: str, bound: int) -> None:
+    try:
+        value = parse_integer(text, bound, Refused)
+    except Refused:
+        return
+    assert str(value) == text and -bound <= value <= bound
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["²", "①", "٣", "\uff10", "\U0001d7d8", "", "+1", "-1", " 1", "1 ", "1\n", "01", "00", "1_000", "1.0", "1" * 5000],
+)
+def test_natural_rejects(text: str) -> None:
+    with pytest.raises(Refused):
+        parse_natural(text, 10**6, Refused)
+
+
+@pytest.mark.parametrize("text", ["-0", "--1", "-01", "+1", "-", "-٣", "-" + "1" * 5000])
+def test_integer_rejects(text: str) -> None:
+    with pytest.raises(Refused):
+        parse_integer(text, 10**6, Refused)
+
+
+# --- chunk names ---------------------------------------------------------------------------
+
+coordinate = st.integers(-MAX_COORDINATE, MAX_COORDINATE)
+
+
+@st.composite
+def boxes(draw: st.DrawFn) -> ChunkKey:
+    begin, end = [], []
+    for _ in range(3):
+        low, high = sorted(draw(st.lists(coordinate, min_size=2, max_size=2, unique=True)))
+        begin.append(low)
+        end.append(high)
+    return ChunkKey(begin=tuple(begin), end=tuple(end))  # type: ignore[arg-type]
+
+
+@EXAMPLES
+@given(boxes())
+def test_chunk_key_round_trip(key: ChunkKey) -> None:
+    name = key.format()
+    assert ChunkKey.parse(name) == key
+    assert ChunkKey.parse(name).format() == name
+
+
+@EXAMPLES
+@given(st.one_of(hostile_text, boxes().map(ChunkKey.format).map(lambda name: name.replace("-", "-0", 1))))
+def test_chunk_key_accepts_only_canonical_names(name: str) -> None:
+    try:
+        key = ChunkKey.parse(name)
+    except InvalidChunkKey:
+        return
+    assert key.format() == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "²-64_0-64_0-64",
+        "①-64_0-64_0-64",
+        "٣-64_0-64_0-64",
+        "0-٦٤_0-64_0-64",
+        "00-64_0-64_0-64",
+        "0-064_0-64_0-64",
+        "-0-64_0-64_0-64",
+        "+0-64_0-64_0-64",
+        " 0-64_0-64_0-64",
+        "0-64_0-64_0-64\n",
+        "0-64_0-64_0-64\x00",
+        "0-" + "9" * 5000 + "_0-64_0-64",
+        "0-" + "9" * 11 + "_0-64_0-64",
+        "64-0_0-64_0-64",
+        "0-0_0-64_0-64",
+        "0--64_0-64_0-64",
+    ],
+)
+def test_chunk_name_regressions(name: str) -> None:
+    with pytest.raises(InvalidChunkKey):
+        ChunkKey.parse(name)
+
+
+def test_negative_chunk_names_parse() -> None:
+    """Neuroglancer and tensorstore name chunks of an image at negative coordinates like this."""
+    key = ChunkKey.parse("-100--68_-68--36_0-32")
+    assert key.begin == (0, -68, -100) and key.end == (32, -36, -68)
+    assert key.format() == "-100--68_-68--36_0-32"
+
+
+# --- scale keys and chunks of a served image -------------------------------------------------
+
+
+def _store(root: Path, name: str, shift: float = 0.0) -> Path:
+    """A small three-level OME-Zarr 0.5; ``shift`` moves it (nm, every axis) by editing its metadata."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 60000, size=(40, 70, 90), dtype=np.uint16)
+    path = root / f"{name}.ome.zarr"
+    write_pyramid(ArraySource(data), path, voxel_size=(1.0, 1.0, 1.0), options=PyramidOptions(chunk=16))
+    if shift:
+        document = json.loads((path / "zarr.json").read_text())
+        for dataset in document["attributes"]["ome"]["multiscales"][0]["datasets"]:
+            for transform in dataset["coordinateTransformations"]:
+                if transform["type"] == "translation":
+                    transform["translation"] = [t + shift for t in transform["translation"]]
+        (path / "zarr.json").write_text(json.dumps(document))
+    return path
+
+
+def _image(path: Path) -> PrecomputedImage:
+    volume = asyncio.run(open_volume(str(path), make_context(16 << 20)))
+    return PrecomputedImage(volume, cache_key=str(path), cache=ChunkCache(1 << 20))
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("parsing")
+    return {"plain": _store(root, "plain"), "left": _store(root, "left", -1000.0), "right": _store(root, "right", 48.0)}
+
+
+@pytest.fixture(scope="module")
+def image(stores: dict[str, Path]) -> PrecomputedImage:
+    return _image(stores["plain"])
+
+
+@EXAMPLES
+@given(text=st.one_of(hostile_text, st.integers(0, 20).map(str)))
+def test_scale_key_accepts_only_listed_keys(image: PrecomputedImage, text: str) -> None:
+    keys = [scale["key"] for scale in image.info()["scales"]]
+    try:
+        level = image.level_of(text)
+    except UnknownScale:
+        assert text not in keys
+        return
+    assert keys[level] == text
+
+
+@pytest.mark.parametrize("key", ["²", "①", "٣", "\u0660", "00", "01", "+0", " 0", "-0", "0\n", "1" * 5000, "9"])
+def test_scale_key_regressions(image: PrecomputedImage, key: str) -> None:
+    with pytest.raises(UnknownScale):
+        image.level_of(key)
+    with pytest.raises(UnknownScale):
+        asyncio.run(image.chunk(key, "0-16_0-16_0-16"))
+
+
+def test_chunks_at_negative_offsets_are_served(stores: dict[str, Path]) -> None:
+    """Every chunk name tensorstore's own precomputed driver writes for the same scale is served."""
+    image = _image(stores["left"])
+    scale = image.info()["scales"][0]
+    assert scale["voxel_offset"] == [-1000, -1000, -1000]
+    written = ts.open(
+        {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"},
+         "multiscale_metadata": {"type": "image", "data_type": "uint16", "num_channels": 1},
+         "scale_metadata": {key: scale[key] for key in ("size", "voxel_offset", "resolution", "encoding")}
+         | {"chunk_size": scale["chunk_sizes"][0]}},
+        create=True,
+    ).result()  # fmt: skip
+    written[...] = np.ones(written.shape, np.uint16)  # chunks equal to the fill value are not written
+    names = [key.decode().split("/")[1] for key in written.kvstore.list().result() if b"/" in key]
+    assert len(names) == 3 * 5 * 6 and "-1000--984_-1000--984_-1000--984" in names
+    plain = _image(stores["plain"])
+    for name in names:
+        key = ChunkKey.parse(name)
+        assert key.format() == name
+        unshifted = ChunkKey(tuple(b + 1000 for b in key.begin), tuple(e + 1000 for e in key.end))  # type: ignore[arg-type]
+        assert asyncio.run(image.chunk("0", name)).body == asyncio.run(plain.chunk("0", unshifted.format())).body
+
+
+def test_chunk_before_a_positive_offset_is_invalid(stores: dict[str, Path]) -> None:
+    """A chunk name left of the first chunk is the client's mistake (400), not an unreadable store."""
+    image = _image(stores["right"])
+    assert image.info()["scales"][0]["voxel_offset"] == [48, 48, 48]
+    asyncio.run(image.chunk("0", "48-64_48-64_48-64"))
+    with pytest.raises(InvalidChunkKey, match="outside"):
+        asyncio.run(image.chunk("0", "32-48_48-64_48-64"))
