@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiling.chunks import MAX_COORDINATE, ChunkKey
-from tiling.errors import InvalidChunkKey, UnknownScale
+from tiling.errors import InvalidChunkKey, InvalidRange, UnknownScale
 from tiling.integers import parse_integer, parse_natural
 from tiling.omezarr import make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
 from tiling.pyramid import PyramidOptions, write_pyramid
 from tiling.sources import ArraySource
+from tiling.stores import OffsetRange, RefusedRange, SuffixRange, parse_range_header, resolve_range
 
-EXAMPLES = settings(max_examples=300, deadline=None)
+# A few seconds for the file; LAMELLA_EXAMPLES=20000 for a longer hunt.
+EXAMPLES = settings(max_examples=int(os.environ.get("LAMELLA_EXAMPLES", "300")), deadline=None)
 # Characters that look like parts of numbers or names: other scripts' digits, superscripts,
 # circled and full-width digits, signs, spaces, NUL, newline, a zero-width space.
 TRICKY = "²³①٣۳০߂\uff10\U0001d7d8 +-_./\\\x00\n\t\u200b\u00a0"
@@ -241,3 +244,107 @@ def test_chunk_before_a_positive_offset_is_invalid(stores: dict[str, Path]) -> N
     asyncio.run(image.chunk("0", "48-64_48-64_48-64"))
     with pytest.raises(InvalidChunkKey, match="outside"):
         asyncio.run(image.chunk("0", "32-48_48-64_48-64"))
+
+
+# --- Range headers -----------------------------------------------------------------------------
+
+
+def spell(byte_range: OffsetRange | SuffixRange) -> str:
+    if isinstance(byte_range, SuffixRange):
+        return f"bytes=-{byte_range.length}"
+    return f"bytes={byte_range.start}-{'' if byte_range.end is None else byte_range.end}"
+
+
+position = st.integers(0, 10**19 - 1)
+valid_ranges = st.one_of(
+    st.builds(SuffixRange, st.integers(1, 10**19 - 1)),
+    st.tuples(position, st.none() | position)
+    .filter(lambda pair: pair[1] is None or pair[1] >= pair[0])
+    .map(lambda pair: OffsetRange(*pair)),
+)
+range_headers = st.one_of(
+    hostile_text,
+    st.text(st.sampled_from("bytes=-, 0123456789" + TRICKY)),
+    st.text(st.sampled_from("0123456789-" + TRICKY)).map(lambda text: "bytes=" + text),
+    valid_ranges.map(spell),
+)
+sizes = st.one_of(st.integers(0, 3), st.integers(0, 10**20))
+
+
+@EXAMPLES
+@given(valid_ranges)
+def test_range_round_trip(byte_range: OffsetRange | SuffixRange) -> None:
+    assert parse_range_header(spell(byte_range)) == byte_range
+
+
+@EXAMPLES
+@given(range_headers, sizes)
+def test_any_range_header_gives_a_slice_or_invalid_range(header: str, size: int) -> None:
+    byte_range = parse_range_header(header)  # never raises
+    if isinstance(byte_range, OffsetRange | SuffixRange) and header.startswith("bytes=") and " " not in header:
+        assert spell(byte_range) == header.replace("\t", "")  # but for blanks, one spelling per range
+    try:
+        start, stop = resolve_range(byte_range, size)
+    except InvalidRange as error:
+        assert byte_range is not None and error.total_size == size
+        return
+    assert 0 <= start <= stop <= size
+    assert byte_range is None or start < stop
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=" + "1" * 30 + "-",
+        "bytes=0-" + "9" * 30,
+        "bytes=-" + "9" * 30,
+        "bytes=" + "9" * 5000 + "-",
+        "bytes=٣-5",
+        "bytes=0-²",
+        "bytes=①-",
+        "bytes=00-5",
+        "bytes=0-05",
+        "bytes=-05",
+        "bytes=+1-5",
+        "bytes=5-3",
+        "bytes=-0",
+        "bytes=-",
+        "bytes=5",
+        "bytes=abc",
+        "bytes=1\x00-5",
+    ],
+)
+def test_refused_range_headers_are_416_with_the_size(header: str) -> None:
+    byte_range = parse_range_header(header)
+    assert isinstance(byte_range, RefusedRange)
+    with pytest.raises(InvalidRange) as raised:
+        resolve_range(byte_range, 1234)
+    assert raised.value.total_size == 1234
+
+
+@pytest.mark.parametrize("header", [None, "", "bytes", "items=0-5", "bytes=0-5,10-20", "bytes=0-5, 7-", "bÿtes=0-5"])
+def test_ignored_range_headers_give_the_whole_value(header: str | None) -> None:
+    assert parse_range_header(header) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        ("bytes=10-19", 100, (10, 20)),
+        ("Bytes = 10 - 19", 100, (10, 20)),
+        ("bytes=90-", 100, (90, 100)),
+        ("bytes=0-" + "9" * 19, 100, (0, 100)),
+        ("bytes=-20", 100, (80, 100)),
+        ("bytes=-" + "9" * 19, 100, (0, 100)),
+        ("bytes=0-0", 1, (0, 1)),
+    ],
+)
+def test_served_ranges(header: str, size: int, expected: tuple[int, int]) -> None:
+    assert resolve_range(parse_range_header(header), size) == expected
+
+
+@pytest.mark.parametrize(("header", "size"), [("bytes=100-", 100), ("bytes=" + "9" * 19 + "-", 100), ("bytes=-5", 0)])
+def test_unsatisfiable_ranges_carry_the_size(header: str, size: int) -> None:
+    with pytest.raises(InvalidRange) as raised:
+        resolve_range(parse_range_header(header), size)
+    assert raised.value.total_size == size

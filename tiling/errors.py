@@ -40,7 +40,15 @@ class UnknownScale(TilingError, KeyError):
 
 
 class InvalidRange(TilingError, ValueError):
-    """An HTTP byte range that cannot be satisfied."""
+    """An HTTP byte range that cannot be satisfied.
+
+    ``total_size`` is the size of the value when known, for the 416 answer's
+    ``Content-Range: bytes */<total_size>`` (RFC 9110 §15.5.17).
+    """
+
+    def __init__(self, message: str, total_size: int | None = None) -> None:
+        super().__init__(message)
+        self.total_size = total_size
 
 
 class ImportProblem(TilingError, ValueError):

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 import tensorstore as ts
 
 from tiling.errors import InvalidKey, InvalidRange, KeyNotFound, StoreNotFound, StoreUnreadable
+from tiling.integers import clip, parse_natural
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9._\-]+$")
+MAX_POSITION_DIGITS = 19  # byte positions below 10**19: beyond any file or object size
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,31 +40,58 @@ class SuffixRange:
     length: int
 
 
-ByteRange = OffsetRange | SuffixRange
+@dataclass(frozen=True, slots=True)
+class RefusedRange:
+    """A single bytes range we will not serve (malformed, not canonical, ends before it starts).
+
+    ``resolve_range`` raises it as InvalidRange once the value's size is known, so that every
+    416 answer can say that size.
+    """
+
+    reason: str
+
+
+ByteRange = OffsetRange | SuffixRange | RefusedRange
 
 
 def parse_range_header(header: str | None) -> ByteRange | None:
-    """Parse a single-range ``Range: bytes=...`` header; None when absent or not ours.
+    """Parse a ``Range`` header; None when absent or not ours, never an exception.
 
-    Multi-range requests are answered with the whole value (allowed by RFC 9110 §14.2).
+    Another unit or several ranges are answered with the whole value (RFC 9110 §14.2 lets a
+    server ignore Range). A single bytes range must be ``first-[last]`` or ``-suffix`` in
+    canonical ASCII numbers (no leading zero, at most 19 digits), else it is a RefusedRange.
     """
     if not header:
         return None
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
-    if match is None:
+    unit, equals, ranges = header.partition("=")
+    unit = unit.strip(" \t")
+    if not equals or not unit.isascii() or unit.lower() != "bytes" or "," in ranges:
         return None
-    first, last = match.groups()
-    if first == "" and last == "":
-        raise InvalidRange("empty byte range")
+    try:
+        return _parse_byte_range(ranges.strip(" \t"))
+    except InvalidRange as error:
+        return RefusedRange(str(error))
+
+
+def _parse_byte_range(text: str) -> OffsetRange | SuffixRange:
+    first, dash, last = text.partition("-")
+    first, last = first.rstrip(" \t"), last.lstrip(" \t")
+    if not dash or (first == "" and last == ""):
+        raise InvalidRange(f"malformed byte range {clip(text)}")
     if first == "":
-        if int(last) == 0:
+        length = _position(last)
+        if length == 0:
             raise InvalidRange("a suffix range of zero bytes cannot be satisfied")
-        return SuffixRange(int(last))
-    start = int(first)
-    end = int(last) if last else None
+        return SuffixRange(length)
+    start = _position(first)
+    end = _position(last) if last else None
     if end is not None and end < start:
         raise InvalidRange(f"byte range {start}-{end} ends before it starts")
     return OffsetRange(start, end)
+
+
+def _position(text: str) -> int:
+    return parse_natural(text, 10**MAX_POSITION_DIGITS - 1, InvalidRange, "byte position")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +113,20 @@ class StoredValue:
 
 
 def resolve_range(byte_range: ByteRange | None, size: int) -> tuple[int, int]:
-    """Turn a byte range into ``[start, stop)`` within a value of ``size`` bytes."""
+    """Turn a byte range into ``[start, stop)`` within a value of ``size`` bytes.
+
+    Raises InvalidRange, carrying ``size``, for a refused or unsatisfiable range.
+    """
     if byte_range is None:
         return 0, size
+    if isinstance(byte_range, RefusedRange):
+        raise InvalidRange(byte_range.reason, total_size=size)
+    if size == 0:  # no range of an empty value can be written in a Content-Range
+        raise InvalidRange("the value is empty", total_size=size)
     if isinstance(byte_range, SuffixRange):
         return max(0, size - byte_range.length), size
     if byte_range.start >= size:
-        raise InvalidRange(f"byte range starts at {byte_range.start}, beyond the {size} bytes")
+        raise InvalidRange(f"byte range starts at {byte_range.start}, beyond the {size} bytes", total_size=size)
     stop = size if byte_range.end is None else min(size, byte_range.end + 1)
     return byte_range.start, stop
 
