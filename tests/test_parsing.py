@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +22,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiling.chunks import MAX_COORDINATE, ChunkKey
-from tiling.errors import InvalidChunkKey, InvalidRange, UnknownScale
+from tiling.errors import InvalidChunkKey, InvalidKey, InvalidRange, KeyNotFound, UnknownScale
 from tiling.integers import parse_integer, parse_natural
 from tiling.omezarr import make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
 from tiling.pyramid import PyramidOptions, write_pyramid
 from tiling.sources import ArraySource
-from tiling.stores import OffsetRange, RefusedRange, SuffixRange, parse_range_header, resolve_range
+from tiling.stores import (
+    MAX_KEY_LENGTH,
+    MAX_KEY_PART_LENGTH,
+    ByteRange,
+    LocalStore,
+    OffsetRange,
+    RefusedRange,
+    StoredValue,
+    SuffixRange,
+    check_key,
+    parse_range_header,
+    resolve_range,
+)
 
 # A few seconds for the file; LAMELLA_EXAMPLES=20000 for a longer hunt.
 EXAMPLES = settings(max_examples=int(os.environ.get("LAMELLA_EXAMPLES", "300")), deadline=None)
@@ -348,3 +363,127 @@ def test_unsatisfiable_ranges_carry_the_size(header: str, size: int) -> None:
     with pytest.raises(InvalidRange) as raised:
         resolve_range(parse_range_header(header), size)
     assert raised.value.total_size == size
+
+
+# --- stored keys of a local store ----------------------------------------------------------------
+
+key_part = st.text(st.sampled_from("abcXYZ019._-"), min_size=1, max_size=MAX_KEY_PART_LENGTH).filter(
+    lambda part: part not in (".", "..")
+)
+valid_keys = st.lists(key_part, min_size=1, max_size=8).map("/".join).filter(lambda key: len(key) <= MAX_KEY_LENGTH)
+store_keys = st.one_of(
+    hostile_text,
+    st.text(st.sampled_from("ab0./_-" + TRICKY)),
+    valid_keys,
+    st.lists(st.sampled_from(["zarr.json", "0", "c", ".", "..", "", "a" * 300, "dir", "loop", "fifo"])).map("/".join),
+)
+
+
+def _read(store: LocalStore, key: str, byte_range: ByteRange | None = None) -> StoredValue:
+    return asyncio.run(store.read(key, byte_range))
+
+
+def _in_thread(function: Callable[[], object], seconds: float = 10) -> object:
+    """Run ``function`` in a daemon thread; fail if it has not finished within ``seconds``."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(function())
+        except Exception as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    return outcome[0]
+
+
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
+    """A store folder holding, besides a value, what an attacker with a shell might leave there."""
+    root = tmp_path_factory.mktemp("hostile") / "store"
+    (root / "0" / "c").mkdir(parents=True)
+    (root / "zarr.json").write_bytes(b'{"zarr_format": 3}')
+    (root / "0" / "c" / "0").write_bytes(bytes(range(256)))
+    (root / "0" / "empty").write_bytes(b"")
+    (root / "dir").mkdir()
+    (root / "loop").symlink_to("loop2")
+    (root / "loop2").symlink_to("loop")
+    (root / "self").symlink_to("self")
+    (root / "deep").symlink_to("deep/x")
+    (root / "outside").symlink_to("/etc")
+    (root / "inside").symlink_to("0/c/0")
+    os.mkfifo(root / "fifo")
+    os.mkfifo(root / "0" / "c" / "1")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(root / "socket"))
+    return LocalStore(root)
+
+
+@EXAMPLES
+@given(valid_keys)
+def test_store_key_round_trip(key: str) -> None:
+    assert check_key(key) == key
+
+
+@EXAMPLES
+@given(store_keys)
+def test_store_keys_are_checked_once_and_canonical(key: str) -> None:
+    try:
+        checked = check_key(key)
+    except InvalidKey:
+        return
+    parts = checked.split("/")
+    assert checked == key and len(key) <= MAX_KEY_LENGTH and key.isascii()
+    assert all(part not in ("", ".", "..") and len(part) <= MAX_KEY_PART_LENGTH for part in parts)
+
+
+@EXAMPLES
+@given(store_keys, st.one_of(st.none(), range_headers.map(parse_range_header)))
+def test_local_reads_give_a_value_or_a_domain_error(
+    hostile_store: LocalStore, key: str, byte_range: ByteRange | None
+) -> None:
+    value = _in_thread(lambda: _read(hostile_store, key, byte_range))
+    if isinstance(value, InvalidKey | KeyNotFound | InvalidRange):
+        return
+    assert isinstance(value, StoredValue), repr(value)
+    assert key in ("zarr.json", "0/c/0", "inside", "0/empty")
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["a" * 256, "0/" + "c" * 300, "0/c/" + "é" * 128, "0//c/0", "0/./c/0", "0/c/0/", "/0/c/0", "./zarr.json",
+     "zarr.json\n", "zarr.json\x00", "0\\c\\0", "../store/zarr.json", "0/c/0" + "/0" * 600, "outside/passwd"],
+)  # fmt: skip
+def test_invalid_store_keys(hostile_store: LocalStore, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        _read(hostile_store, key)
+
+
+@pytest.mark.parametrize("key", ["dir", "loop", "self", "deep", "fifo", "0/c/1", "socket", "zarr.json/x", "0/c/9"])
+def test_absent_store_keys(hostile_store: LocalStore, key: str) -> None:
+    """Symlink loops, FIFOs, sockets and folders hold no value: 404, at once (a FIFO used to block for ever)."""
+    assert isinstance(_in_thread(lambda: _read(hostile_store, key), seconds=5), KeyNotFound)
+
+
+def test_symlink_loop_has_no_local_path(hostile_store: LocalStore) -> None:
+    with pytest.raises(KeyNotFound):
+        hostile_store.local_path("loop")
+
+
+def test_local_values_and_ranges(hostile_store: LocalStore) -> None:
+    whole = _read(hostile_store, "0/c/0")
+    assert whole.data == bytes(range(256)) and not whole.is_partial
+    assert _read(hostile_store, "inside").data == whole.data
+    part = _read(hostile_store, "0/c/0", parse_range_header("bytes=10-19"))
+    assert part.data == bytes(range(10, 20)) and part.content_range == "bytes 10-19/256"
+    for header in ("bytes=256-", "bytes=" + "1" * 30 + "-", "bytes=010-19"):
+        with pytest.raises(InvalidRange) as raised:
+            _read(hostile_store, "0/c/0", parse_range_header(header))
+        assert raised.value.total_size == 256
+    assert _read(hostile_store, "0/empty").data == b""
+    with pytest.raises(InvalidRange) as raised:
+        _read(hostile_store, "0/empty", parse_range_header("bytes=-5"))
+    assert raised.value.total_size == 0

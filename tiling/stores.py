@@ -8,11 +8,13 @@ here, once, so that nothing outside the store root is ever read.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,8 +23,12 @@ import tensorstore as ts
 from tiling.errors import InvalidKey, InvalidRange, KeyNotFound, StoreNotFound, StoreUnreadable
 from tiling.integers import clip, parse_natural
 
-_KEY_PART = re.compile(r"^[A-Za-z0-9._\-]+$")
+_KEY_PART = re.compile(r"[A-Za-z0-9._\-]+")
+MAX_KEY_LENGTH = 1024
+MAX_KEY_PART_LENGTH = 255  # NAME_MAX of common file systems: a longer part cannot be a file (ENAMETOOLONG)
 MAX_POSITION_DIGITS = 19  # byte positions below 10**19: beyond any file or object size
+# errno values of open() that mean "no value here" rather than "the store cannot be read".
+_NO_VALUE = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +138,18 @@ def resolve_range(byte_range: ByteRange | None, size: int) -> tuple[int, int]:
 
 
 def check_key(key: str) -> str:
-    """Return ``key`` if it names something inside a store, else raise InvalidKey."""
-    if not key or len(key) > 1024:
-        raise InvalidKey("empty or overlong key")
-    if "\\" in key or "\x00" in key or key.startswith("/"):
-        raise InvalidKey(f"key {key!r} is not a relative store key")
-    parts = PurePosixPath(key).parts
-    for part in parts:
-        if part in (".", "..") or not _KEY_PART.match(part):
-            raise InvalidKey(f"key {key!r} is not a store key")
+    """Return ``key`` if it is the one spelling of a path inside a store, else raise InvalidKey.
+
+    Parts are non-empty, not "." or "..", of ASCII letters, digits and ``._-`` only (so their
+    length is their size in bytes) and short enough to be file names.
+    """
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"empty key, or longer than {MAX_KEY_LENGTH} characters")
+    for part in key.split("/"):
+        if part in (".", "..") or _KEY_PART.fullmatch(part) is None:
+            raise InvalidKey(f"key {clip(key)} is not a relative store key (a/b/c of letters, digits and ._-)")
+        if len(part) > MAX_KEY_PART_LENGTH:
+            raise InvalidKey(f"key {clip(key)} has a part longer than {MAX_KEY_PART_LENGTH} bytes")
     return key
 
 
@@ -173,7 +182,10 @@ class LocalStore(Store):
 
     def local_path(self, key: str) -> Path:
         check_key(key)
-        path = (self.root / key).resolve()
+        try:
+            path = (self.root / key).resolve()
+        except RuntimeError:  # a symlink loop (Python 3.11, 3.12; later ones leave it to open: ELOOP)
+            raise KeyNotFound(f"no stored key {key!r} (a symlink loop)") from None
         # Symlinks inside the store must not lead out of it.
         if not path.is_relative_to(self.root):
             raise InvalidKey(f"key {key!r} leads outside the store")
@@ -186,24 +198,31 @@ class LocalStore(Store):
 
 
 def _read_file(path: Path, key: str, byte_range: ByteRange | None) -> StoredValue:
+    # O_NONBLOCK: opening a FIFO waits for a writer (for ever) without it; reads of regular files ignore it.
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        raise KeyNotFound(f"no stored key {key!r}") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as error:
+        raise _open_error(error, key) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # a directory, FIFO, socket or device holds no value
+            raise KeyNotFound(f"no stored key {key!r}")
+        start, stop = resolve_range(byte_range, info.st_size)
+        data = os.pread(fd, stop - start, start)
     except OSError as error:
         raise StoreUnreadable(f"cannot read {key!r}: {error.strerror}") from None
-    try:
-        stat = os.fstat(fd)
-        if not os.path.stat.S_ISREG(stat.st_mode):
-            raise KeyNotFound(f"no stored key {key!r}")
-        start, stop = resolve_range(byte_range, stat.st_size)
-        data = os.pread(fd, stop - start, start)
-    except IsADirectoryError:
-        raise KeyNotFound(f"no stored key {key!r}") from None
     finally:
         os.close(fd)
-    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
-    return StoredValue(data=data, total_size=stat.st_size, etag=etag, start=start)
+    if len(data) != stop - start:
+        raise StoreUnreadable(f"{key!r} changed while it was read")
+    etag = f'"{info.st_mtime_ns:x}-{info.st_size:x}"'
+    return StoredValue(data=data, total_size=info.st_size, etag=etag, start=start)
+
+
+def _open_error(error: OSError, key: str) -> KeyNotFound | StoreUnreadable:
+    if error.errno in _NO_VALUE:
+        return KeyNotFound(f"no stored key {key!r}")
+    return StoreUnreadable(f"cannot read {key!r}: {error.strerror}")
 
 
 class HttpStore(Store):
@@ -220,9 +239,9 @@ class HttpStore(Store):
 
     async def read(self, key: str, byte_range: ByteRange | None = None) -> StoredValue:
         check_key(key)
-        if self._kvstore is None:
-            self._kvstore = await ts.KvStore.open(self.kvstore_spec(), context=self._context)
         try:
+            if self._kvstore is None:
+                self._kvstore = await ts.KvStore.open(self.kvstore_spec(), context=self._context)
             result = await self._kvstore.read(key)
         except Exception as error:  # tensorstore raises ValueError/OSError for HTTP failures
             raise StoreUnreadable(f"cannot read {key!r} from {self.uri}: {error}") from None
