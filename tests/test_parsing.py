@@ -22,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiling.chunks import MAX_COORDINATE, ChunkKey
-from tiling.errors import InvalidChunkKey, InvalidKey, InvalidRange, KeyNotFound, UnknownScale
+from tiling.errors import InvalidChunkKey, InvalidKey, InvalidRange, KeyNotFound, StoreUnreadable, UnknownScale
 from tiling.integers import parse_integer, parse_natural
-from tiling.omezarr import make_context, open_volume
+from tiling.omezarr import StoredFiles, make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
 from tiling.pyramid import PyramidOptions, write_pyramid
 from tiling.sources import ArraySource
@@ -487,3 +487,67 @@ def test_local_values_and_ranges(hostile_store: LocalStore) -> None:
     with pytest.raises(InvalidRange) as raised:
         _read(hostile_store, "0/empty", parse_range_header("bytes=-5"))
     assert raised.value.total_size == 0
+
+
+# --- chunks read by tensorstore from a local store -------------------------------------------------
+
+
+@pytest.fixture(params=["0.5", "0.4"])
+def small_store(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A fresh two-level store (sharded Zarr v3, or Zarr v2 with '/' keys) to spoil."""
+    data = np.random.default_rng(5).integers(1, 255, size=(20, 40, 40), dtype=np.uint8)
+    path = tmp_path / "small.ome.zarr"
+    write_pyramid(ArraySource(data), path, voxel_size=(1.0, 1.0, 1.0),
+                  options=PyramidOptions(ome_version=request.param, chunk=16, shard_chunks=2))  # fmt: skip
+    return path
+
+
+def _stored_files(level: Path) -> set[str]:
+    metadata = {"zarr.json", ".zarray", ".zattrs", ".zgroup"}
+    return {str(p.relative_to(level.parent)) for p in level.rglob("*") if p.is_file() and p.name not in metadata}
+
+
+def test_stored_file_names_match_the_files(small_store: Path) -> None:
+    """The keys Volume.read checks are the files tensorstore reads (a whole level: all of them)."""
+    volume = asyncio.run(open_volume(str(small_store), make_context(16 << 20)))
+    for array, level in zip(volume.arrays, volume.multiscale.levels, strict=True):
+        files, shape = StoredFiles.of(array, level.path), tuple(array.shape)
+        stored = _stored_files(small_store / level.path)
+        assert set(files.keys((slice(None),) * 3, shape)) == stored
+        first = files.keys((slice(0, 1), slice(0, 1), 0), shape)
+        assert len(first) == 1 and first[0] in stored and first[0].endswith("0/0/0")
+        assert files.keys((slice(5, 5), slice(None), slice(None)), shape) == []
+
+
+@pytest.mark.parametrize("spoil", ["fifo", "symlink loop", "socket"])
+def test_spoiled_chunk_files_are_unreadable_at_once(small_store: Path, spoil: str) -> None:
+    """tensorstore waited for ever on a FIFO where a chunk or shard file should be; now it is never asked."""
+    image = _image(small_store)
+    first = small_store / sorted(_stored_files(small_store / "0"))[0]
+    first.unlink()
+    if spoil == "fifo":
+        os.mkfifo(first)
+    elif spoil == "symlink loop":
+        first.symlink_to(first.name)
+    else:
+        socket.socket(socket.AF_UNIX).bind(str(first))
+    outcome = _in_thread(lambda: asyncio.run(image.chunk("0", "0-16_0-16_0-16")), seconds=10)
+    assert isinstance(outcome, StoreUnreadable), repr(outcome)
+    assert asyncio.run(image.chunk("0", "32-40_32-40_16-20")).body  # the rest of the image is still served
+
+
+def test_a_folder_in_place_of_a_chunk_reads_as_fill(small_store: Path) -> None:
+    image = _image(small_store)
+    first = small_store / sorted(_stored_files(small_store / "0"))[0]
+    first.unlink()
+    first.mkdir()
+    assert not asyncio.run(image.volume.read(0, (slice(0, 16), slice(0, 16), slice(0, 16)))).any()
+
+
+def test_a_fifo_in_place_of_level_metadata_is_unreadable_at_once(small_store: Path) -> None:
+    for name in ("zarr.json", ".zarray"):
+        if (small_store / "1" / name).exists():
+            (small_store / "1" / name).unlink()
+            os.mkfifo(small_store / "1" / name)
+    outcome = _in_thread(lambda: asyncio.run(open_volume(str(small_store), make_context(16 << 20))), seconds=10)
+    assert isinstance(outcome, StoreUnreadable), repr(outcome)

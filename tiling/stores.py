@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,9 @@ class Store:
         """The file behind ``key`` if the store is a local folder, else None."""
         return None
 
+    def check_files(self, keys: Iterable[str]) -> None:
+        """Raise StoreUnreadable if tensorstore must not open one of ``keys`` (see LocalStore)."""
+
 
 class LocalStore(Store):
     """A folder on this machine."""
@@ -190,6 +194,24 @@ class LocalStore(Store):
         if not path.is_relative_to(self.root):
             raise InvalidKey(f"key {key!r} leads outside the store")
         return path
+
+    def check_files(self, keys: Iterable[str]) -> None:
+        """Raise StoreUnreadable if one of ``keys`` (not checked: they come from metadata) is
+        there but is neither a regular file nor a folder.
+
+        tensorstore's file driver opens what a chunk key names and waits there: a FIFO would
+        hold the read, and one of its few I/O threads, for ever. A missing key is fine (fill
+        value), and so is a folder (tensorstore reads it as missing).
+        """
+        for key in keys:
+            try:
+                mode = os.stat(self.root / key).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as error:
+                raise StoreUnreadable(f"cannot read {key!r} of {self.uri}: {error.strerror}") from None
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise StoreUnreadable(f"{key!r} of {self.uri} is not a regular file")
 
     async def read(self, key: str, byte_range: ByteRange | None = None) -> StoredValue:
         path = self.local_path(key)
