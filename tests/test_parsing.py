@@ -8,12 +8,14 @@ of what it parsed to; regression tests pin the inputs an attacker run found.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 import pytest
@@ -22,12 +24,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiling.chunks import MAX_COORDINATE, ChunkKey
-from tiling.errors import InvalidChunkKey, InvalidKey, InvalidRange, KeyNotFound, StoreUnreadable, UnknownScale
+from tiling.errors import (
+    InvalidChunkKey,
+    InvalidKey,
+    InvalidRange,
+    InvalidTransform,
+    KeyNotFound,
+    StoreUnreadable,
+    UnknownScale,
+)
 from tiling.integers import parse_integer, parse_natural
 from tiling.omezarr import StoredFiles, make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
 from tiling.pyramid import PyramidOptions, write_pyramid
-from tiling.sources import ArraySource
+from tiling.sources import ArraySource, natural_key
 from tiling.stores import (
     MAX_KEY_LENGTH,
     MAX_KEY_PART_LENGTH,
@@ -41,6 +51,7 @@ from tiling.stores import (
     parse_range_header,
     resolve_range,
 )
+from tiling.transform_formats import parse_transform_file
 
 # A few seconds for the file; LAMELLA_EXAMPLES=20000 for a longer hunt.
 EXAMPLES = settings(max_examples=int(os.environ.get("LAMELLA_EXAMPLES", "300")), deadline=None)
@@ -551,3 +562,61 @@ def test_a_fifo_in_place_of_level_metadata_is_unreadable_at_once(small_store: Pa
             os.mkfifo(small_store / "1" / name)
     outcome = _in_thread(lambda: asyncio.run(open_volume(str(small_store), make_context(16 << 20))), seconds=10)
     assert isinstance(outcome, StoreUnreadable), repr(outcome)
+
+
+# --- other text the pixel library reads: slice file names, uploaded transform files -----------
+
+
+def test_slice_names_sort_naturally_whatever_their_digits() -> None:
+    names = ["s10.tif", "s2.tif", "s².tif", "s٣.tif", "s①.tif", "s1²3.tif", "S1.tif", "s" + "9" * 250 + ".tif"]
+    ordered = [path.name for path in sorted((Path(name) for name in names), key=natural_key)]
+    assert ordered[:3] == ["S1.tif", "s1²3.tif", "s2.tif"] and ordered.index("s10.tif") > ordered.index("s2.tif")
+
+
+number_token = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats().map(repr),
+    st.sampled_from(["٣", "²", "①", "1e999", "-0", "007", "nan", "inf", "9" * 30, "9" * 5000]),
+)
+point_lists = st.lists(st.lists(number_token, min_size=4, max_size=4).map(" ".join), min_size=1, max_size=5).map(
+    "\n".join
+)
+ec_clem_dimension = st.one_of(number_token, st.text(any_character, max_size=20))
+
+
+def _ec_clem(dimension: str) -> str:
+    def dataset(kind: str) -> str:
+        coordinates = "".join(f'<coordinate dimension="{d}">1</coordinate>' for d in (dimension, "1", "2"))
+        return f'<dataset type="{kind}" dimension="3"><point id="0">{coordinates}</point></dataset>'
+
+    return f"<root><transformation>{dataset('source')}{dataset('target')}</transformation></root>"
+
+
+@EXAMPLES
+@given(st.sampled_from(["t.txt", "t.csv", "t.json", "t.xml", "t"]), st.one_of(hostile_text, point_lists))
+def test_transform_files_give_a_transform_or_invalid_transform(name: str, text: str) -> None:
+    with contextlib.suppress(InvalidTransform):
+        parse_transform_file(name, text)
+
+
+@EXAMPLES
+@given(point_lists, point_lists)
+def test_point_lists_give_a_transform_or_invalid_transform(moving: str, reference: str) -> None:
+    with contextlib.suppress(InvalidTransform):
+        parse_transform_file("moving.txt", moving, reference_text=reference)
+
+
+@EXAMPLES
+@given(ec_clem_dimension)
+def test_ec_clem_dimensions_give_a_transform_or_invalid_transform(dimension: str) -> None:
+    with contextlib.suppress(InvalidTransform):
+        parse_transform_file("t.xml", _ec_clem(xml_escape(dimension, {'"': "&quot;"})))
+
+
+def test_transform_file_regressions() -> None:
+    rows = "1 2 3 4\n2 5 6 7\n3 8 9 10\n" + "9" * 5000 + " 1 2 3\n"
+    parse_transform_file("moving.txt", rows, reference_text=rows)  # a 5000-digit id was a ValueError from int()
+    with pytest.raises(InvalidTransform):
+        parse_transform_file("t.xml", _ec_clem("9" * 5000))  # was a ValueError from int()
+    with pytest.raises(InvalidTransform):
+        parse_transform_file("t.xml", _ec_clem("\ud800"))  # was a UnicodeEncodeError
