@@ -152,9 +152,11 @@ def test_passthrough_ranges(server: Server, data_dir) -> None:
     assert part.headers["Content-Range"] == f"bytes 10-19/{size}"
     suffix = requests.get(url, headers={"Range": "bytes=-20"}, timeout=10)
     assert suffix.content == whole.content[-20:]
-    error_shape(requests.get(url, headers={"Range": f"bytes={size + 5}-"}, timeout=10), 416)
-    for refused in ("bytes=" + "1" * 30 + "-", "bytes=010-19", "bytes=\u0663-5".encode(), "bytes=19-10"):
-        error_shape(requests.get(url, headers={"Range": refused}, timeout=10), 416)
+    for refused in (f"bytes={size + 5}-", "bytes=" + "1" * 30 + "-", "bytes=010-19", "bytes=\u0663-5".encode(),
+                    "bytes=19-10"):  # fmt: skip
+        response = requests.get(url, headers={"Range": refused}, timeout=10)
+        error_shape(response, 416)
+        assert response.headers["Content-Range"] == f"bytes */{size}"
     assert requests.get(url, headers={"Range": "bytes=0-5,10-20"}, timeout=10).content == whole.content
 
 

@@ -42,13 +42,13 @@ class UnknownScale(TilingError, KeyError):
 class InvalidRange(TilingError, ValueError):
     """An HTTP byte range that cannot be satisfied.
 
-    ``total_size`` is the size of the value when known, for the 416 answer's
-    ``Content-Range: bytes */<total_size>`` (RFC 9110 §15.5.17).
+    ``size`` is the size in bytes of the whole value when known, for the 416 answer's
+    ``Content-Range: bytes */<size>`` (RFC 9110 §15.5.17).
     """
 
-    def __init__(self, message: str, total_size: int | None = None) -> None:
+    def __init__(self, message: str, size: int | None = None) -> None:
         super().__init__(message)
-        self.total_size = total_size
+        self.size = size
 
 
 class ImportProblem(TilingError, ValueError):

@@ -127,13 +127,13 @@ def resolve_range(byte_range: ByteRange | None, size: int) -> tuple[int, int]:
     if byte_range is None:
         return 0, size
     if isinstance(byte_range, RefusedRange):
-        raise InvalidRange(byte_range.reason, total_size=size)
+        raise InvalidRange(byte_range.reason, size=size)
     if size == 0:  # no range of an empty value can be written in a Content-Range
-        raise InvalidRange("the value is empty", total_size=size)
+        raise InvalidRange("the value is empty", size=size)
     if isinstance(byte_range, SuffixRange):
         return max(0, size - byte_range.length), size
     if byte_range.start >= size:
-        raise InvalidRange(f"byte range starts at {byte_range.start}, beyond the {size} bytes", total_size=size)
+        raise InvalidRange(f"byte range starts at {byte_range.start}, beyond the {size} bytes", size=size)
     stop = size if byte_range.end is None else min(size, byte_range.end + 1)
     return byte_range.start, stop
 
