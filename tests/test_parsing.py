@@ -54,7 +54,7 @@ from tiling.stores import (
 from tiling.transform_formats import parse_transform_file
 
 # A few seconds for the file; LAMELLA_EXAMPLES=20000 for a longer hunt.
-EXAMPLES = settings(max_examples=int(os.environ.get("LAMELLA_EXAMPLES", "300")), deadline=None)
+EXAMPLES = settings(max_examples=int(os.environ.get("LAMELLA_EXAMPLES", "200")), deadline=None)
 # Characters that look like parts of numbers or names: other scripts' digits, superscripts,
 # circled and full-width digits, signs, spaces, NUL, newline, a zero-width space.
 TRICKY = "²³①٣۳০߂\uff10\U0001d7d8 +-_./\\\x00\n\t\u200b\u00a0"
