@@ -10,7 +10,7 @@ def test_parse_format_round_trip() -> None:
     assert key.format() == "64-128_0-64_192-200"
 
 
-@pytest.mark.parametrize("name", ["", "0-64_0-64", "a-b_0-64_0-64", "0-64_0-64_0-64_0-1", "-1-64_0-64_0-64"])
+@pytest.mark.parametrize("name", ["", "0-64_0-64", "a-b_0-64_0-64", "0-64_0-64_0-64_0-1", "-0-64_0-64_0-64"])
 def test_malformed(name: str) -> None:
     with pytest.raises(InvalidChunkKey):
         ChunkKey.parse(name)
@@ -23,6 +23,7 @@ def test_malformed(name: str) -> None:
         ("1-65_0-64_0-64", "multiple"),
         ("0-64_0-64_256-300", "outside"),
         ("0-32_0-64_0-64", "end x=32"),
+        ("-64-0_0-64_0-64", "outside"),
     ],
 )
 def test_check_rejects(name: str, problem: str) -> None:

@@ -40,7 +40,15 @@ class UnknownScale(TilingError, KeyError):
 
 
 class InvalidRange(TilingError, ValueError):
-    """An HTTP byte range that cannot be satisfied."""
+    """An HTTP byte range that cannot be satisfied.
+
+    ``size`` is the size in bytes of the whole value when known, for the 416 answer's
+    ``Content-Range: bytes */<size>`` (RFC 9110 §15.5.17).
+    """
+
+    def __init__(self, message: str, size: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class ImportProblem(TilingError, ValueError):

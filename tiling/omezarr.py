@@ -7,6 +7,8 @@ Pixels come back as ``(c, z, y, x)`` arrays whatever the stored axis order.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tiling.errors import InvalidMultiscale, KeyNotFound, StoreNotFound, StoreUnreadable
 from tiling.pyramid import intensity_window
-from tiling.stores import Store, open_store
+from tiling.stores import LocalStore, Store, open_store
 
 # Factors to nanometres, for the unit names OME-Zarr allows (UDUNITS-2) that EM uses.
 UNIT_TO_NM: dict[str, float] = {
@@ -31,6 +33,7 @@ UNIT_TO_NM: dict[str, float] = {
 }
 
 SPATIAL_NAMES = ("z", "y", "x")
+METADATA_FILE = {"zarr3": "zarr.json", "zarr": ".zarray"}  # what tensorstore reads to open a level
 
 
 class Axis(BaseModel):
@@ -162,6 +165,39 @@ class LevelGeometry:
     translation_nm: tuple[float, float, float]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredFiles:
+    """How one level names its stored files: one per write chunk (a shard when sharded), by grid position."""
+
+    folder: str  # the level's path, with a trailing "/" unless empty
+    shape: tuple[int, ...]
+    prefix: str  # "c/" for Zarr v3's default key encoding
+    separator: str
+
+    @classmethod
+    def of(cls, array: ts.TensorStore, path: str) -> StoredFiles:
+        metadata = array.spec().to_json()["metadata"]
+        if metadata.get("zarr_format") == 3:
+            encoding = metadata.get("chunk_key_encoding") or {}
+            default = encoding.get("name", "default") == "default"
+            separator = (encoding.get("configuration") or {}).get("separator", "/" if default else ".")
+            prefix = "c" + separator if default else ""
+        else:
+            separator, prefix = metadata.get("dimension_separator") or ".", ""
+        folder = path.strip("/") + "/" if path.strip("/") else ""
+        return cls(folder, tuple(array.chunk_layout.write_chunk.shape), prefix, separator)
+
+    def keys(self, index: tuple[int | slice, ...], shape: tuple[int, ...]) -> list[str]:
+        """Keys of the files that hold ``array[index]``, for an array of ``shape``."""
+        spans = []
+        for item, size, edge in zip(index, shape, self.shape, strict=True):
+            start, stop = (item, item + 1) if isinstance(item, int) else item.indices(size)[:2]
+            if start >= stop:
+                return []
+            spans.append(range(start // edge, (stop - 1) // edge + 1))
+        return [self.folder + self.prefix + self.separator.join(map(str, p)) for p in itertools.product(*spans)]
+
+
 class Volume:
     """An opened OME-Zarr multiscale image; reads return ``(c, z, y, x)`` arrays."""
 
@@ -169,6 +205,12 @@ class Volume:
         self.store = store
         self.multiscale = multiscale
         self.arrays = arrays
+        # Local files are checked before tensorstore opens them (LocalStore.check_files).
+        self._files = (
+            [StoredFiles.of(array, level.path) for array, level in zip(arrays, multiscale.levels, strict=True)]
+            if isinstance(store, LocalStore)
+            else None
+        )
         ms = multiscale
         self._channel_axis = ms.axis_index("c", kind="channel")
         self._time_axis = ms.axis_index("t", kind="time")
@@ -218,6 +260,9 @@ class Volume:
         for axis, region in zip(self._spatial_axes, zyx, strict=True):
             if axis is not None:
                 index[axis] = region
+        if self._files is not None:
+            keys = self._files[level].keys(tuple(index), tuple(array.shape))
+            await asyncio.to_thread(self.store.check_files, keys)
         try:
             data = await array[tuple(index)].read()
         except ValueError as error:
@@ -245,6 +290,9 @@ async def open_volume(store_or_uri: Store | str, context: ts.Context) -> Volume:
     driver = "zarr3" if multiscale.zarr_format == 3 else "zarr"
     arrays = []
     for level in multiscale.levels:
+        # As for chunks (Volume.read): tensorstore would wait for ever on a FIFO here.
+        metadata_key = "/".join(part for part in (level.path.strip("/"), METADATA_FILE[driver]) if part)
+        await asyncio.to_thread(store.check_files, [metadata_key])
         spec = {
             "driver": driver,
             "kvstore": store.kvstore_spec(level.path),

@@ -29,6 +29,7 @@ from tiling.encoding import (
     gzip_bytes,
 )
 from tiling.errors import InvalidMultiscale, UnknownScale
+from tiling.integers import parse_natural
 from tiling.omezarr import Volume
 
 PRECOMPUTED_DTYPES = {
@@ -137,9 +138,8 @@ class PrecomputedImage:
         }
 
     def level_of(self, scale_key: str) -> int:
-        if not scale_key.isdigit() or int(scale_key) >= len(self.volume.geometry):
-            raise UnknownScale(f"no scale {scale_key!r}; scales are 0..{len(self.volume.geometry) - 1}")
-        return int(scale_key)
+        """The level a scale key names: its index, spelt as in ``info`` ("0", not "00" or another script's 0)."""
+        return parse_natural(scale_key, len(self.volume.geometry) - 1, UnknownScale, "scale")
 
     async def chunk(self, scale_key: str, name: str, *, gzip_ok: bool = True) -> EncodedChunk:
         """The encoded chunk ``name`` of scale ``scale_key``.

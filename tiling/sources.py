@@ -115,8 +115,9 @@ class ArraySource:
 
 
 def natural_key(path: Path) -> list[object]:
-    """Sort key putting s2 before s10."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
+    """Sort key putting s2 before s10 (ASCII digit runs: a name part such as "²" is text, not a number)."""
+    parts = re.split(r"([0-9]+)", str(path))
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(parts)]
 
 
 class SliceFolderSource(RegionSource):

@@ -500,6 +500,8 @@ def _parse_xml(text: str) -> ET.Element:
         return ET.fromstring(body)
     except ET.ParseError as error:
         raise _fail(f"malformed XML: {error}") from None
+    except UnicodeEncodeError:  # the parser takes UTF-8: a lone surrogate (from a JSON "\ud800") has none
+        raise _fail("malformed XML: the text holds a lone surrogate") from None
 
 
 def _attribute_number(element: ET.Element, name: str, where: str) -> float:
