@@ -1,12 +1,18 @@
 """The base handler: injected services, the route's access rule, strict JSON in and out, one error shape.
 
 Every handler streams its request body, so that ``prepare`` (the actor, the route's rule, the
-body limit) runs before any body is read: a refused or oversized request costs no parsing.
+body limit) runs before any body is read: a refused or oversized request costs no parsing and
+no buffering. A refused request's body is still read, and dropped, up to ``DRAIN_LIMIT``, and
+the refusal answered once it has arrived: a client that sends its whole body before reading the
+answer (most do) then gets the answer, not a connection reset, and the connection stays usable.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -30,6 +36,22 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "86400",
 }
 LOGGED_PATH = 200  # characters of a path that reach the log
+DRAIN_LIMIT = 256 * 1024 * 1024  # a refused body larger than this is not read: answered at once, connection closed
+HTTP_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
+
+
+def _refusable(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method``, unless ``prepare`` refused the request: then the refusal, now that the body has arrived."""
+
+    @functools.wraps(method)
+    async def guarded(self: BaseHandler, *args: Any, **kwargs: Any) -> None:
+        if self._refusal is not None:
+            raise self._refusal
+        result = method(self, *args, **kwargs)
+        if inspect.isawaitable(result):
+            await result
+
+    return guarded
 
 
 def short_path(path: str) -> str:
@@ -45,11 +67,18 @@ class BaseHandler(RequestHandler):
     dataset_access: DatasetAccess | None = None
     session_access: SessionAccess | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in HTTP_METHODS:
+            if name in cls.__dict__:
+                setattr(cls, name, _refusable(cls.__dict__[name]))
+
     def initialize(self, services: Services, rule: Rule) -> None:
         self.services = services
         self.rule = rule
         self._body = bytearray()
-        self._too_large = False
+        self._received = 0
+        self._refusal: Exception | None = None
 
     def set_default_headers(self) -> None:
         if self.cors:
@@ -59,6 +88,16 @@ class BaseHandler(RequestHandler):
     # The rule, before the body is read
 
     async def prepare(self) -> None:
+        try:
+            await self.admit()
+        except Exception as refusal:
+            if self._declared_length() > DRAIN_LIMIT:
+                self.request.connection.set_max_body_size(1 << 62)  # ours is the answer, not Tornado's 400
+                raise
+            self._refusal = refusal  # answered by the method once the body has arrived (see _refusable)
+
+    async def admit(self) -> None:
+        """The method, the body's declared size, the actor, XSRF and the route's rule: raises if refused."""
         method = self.request.method or ""
         if method == "OPTIONS":
             if not self.cors:
@@ -67,7 +106,8 @@ class BaseHandler(RequestHandler):
         action = self.rule.action(method)
         if action is None:
             raise MethodNotAllowed(method)
-        self._check_length()
+        if self._declared_length() > self.rule.body_limit:
+            raise BodyTooLarge(self.rule.body_limit)
         self.actor = await self.services.identity.actor(self.request, self.settings.get("cookie_secret"))
         self.check_xsrf()
         await self.authorize(action)
@@ -129,18 +169,21 @@ class BaseHandler(RequestHandler):
 
     # The body, streamed within the route's limit
 
-    def _check_length(self) -> None:
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isascii() and length.isdigit() and int(length) > self.rule.body_limit:
-            raise BodyTooLarge(self.rule.body_limit)
+    def _declared_length(self) -> int:
+        """The Content-Length (Tornado has checked it is one number), or 0."""
+        length = self.request.headers.get("Content-Length", "0")
+        return int(length) if length.isascii() and length.isdigit() and len(length) < 19 else 0
 
     def data_received(self, chunk: bytes) -> None:
-        if self._too_large or self._finished:
-            return
-        if len(self._body) + len(chunk) > self.rule.body_limit:
-            self._too_large = True
-            self._body.clear()
+        self._received += len(chunk)
+        if self._finished or (self._refusal is not None and self._received <= DRAIN_LIMIT):
+            return  # refused: dropped
+        if self._received > DRAIN_LIMIT:  # a chunked body past what we drain: answer now, then close
             self.send_error(413, exc_info=(BodyTooLarge, BodyTooLarge(self.rule.body_limit), None))
+            return
+        if self._received > self.rule.body_limit:
+            self._refusal = BodyTooLarge(self.rule.body_limit)
+            self._body.clear()
             return
         self._body += chunk
 
@@ -227,10 +270,19 @@ class BaseHandler(RequestHandler):
         return [*methods, "OPTIONS"] if self.cors else methods
 
 
+for _name in ("head", "options"):  # subclasses' own methods are guarded by __init_subclass__
+    setattr(BaseHandler, _name, _refusable(getattr(BaseHandler, _name)))
+
+
 class NotFoundHandler(BaseHandler):
-    """Unmatched paths: 404 with the JSON error body (for every method)."""
+    """Unmatched paths: 404 with the JSON error body, for every method (after any body has arrived)."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 
-    async def prepare(self) -> None:
+    async def admit(self) -> None:
         raise NoRoute()
+
+    async def get(self, *_: Any, **__: Any) -> None:
+        raise NoRoute()
+
+    post = put = patch = delete = get

@@ -145,6 +145,6 @@ class ActionHandler(BaseHandler):
 class CredentialsHandler(BaseHandler):
     """Data sources are served by Lamella itself, with the session's rights: no credentials to hand out."""
 
-    @op(summary="Neuroglancer's data-source credentials: none (always 403)", body=ActionMessage, status=403)
+    @op(summary="Neuroglancer's data-source credentials: none to hand out (404)", body=ActionMessage, status=404)
     async def post(self, token: str) -> None:
-        raise WebError(403, "no_credentials", "this server hands out no data-source credentials")
+        raise WebError(404, "no_credentials", "this server hands out no data-source credentials")
