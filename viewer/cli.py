@@ -313,7 +313,9 @@ def list_datasets(**options: Any) -> None:
     """List the datasets and their images."""
     settings = Settings.from_env(**options)
     for dataset in open_catalog(settings).list_datasets():
-        click.echo(f"{dataset.id}\t{dataset.name}\t{dataset.title}")
+        until = f" until {dataset.release_date}" if dataset.release_date else ""
+        access = "public" if dataset.public else f"private{until}"
+        click.echo(f"{dataset.id}\t{dataset.name}\t{access}\t{dataset.title}")
         for image in dataset.images:
             shape = "x".join(str(s) for s in image.shape)
             click.echo(f"\t{image.name}\t{image.modality}\t{shape} {image.dtype}\t{image.uri}")
