@@ -42,6 +42,16 @@ class _Cache:
     def __init__(self, ttl: float) -> None:
         self._entries: TTLCache[Any, tuple[bool, Any]] = TTLCache(CACHE_ENTRIES, ttl)
 
+    def peek(self, key: Any) -> Any:
+        """The cached value (raising a cached refusal), or None when not cached."""
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        ok, value = found
+        if not ok:
+            raise value
+        return value
+
     async def get(self, key: Any, load: Callable[[], Awaitable[T]], remember: tuple[type[Exception], ...]) -> T:
         found = self._entries.get(key)
         if found is None:
@@ -73,6 +83,20 @@ class Identity:
         self._datasets = _Cache(ttl)
         self._sessions = _Cache(ttl)
         self._owners = _Cache(ttl)
+
+    def known_actor(self, request: HTTPServerRequest) -> Actor | None:
+        """The actor without a database lookup, when that is possible (no credential): the hot path of
+        every anonymous chunk request. None: ask ``actor``."""
+        if "Authorization" in request.headers or SIGN_IN_COOKIE in request.cookies:
+            return None
+        return ANONYMOUS
+
+    def known_dataset(self, actor: Actor, action: Action, ref: str) -> DatasetAccess | None:
+        """``dataset`` from the cache alone (None when not cached): no coroutine on the hot path."""
+        access = self._datasets.peek((ref, actor.account_id))
+        if access is not None:
+            require(actor, action, access)
+        return access
 
     async def actor(self, request: HTTPServerRequest, cookie_secret: str | None) -> Actor:
         """The request's actor: a bearer token's account, a signed-in browser's account, or anonymous.

@@ -17,7 +17,7 @@ import tornado.netutil
 from tornado.iostream import IOStream
 from tornado.web import Application, RequestHandler
 
-from viewer.app import make_app
+from viewer.app import make_app, routes
 from viewer.config import Settings
 from viewer.handlers.base import short_path
 from viewer.services import Services
@@ -101,7 +101,8 @@ BODY_TIMEOUT_SECONDS = 120.0  # a client sending its body: 4 MiB at 300 kbit/s
 # Tornado answers malformed requests (bad request line, headers, chunking) with a bare 400 before any
 # handler runs; we give them the JSON error body every other error has.
 _BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
-_JSON_400_BODY = b'{"ok":false,"status":400,"code":"malformed_request","message":"malformed HTTP request"}'
+_JSON_400_BODY = (b'{"ok":false,"status":400,"code":"malformed_request",'
+                  b'"message":"malformed HTTP request, or a body larger than any route takes"}')
 _JSON_400 = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\n"
              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_JSON_400_BODY), _JSON_400_BODY))
 
@@ -120,9 +121,11 @@ class LamellaHTTPServer(tornado.httpserver.HTTPServer):
 
 
 def http_server(app: Application) -> tornado.httpserver.HTTPServer:
-    """The server every process runs: handlers bound request bodies themselves, per route, before reading
-    them (so Tornado's own limit is only a backstop), and slow senders are cut off."""
-    return LamellaHTTPServer(app, xheaders=True, max_body_size=1 << 30, max_buffer_size=64 << 20,
+    """The server every process runs. Handlers that take bodies bound them per route before reading them;
+    the body of any other request is read whole first, up to the largest route limit. Slow senders are
+    cut off."""
+    largest = max(route.rule.body_limit for route in routes())
+    return LamellaHTTPServer(app, xheaders=True, max_body_size=largest, max_buffer_size=64 << 20,
                              idle_connection_timeout=HEADER_TIMEOUT_SECONDS, body_timeout=BODY_TIMEOUT_SECONDS)
 
 

@@ -10,7 +10,6 @@ answer (most do) then gets the answer, not a connection reset, and the connectio
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -44,12 +43,10 @@ def _refusable(method: Callable[..., Any]) -> Callable[..., Any]:
     """``method``, unless ``prepare`` refused the request: then the refusal, now that the body has arrived."""
 
     @functools.wraps(method)
-    async def guarded(self: BaseHandler, *args: Any, **kwargs: Any) -> None:
+    def guarded(self: BaseHandler, *args: Any, **kwargs: Any) -> Any:
         if self._refusal is not None:
             raise self._refusal
-        result = method(self, *args, **kwargs)
-        if inspect.isawaitable(result):
-            await result
+        return method(self, *args, **kwargs)  # Tornado awaits what an async method returns
 
     return guarded
 
@@ -72,6 +69,11 @@ class BaseHandler(RequestHandler):
         for name in HTTP_METHODS:
             if name in cls.__dict__:
                 setattr(cls, name, _refusable(cls.__dict__[name]))
+        # Only handlers that take bodies stream them (the hot GET routes skip two futures per request);
+        # the server reads the body of any other request, up to the largest route limit, before prepare.
+        cls._stream_request_body = any(  # type: ignore[attr-defined]
+            getattr(cls, name) is not getattr(RequestHandler, name) for name in ("post", "put", "patch", "delete")
+        )
 
     def initialize(self, services: Services, rule: Rule) -> None:
         self.services = services
@@ -88,10 +90,13 @@ class BaseHandler(RequestHandler):
     # The rule, before the body is read
 
     async def prepare(self) -> None:
+        streaming = self._stream_request_body  # type: ignore[attr-defined]
+        if streaming:  # this handler bounds its bodies itself (a refused one is drained up to DRAIN_LIMIT)
+            self.request.connection.set_max_body_size(2 * DRAIN_LIMIT)
         try:
             await self.admit()
         except Exception as refusal:
-            if self._declared_length() > DRAIN_LIMIT:
+            if streaming and self._declared_length() > DRAIN_LIMIT:
                 self.request.connection.set_max_body_size(1 << 62)  # ours is the answer, not Tornado's 400
                 raise
             self._refusal = refusal  # answered by the method once the body has arrived (see _refusable)
@@ -108,8 +113,18 @@ class BaseHandler(RequestHandler):
             raise MethodNotAllowed(method)
         if self._declared_length() > self.rule.body_limit:
             raise BodyTooLarge(self.rule.body_limit)
-        self.actor = await self.services.identity.actor(self.request, self.settings.get("cookie_secret"))
+        identity = self.services.identity
+        actor = identity.known_actor(self.request)
+        if actor is None:
+            actor = await identity.actor(self.request, self.settings.get("cookie_secret"))
+        self.actor = actor
         self.check_xsrf()
+        if self.rule.scope == "dataset":  # the hot path (every chunk): answered from the cache when it can be
+            self.dataset_access = identity.known_dataset(actor, action, self.path_kwargs["dataset_ref"])
+            if self.dataset_access is not None:
+                if not self.dataset_access.public():
+                    self.private_headers()
+                return
         await self.authorize(action)
 
     async def authorize(self, action: Action) -> None:
