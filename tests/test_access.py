@@ -514,3 +514,18 @@ def test_access_on_postgresql(database_url: str, tmp_path: Path) -> None:
         assert running.get(chunk, headers=headers).status_code == 401
     finally:
         stop_server(running)
+
+
+def test_cookie_key_is_made_once_private_and_cookies_are_secure_over_https(scratch_server: Server) -> None:
+    server = scratch_server
+    key = server.data_dir / "cookie-secret"  # type: ignore[operator]
+    assert key.exists() and key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) >= 64
+    accounts = Accounts(open_db(server.data_dir))  # type: ignore[arg-type]
+    accounts.create("https-user", "annotator", password="https-password-1")
+    web = requests.Session()
+    web.get(f"{server.url}/sign-in", timeout=10)
+    # Behind a TLS-terminating proxy (X-Forwarded-Proto), the sign-in cookie is Secure.
+    answer = web.post(f"{server.url}/api/sign-in", json={"name": "https-user", "password": "https-password-1"},
+                      headers={"X-XSRFToken": web.cookies["_xsrf"], "X-Forwarded-Proto": "https"}, timeout=30)
+    assert answer.status_code == 200
+    assert "Secure" in answer.headers["Set-Cookie"] and "HttpOnly" in answer.headers["Set-Cookie"]
