@@ -131,7 +131,11 @@ class BaseHandler(RequestHandler):
 
     def _check_length(self) -> None:
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isascii() and length.isdigit() and int(length) > self.rule.body_limit:
+        if length is None or not (length.isascii() and length.isdigit()):
+            return  # none, or not a number: Tornado answers 400 when it reads the body
+        digits = length.lstrip("0")
+        # int() of more than 4300 digits raises ValueError; any number of 19 digits is over every limit.
+        if len(digits) > 18 or int(digits or "0") > self.rule.body_limit:
             raise BodyTooLarge(self.rule.body_limit)
 
     def data_received(self, chunk: bytes) -> None:
