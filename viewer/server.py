@@ -126,6 +126,19 @@ def http_server(app: Application, settings: Settings) -> tornado.httpserver.HTTP
                              body_timeout=settings.body_timeout_seconds)
 
 
+LOGGED_MESSAGE = 300  # characters of a message of Tornado's own that reach the log
+
+
+class ClipMessages(logging.Filter):
+    """Tornado's messages about malformed requests quote what was sent (a 60 KB header value): cut them short."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > LOGGED_MESSAGE:
+            record.msg, record.args = message[:LOGGED_MESSAGE] + "…", None
+        return True
+
+
 def log_request(handler: RequestHandler) -> None:
     """One access-log line per request, with the path cut short (5xx are logged once, with their cause)."""
     status = handler.get_status()
@@ -139,6 +152,7 @@ def log_request(handler: RequestHandler) -> None:
 
 
 async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
+    logging.getLogger("tornado.general").addFilter(ClipMessages())
     services = Services.create(settings)
     app = make_app(services, cookie_secret=settings.resolved_cookie_secret(), log_function=log_request)
     server = http_server(app, settings)
