@@ -165,7 +165,7 @@ def schema_values(model: type[BaseModel]) -> st.SearchStrategy[Any]:
 # --- the handlers' path ---------------------------------------------------------------------
 
 INTERNAL = re.compile(r"Error\b|Exception|Traceback|Value error|Assertion failed|function-(?:before|after|wrap|plain)"
-                      r"|constrained-|object at 0x|<class|File \"", re.IGNORECASE)
+                      r"|constrained-|object at 0x|<class|File \"|validation errors? for|errors\.pydantic\.dev")
 
 
 def accept(model: type[BaseModel], kind: str, value: Any) -> BaseModel:
