@@ -14,7 +14,7 @@ from annotations.access import Actor, check_visibility, dataset_where, is_public
 from annotations.errors import ImageNotFound, InvalidAccess, InvalidMetadata, NameTaken
 from annotations.metadata import DatasetMetadata
 from annotations.models import Dataset, Image, Membership
-from annotations.names import check_name, no_nul
+from annotations.names import NoNulSchema, check_name, no_nul
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -23,7 +23,7 @@ def as_utc(moment: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
-StoredText = Annotated[str, AfterValidator(no_nul)]
+StoredText = Annotated[str, AfterValidator(no_nul), NoNulSchema()]
 
 
 class ImageRecord(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from annotations.errors import InvalidMetadata
 
@@ -22,3 +23,15 @@ def no_nul(text: str) -> str:
     if "\x00" in text:
         raise ValueError("text may not contain NUL characters")
     return text
+
+
+NO_NUL_PATTERN = r"^[^\u0000]*$"  # JSON Schema (ECMA-262) and Python alike
+
+
+class NoNulSchema:
+    """Pydantic metadata saying in the JSON schema what ``no_nul`` checks (a pattern NUL never matches)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema["pattern"] = NO_NUL_PATTERN
+        return schema

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,11 +121,16 @@ class Server:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
 
-def start_server(data_dir: Path, *extra: str) -> Server:
-    """``lamella serve`` in a subprocess on a free port; returns once it answers."""
+def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None, stderr: Any = None) -> Server:
+    """``lamella serve`` in a subprocess on a free port; returns once it answers.
+
+    ``env``: variables added to this process's (LAMELLA_* settings); ``stderr``: a file for the server's
+    log (default: discarded).
+    """
     process = subprocess.Popen(
         [*LAMELLA, "serve", "--data-dir", str(data_dir), "--port", "0", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if stderr is None else stderr, text=True,
+        env=None if env is None else {**os.environ, **env},
     )
     assert process.stdout is not None
     line = process.stdout.readline()

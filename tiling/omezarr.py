@@ -93,14 +93,16 @@ def _combine(transforms: list[dict[str, Any]], rank: int) -> tuple[list[float], 
 
 def parse_multiscale(attributes: dict[str, Any], zarr_format: int) -> Multiscale:
     """Parse group attributes (``ome`` key for 0.5, top level for 0.4) into a Multiscale."""
-    ome = attributes.get("ome", attributes) if zarr_format == 3 else attributes
-    multiscales = ome.get("multiscales")
+    ome = attributes.get("ome", attributes) if zarr_format == 3 and isinstance(attributes, dict) else attributes
+    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
     if not multiscales:
         raise InvalidMultiscale("the group has no OME-Zarr 'multiscales' metadata")
+    if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
+        raise InvalidMultiscale("malformed OME-Zarr multiscales metadata: 'multiscales' is not a list of objects")
     first = multiscales[0]
     version = str(ome.get("version") or first.get("version") or ("0.5" if zarr_format == 3 else "0.4"))
     if version not in ("0.4", "0.5"):
-        raise InvalidMultiscale(f"OME-Zarr version {version} is not supported (0.4 or 0.5)")
+        raise InvalidMultiscale(f"OME-Zarr version {version[:20]} is not supported (0.4 or 0.5)")
     if (version == "0.5") != (zarr_format == 3):
         raise InvalidMultiscale(f"OME-Zarr {version} cannot be stored on Zarr v{zarr_format}")
     try:
@@ -133,8 +135,18 @@ def parse_multiscale(attributes: dict[str, Any], zarr_format: int) -> Multiscale
             levels=levels,
             windows=windows,
         )
-    except (KeyError, TypeError, ValidationError) as error:
-        raise InvalidMultiscale(f"malformed OME-Zarr multiscales metadata: {error}") from None
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, ArithmeticError) as error:
+        raise InvalidMultiscale(f"malformed OME-Zarr multiscales metadata: {_problem(error)}") from None
+
+
+def _problem(error: Exception) -> str:
+    """What is wrong with the metadata, without Python's words for it (exception and type names)."""
+    if isinstance(error, KeyError):
+        return f"{str(error.args[0])[:40]!r} is missing"
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        return f"{'.'.join(map(str, first['loc']))[:80]}: {first['msg']}"
+    return "a value has the wrong type or shape"
 
 
 async def read_multiscale(store: Store) -> Multiscale:
@@ -146,8 +158,10 @@ async def read_multiscale(store: Store) -> Multiscale:
             continue
         try:
             document = json.loads(value.data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidMultiscale(f"{key} in {store.uri} is not valid JSON") from None
+        if not isinstance(document, dict):
+            raise InvalidMultiscale(f"{key} in {store.uri} is not a JSON object")
         attributes = document.get("attributes", {}) if zarr_format == 3 else document
         return parse_multiscale(attributes, zarr_format)
     raise StoreNotFound(f"no OME-Zarr group at {store.uri} (neither zarr.json nor .zattrs)")

@@ -54,6 +54,11 @@ def operation(handler: type, method: str) -> Op:
     return getattr(function, "__op__", None) or Op()
 
 
+# A rule across two fields, said in the schema (JSON Schema's if/then): a release date is for private datasets.
+RELEASE_DATE_IS_PRIVATE: dict[str, Any] = {
+    "if": {"properties": {"visibility": {"const": "public"}}, "required": ["visibility"]},
+    "then": {"properties": {"release_date": {"type": "null"}}},
+}
 ANY_JSON: dict[str, Any] = {"type": "object"}
 BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
 CHUNK_TYPES = ("image/jpeg", "application/octet-stream")  # JPEG for uint8 images, else raw or compressed_segmentation

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import date
 from typing import Annotated, Any
 
 import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool, StringConstraints, ValidationError
 
+from annotations.names import NoNulSchema, no_nul
 from viewer.errors import BadRequest
 
 MAX_DEPTH = 64  # Neuroglancer states nest about 8 levels
@@ -61,8 +63,28 @@ def validate(model: type[BaseModel], value: Any) -> Any:
     try:
         return model.model_validate(value)
     except ValidationError as error:
-        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:10]]
+        problems = dict.fromkeys(f"{_where(e['loc'])}: {_what(e)}" for e in error.errors()[:10])
         raise BadRequest("; ".join(problems)) from None
+
+
+# Pydantic names the member of a union that failed by its schema (``function-before[_a_number(),
+# constrained-int]``): Python function names, not a field path.
+_UNION_MEMBER = re.compile(r"[a-z]+(?:-[a-z]+)*\[.*\]|constrained-[a-z]+", re.DOTALL)
+_LOC_PART = 64  # characters of one path part (a key of the client's) in a message
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    parts = [str(part) for part in loc if not (isinstance(part, str) and _UNION_MEMBER.fullmatch(part))]
+    return ".".join(part if len(part) <= _LOC_PART else part[:_LOC_PART] + "…" for part in parts) or "body"
+
+
+def _what(error: Any) -> str:
+    """Pydantic's message, in JSON's words and without Python's ("Value error, …", a model's class name)."""
+    if error["type"] in ("value_error", "assertion_error") and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return "Input should be an object"
+    return str(error["msg"])
 
 
 async def validate_async(model: type[BaseModel], value: Any, size: int) -> Any:
@@ -100,12 +122,7 @@ def Integer(ge: int | None = None, le: int | None = None) -> Any:
     return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_a_number)]
 
 
-def _no_nul(text: str) -> str:
-    if "\x00" in text:
-        raise ValueError("text may not contain NUL characters")
-    return text
-
-
 def Text(max_length: int, min_length: int = 0) -> Any:
-    """A string field: bounded, without NUL (which PostgreSQL cannot store)."""
-    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length), AfterValidator(_no_nul)]
+    """A string field: bounded, without NUL (which PostgreSQL cannot store; its JSON schema says so)."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length), AfterValidator(no_nul),
+                     NoNulSchema()]

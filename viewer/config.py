@@ -27,6 +27,15 @@ class Settings:
         metadata={"help": "behind nginx: answer passthrough reads with X-Accel-Redirect to this internal prefix"},
     )
     state_poll_seconds: float = field(default=0.25, metadata={"help": "how often event streams look for state changes"})
+    header_timeout_seconds: float = field(
+        default=30.0,
+        metadata={"help": "a client sending its request line and headers (or idle between requests) is cut off "
+                          "after this long"},
+    )
+    body_timeout_seconds: float = field(
+        default=120.0, metadata={"help": "a client sending its request body is cut off after this long (4 MiB at "
+                                         "300 kbit/s takes 110 s)"},
+    )
     cookie_secret: str | None = field(
         default=None,
         metadata={"help": "key signing sign-in cookies (every process and host must share it); default: made on "

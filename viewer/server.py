@@ -96,8 +96,6 @@ def _die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-HEADER_TIMEOUT_SECONDS = 30.0  # a client sending its request line and headers (or idle between requests)
-BODY_TIMEOUT_SECONDS = 120.0  # a client sending its body: 4 MiB at 300 kbit/s
 # Tornado answers malformed requests (bad request line, headers, chunking) with a bare 400 before any
 # handler runs; we give them the JSON error body every other error has.
 _BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
@@ -120,13 +118,28 @@ class LamellaHTTPServer(tornado.httpserver.HTTPServer):
         super().handle_stream(stream, address)
 
 
-def http_server(app: Application) -> tornado.httpserver.HTTPServer:
+def http_server(app: Application, settings: Settings) -> tornado.httpserver.HTTPServer:
     """The server every process runs. Handlers that take bodies bound them per route before reading them;
     the body of any other request is read whole first, up to the largest route limit. Slow senders are
-    cut off."""
+    cut off (a request line and headers within ``header_timeout_seconds``, a body within
+    ``body_timeout_seconds``)."""
     largest = max(route.rule.body_limit for route in routes())
     return LamellaHTTPServer(app, xheaders=True, max_body_size=largest, max_buffer_size=64 << 20,
-                             idle_connection_timeout=HEADER_TIMEOUT_SECONDS, body_timeout=BODY_TIMEOUT_SECONDS)
+                             idle_connection_timeout=settings.header_timeout_seconds,
+                             body_timeout=settings.body_timeout_seconds)
+
+
+LOGGED_MESSAGE = 300  # characters of a message of Tornado's own that reach the log
+
+
+class ClipMessages(logging.Filter):
+    """Tornado's messages about malformed requests quote what was sent (a 60 KB header value): cut them short."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > LOGGED_MESSAGE:
+            record.msg, record.args = message[:LOGGED_MESSAGE] + "…", None
+        return True
 
 
 def log_request(handler: RequestHandler) -> None:
@@ -142,8 +155,10 @@ def log_request(handler: RequestHandler) -> None:
 
 
 async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
+    logging.getLogger("tornado.general").addFilter(ClipMessages())
     services = Services.create(settings)
-    server = http_server(make_app(services, cookie_secret=settings.resolved_cookie_secret(), log_function=log_request))
+    app = make_app(services, cookie_secret=settings.resolved_cookie_secret(), log_function=log_request)
+    server = http_server(app, settings)
     server.add_sockets(sockets)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()

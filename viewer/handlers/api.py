@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from annotations.catalog import DatasetChanges, DatasetRecord, ImageRecord, NewDataset
 from annotations.names import NAME
-from viewer.apidoc import op
+from viewer.apidoc import RELEASE_DATE_IS_PRIVATE, op
 from viewer.bodies import Day, Text
 from viewer.handlers.base import BaseHandler
 from viewer.state import DEFAULT_CONFIG, dataset_state, image_base_url
@@ -102,7 +102,8 @@ def dataset_json(origin: str, dataset: DatasetRecord) -> DatasetOut:
 class NewDatasetBody(BaseModel):
     """A new, empty dataset; its creator becomes its curator. Private unless said otherwise."""
 
-    model_config = {"json_schema_extra": {"examples": [{"name": "mito-fibsem", "title": "Mitochondria, FIB-SEM"}]}}
+    model_config = {"json_schema_extra": {"examples": [{"name": "mito-fibsem", "title": "Mitochondria, FIB-SEM"}],
+                                          **RELEASE_DATE_IS_PRIVATE}}
 
     name: str = Field(pattern=NAME.pattern)  # a-z first, then a-z, 0-9, _ and -: it appears in URLs
     title: Text(500) | None = None  # type: ignore[valid-type]

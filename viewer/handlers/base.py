@@ -185,9 +185,13 @@ class BaseHandler(RequestHandler):
     # The body, streamed within the route's limit
 
     def _declared_length(self) -> int:
-        """The Content-Length (Tornado has checked it is one number), or 0."""
+        """The Content-Length as a number (0 when absent or not a number: Tornado answers 400 for that)."""
         length = self.request.headers.get("Content-Length", "0")
-        return int(length) if length.isascii() and length.isdigit() and len(length) < 19 else 0
+        if not (length.isascii() and length.isdigit()):
+            return 0
+        digits = length.lstrip("0")
+        # int() refuses more than 4300 digits; any number of 19 digits is over every limit.
+        return int(digits or "0") if len(digits) <= 18 else 1 << 62
 
     def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)
@@ -251,6 +255,9 @@ class BaseHandler(RequestHandler):
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
+        if exc_info is not None and self._refusal is not None and type(exc_info[1]) is HTTPError:
+            # Tornado's 405 for a method this handler lacks: the refusal prepare made says it better.
+            exc_info = kwargs["exc_info"] = (type(self._refusal), self._refusal, None)
         if exc_info is not None:
             status_code, _, _ = classify(exc_info[1])
         super().send_error(status_code, **kwargs)

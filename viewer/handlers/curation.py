@@ -7,13 +7,14 @@ from typing import Literal
 from pydantic import BaseModel
 
 from annotations.access import AccessRecord, MemberRecord
-from viewer.apidoc import op
+from viewer.apidoc import RELEASE_DATE_IS_PRIVATE, op
 from viewer.bodies import Day
 from viewer.handlers.base import BaseHandler
 
 
 class VisibilityBody(BaseModel):
-    model_config = {"json_schema_extra": {"examples": [{"visibility": "private", "release_date": "2027-06-01"}]}}
+    model_config = {"json_schema_extra": {"examples": [{"visibility": "private", "release_date": "2027-06-01"}],
+                                          **RELEASE_DATE_IS_PRIVATE}}
 
     visibility: Literal["public", "private"]
     release_date: Day | None = None
