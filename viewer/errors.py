@@ -101,11 +101,19 @@ class NoRoute(WebError):
         super().__init__(404, "not_found", "no such route")
 
 
+# A store that fails says so without the store's location (a path on the server): that goes to the log.
+STORE_MESSAGES = {
+    "store_missing": "this image's stored data is missing (the server log says where it was looked for)",
+    "store_invalid": "this image's stored metadata cannot be used (the server log says why)",
+    "store_unreadable": "this image's stored data cannot be read (the server log says why)",
+}
+
+
 def classify(error: BaseException) -> tuple[int, str, str]:
     """(status, code, message) for any exception; unknown ones are a generic 500."""
     for kind, status, code in ERROR_TABLE:
         if isinstance(error, kind):
-            return status, code, str(error)
+            return status, code, STORE_MESSAGES.get(code) or str(error)
     if isinstance(error, WebError):
         return error.status_code, error.code, error.message
     if isinstance(error, HTTPError):  # raised by Tornado itself
