@@ -660,6 +660,20 @@ class Result:
     server_cpu_by_process_pct: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One server and payload to measure: where it listens, what wrk asks, whose CPU counts."""
+
+    server: str
+    payload: str
+    processes: int
+    port: int
+    requests_file: Path
+    mean_body: float
+    server_roots: Sequence[int]
+    headers_file: Path | None = None
+
+
 @dataclass
 class Runner:
     wrk: str
@@ -672,35 +686,48 @@ class Runner:
 
     def measure(self, server: str, payload: str, processes: int, port: int, requests_file: Path,
                 mean_body: float, server_roots: Sequence[int], headers_file: Path | None = None) -> None:
+        self.side_by_side([Measured(server, payload, processes, port, requests_file, mean_body, server_roots,
+                                    headers_file)])
+
+    def side_by_side(self, servers: Sequence[Measured]) -> None:
+        """Each server at each concurrency, the servers taking turns at each concurrency: servers
+        compared with each other are measured minutes apart at most, not one after the other."""
         # A short untimed run at 8 connections: reaches every process (the LRU is per process)
         # and fills caches the same way for every server.
-        run_wrk(self.wrk, port, requests_file, 8, self.warmup, self.out_dir, headers_file)
+        for m in servers:
+            run_wrk(self.wrk, m.port, m.requests_file, 8, self.warmup, self.out_dir, m.headers_file)
         for connections in self.concurrency:
-            idle_busy = wait_for_quiet(self.quiet_wait) if self.quiet_wait > 0 else 0.0
-            if idle_busy >= 15:
-                print(f"  (machine still {idle_busy:.0f}% busy with other work after {self.quiet_wait:g} s; "
-                      "measuring anyway)", flush=True)
-            before, machine_before = tree_cpu(server_roots), MachineCpu.read()
-            stats = run_wrk(self.wrk, port, requests_file, connections, self.duration, self.out_dir, headers_file)
-            after, machine = tree_cpu(server_roots), MachineCpu.read() - machine_before
-            by_process = [100 * (after[pid] - before.get(pid, 0.0)) / stats.wall_s for pid in sorted(after)]
-            wrk_pct = 100 * stats.wrk_cpu_s / stats.wall_s
-            other = max(0.0, 100 * (machine.processes + machine.steal) / stats.wall_s - sum(by_process) - wrk_pct)
-            irq = 100 * machine.irq / stats.wall_s
-            result = Result(
-                server=server, payload=payload, processes=processes, concurrency=connections,
-                requests_per_s=stats.requests_per_s, p50_ms=stats.p50_ms, p99_ms=stats.p99_ms,
-                mb_per_s=stats.mb_per_s, mean_body_bytes=mean_body, errors=stats.errors, requests=stats.requests,
-                server_cpu_pct=sum(by_process), wrk_cpu_pct=wrk_pct, other_cpu_pct=other, irq_cpu_pct=irq,
-                server_cpu_by_process_pct=[round(v, 1) for v in by_process if v >= 0.5],
-            )
-            self.results.append(result)
-            flag = f"  ERRORS: {stats.errors}" if stats.errors else ""
-            print(f"  {label(result):<28} {payload:<12} c={connections:<3} {stats.requests_per_s:>9.0f} req/s  "
-                  f"p50 {stats.p50_ms:7.2f} ms  p99 {stats.p99_ms:7.2f} ms  "
-                  f"CPU% server {result.server_cpu_pct:3.0f} wrk {wrk_pct:3.0f} irq {irq:3.0f} "
-                  f"other {other:3.0f}{flag}",
-                  flush=True)
+            for m in servers:
+                self._run(m, connections)
+
+    def _run(self, m: Measured, connections: int) -> None:
+        server, payload, processes, port, requests_file = m.server, m.payload, m.processes, m.port, m.requests_file
+        mean_body, server_roots, headers_file = m.mean_body, m.server_roots, m.headers_file
+        idle_busy = wait_for_quiet(self.quiet_wait) if self.quiet_wait > 0 else 0.0
+        if idle_busy >= 15:
+            print(f"  (machine still {idle_busy:.0f}% busy with other work after {self.quiet_wait:g} s; "
+                  "measuring anyway)", flush=True)
+        before, machine_before = tree_cpu(server_roots), MachineCpu.read()
+        stats = run_wrk(self.wrk, port, requests_file, connections, self.duration, self.out_dir, headers_file)
+        after, machine = tree_cpu(server_roots), MachineCpu.read() - machine_before
+        by_process = [100 * (after[pid] - before.get(pid, 0.0)) / stats.wall_s for pid in sorted(after)]
+        wrk_pct = 100 * stats.wrk_cpu_s / stats.wall_s
+        other = max(0.0, 100 * (machine.processes + machine.steal) / stats.wall_s - sum(by_process) - wrk_pct)
+        irq = 100 * machine.irq / stats.wall_s
+        result = Result(
+            server=server, payload=payload, processes=processes, concurrency=connections,
+            requests_per_s=stats.requests_per_s, p50_ms=stats.p50_ms, p99_ms=stats.p99_ms,
+            mb_per_s=stats.mb_per_s, mean_body_bytes=mean_body, errors=stats.errors, requests=stats.requests,
+            server_cpu_pct=sum(by_process), wrk_cpu_pct=wrk_pct, other_cpu_pct=other, irq_cpu_pct=irq,
+            server_cpu_by_process_pct=[round(v, 1) for v in by_process if v >= 0.5],
+        )
+        self.results.append(result)
+        flag = f"  ERRORS: {stats.errors}" if stats.errors else ""
+        print(f"  {label(result):<28} {payload:<12} c={connections:<3} {stats.requests_per_s:>9.0f} req/s  "
+              f"p50 {stats.p50_ms:7.2f} ms  p99 {stats.p99_ms:7.2f} ms  "
+              f"CPU% server {result.server_cpu_pct:3.0f} wrk {wrk_pct:3.0f} irq {irq:3.0f} "
+              f"other {other:3.0f}{flag}",
+              flush=True)
 
 
 def label(result: Result) -> str:
@@ -852,22 +879,28 @@ def run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, tmp: 
         server, ports = start_nginx(procs, nginx, bench, processes, accel_port)
         static_port, front_port, deploy_port = ports.static, ports.front, ports.deploy
         roots = [server.pid, accel.pid]
-        size = verify(static_port, nginx_chunks, bench.volume, "nginx chunks")
-        runner.measure("nginx", "zarr-chunk", processes, static_port, nginx_chunks_file, size, [server.pid])
         notes.update(check_deployment(deploy_port, lamella_chunks, private_chunks, token))
-        size = verify(deploy_port, lamella_chunks, bench.volume, "deployment, public chunks")
-        runner.measure("deploy-public", "zarr-chunk", processes, deploy_port, lamella_chunks_file, size, roots)
-        size = verify(deploy_port, private_chunks, bench.volume, "deployment, private chunks", token)
-        runner.measure("deploy-private", "zarr-chunk", processes, deploy_port, private_chunks_file, size, roots,
-                       bench.token_headers)
+        # Plain nginx and the deployment take turns at each concurrency, so their ratios compare
+        # runs made moments apart (this machine's speed drifts with other load).
+        runner.side_by_side([
+            Measured("nginx", "zarr-chunk", processes, static_port, nginx_chunks_file,
+                     verify(static_port, nginx_chunks, bench.volume, "nginx chunks"), [server.pid]),
+            Measured("deploy-public", "zarr-chunk", processes, deploy_port, lamella_chunks_file,
+                     verify(deploy_port, lamella_chunks, bench.volume, "deployment, public chunks"), roots),
+            Measured("deploy-private", "zarr-chunk", processes, deploy_port, private_chunks_file,
+                     verify(deploy_port, private_chunks, bench.volume, "deployment, private chunks", token), roots,
+                     bench.token_headers),
+        ])
         if with_extras:
-            size = verify(static_port, nginx_ranges, bench.volume, "nginx shard ranges")
-            runner.measure("nginx", "shard-range", processes, static_port, nginx_ranges_file, size, [server.pid])
-            size = verify(deploy_port, lamella_ranges, bench.volume, "deployment, public shard ranges")
-            runner.measure("deploy-public", "shard-range", processes, deploy_port, lamella_ranges_file, size, roots)
-            size = verify(deploy_port, private_ranges, bench.volume, "deployment, private shard ranges", token)
-            runner.measure("deploy-private", "shard-range", processes, deploy_port, private_ranges_file, size, roots,
-                           bench.token_headers)
+            runner.side_by_side([
+                Measured("nginx", "shard-range", processes, static_port, nginx_ranges_file,
+                         verify(static_port, nginx_ranges, bench.volume, "nginx shard ranges"), [server.pid]),
+                Measured("deploy-public", "shard-range", processes, deploy_port, lamella_ranges_file,
+                         verify(deploy_port, lamella_ranges, bench.volume, "deployment, public shard ranges"), roots),
+                Measured("deploy-private", "shard-range", processes, deploy_port, private_ranges_file,
+                         verify(deploy_port, private_ranges, bench.volume, "deployment, private shard ranges", token),
+                         roots, bench.token_headers),
+            ])
         notes.update(check_accel(front_port, accel_port, bench, lamella_chunks))
         size = verify(front_port, lamella_chunks, bench.volume, "accel chunks")
         runner.measure("nginx+lamella-accel", "zarr-chunk", processes, front_port, lamella_chunks_file, size,
