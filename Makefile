@@ -42,10 +42,12 @@ api-viewer:
 serve: $(VENV)/.installed api-viewer
 	$(BIN)/lamella serve --demo --data-dir $(DATA_DIR) --host 127.0.0.1 --port $(PORT)
 
-# Debian's Chromium and ChromeDriver for the browser tests; the local PostgreSQL if installed but stopped.
+# Debian's Chromium and ChromeDriver for the browser tests, nginx (nginx-light) for the deployment test
+# (tests/test_nginx.py); the local PostgreSQL if installed but stopped.
 system-test-deps:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; fi
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || \
+		! { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; }; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver nginx-light; fi
 	@if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ] && \
 		! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
 		$(SUDO) pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start || true; fi

@@ -12,13 +12,18 @@ level-0 chunks:
 * Lamella's Zarr passthrough: unsharded chunk keys, and byte ranges of the shard file;
 * nginx serving the same files from disk (sendfile, open_file_cache);
 * nginx in front of Lamella started with ``--accel-redirect /_stored``: Lamella checks
-  dataset, image and key and nginx sends the file (docs/deploy-nginx.md).
+  dataset, image and key on every request and nginx sends the file;
+* the deployment of docs/deploy-nginx.md (the site docs/nginx/lamella.conf, as the test suite
+  runs it): nginx serves the keys from disk after Lamella's access decision, which it keeps
+  for a few seconds per dataset, image and credential; once for a public dataset and once for
+  a private one read with an API token (``Authorization: Bearer``), beside plain nginx in the
+  same nginx instance.
 
 Lamella and nginx run with 1 and then 2 processes/workers. wrk runs on the same cores as
 the servers, so the numbers are a lower bound for what a separate client would see.
 
 Usage: .venv/bin/python benchmarks/serve_chunks.py [--duration S] [--quick] [--processes 1,2]
-                                                   [--quiet-wait S] [--keep]
+                                                   [--nginx-only] [--quiet-wait S] [--keep]
 Results are printed and written to benchmarks/results/serve_chunks.json. Before each run
 the script waits (up to --quiet-wait seconds) for load from other programs to stop, and it
 reports per run how much CPU the server, wrk, interrupts and everything else took.
@@ -57,6 +62,7 @@ from tiling.sources import ArraySource
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk_paths.lua"
 NGINX_TEMPLATE = HERE / "nginx-bench.conf.in"
+SITE_TEMPLATE = HERE.parent / "docs" / "nginx" / "lamella.conf"
 NEUROGLANCER_PEER = HERE / "neuroglancer_peer.py"
 RESULTS_PATH = HERE / "results" / "serve_chunks.json"
 
@@ -65,10 +71,14 @@ CHUNK = 64
 GRID = SHAPE[0] // CHUNK  # chunks per axis at level 0
 VOXEL_NM = (8.0, 8.0, 8.0)
 DATASET = "bench"
+PRIVATE_DATASET = "bench-private"  # the same two images again, readable only with the token below
+ACCOUNT = "bench-admin"
 CONCURRENCY = (1, 8, 64)
 ACCEL_PREFIX = "/_stored"
 TARGET_JPEG_RATIO = 5.0  # Lamella warm JPEG / Neuroglancer JPEG, at 8 connections
 TARGET_PASSTHROUGH_RATIO = 0.25  # Lamella passthrough / nginx, at every concurrency
+TARGET_DEPLOY_PUBLIC_RATIO = 0.8  # the nginx deployment, public dataset / nginx, at every concurrency
+TARGET_DEPLOY_PRIVATE_RATIO = 0.25  # the nginx deployment, private dataset with a token / nginx
 
 
 class BenchError(Exception):
@@ -108,6 +118,8 @@ class Bench:
     shard_file: Path
     chunk_boxes: list[tuple[slice, slice, slice]]
     requests_dir: Path
+    token_headers: Path  # "Authorization: Bearer …" of an admin, for the private dataset (wrk reads it)
+    token: str
 
 
 def chunk_boxes() -> list[tuple[slice, slice, slice]]:
@@ -195,20 +207,34 @@ def prepare(tmp: Path, lamella: Path) -> Bench:
     for location, name in ((sharded, "em"), (unsharded, "em-chunks")):
         run_checked([str(lamella), "add", str(location), "--dataset", DATASET, "--name", name,
                      "--data-dir", str(data_dir)], f"lamella add {name}")
+        run_checked([str(lamella), "add", str(location), "--dataset", PRIVATE_DATASET, "--name", name, "--private",
+                     "--data-dir", str(data_dir)], f"lamella add --private {name}")
+    run_checked([str(lamella), "user", "add", ACCOUNT, "--role", "admin", "--data-dir", str(data_dir)],
+                f"lamella user add {ACCOUNT}")
+    token = run_output([str(lamella), "token", "create", ACCOUNT, "--label", "serve_chunks",
+                        "--data-dir", str(data_dir)], "lamella token create").strip().splitlines()[-1]
+    token_headers = tmp / "token-headers.txt"
+    token_headers.write_text(f"Authorization: Bearer {token}\n")
+    token_headers.chmod(0o600)
     requests_dir = tmp / "requests"
     requests_dir.mkdir()
     return Bench(tmp, stores, data_dir, volume, volume_file, sharded, unsharded, shard_files[0],
-                 chunk_boxes(), requests_dir)
+                 chunk_boxes(), requests_dir, token_headers, token)
 
 
 def run_checked(argv: list[str], what: str) -> None:
+    run_output(argv, what)
+
+
+def run_output(argv: list[str], what: str) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"{what} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
 
 
-def lamella_image_base(image: str) -> str:
-    return f"/api/datasets/{DATASET}/images/{image}"
+def lamella_image_base(image: str, dataset: str = DATASET) -> str:
+    return f"/api/datasets/{dataset}/images/{image}"
 
 
 def jpeg_requests(bench: Bench) -> list[Request]:
@@ -375,26 +401,48 @@ def start_lamella(procs: Processes, lamella: Path, bench: Bench, name: str, proc
 
 
 
-def start_nginx(procs: Processes, nginx: str, bench: Bench, workers: int,
-                lamella_port: int) -> tuple[subprocess.Popen[bytes], int, int]:
-    static_port, front_port = free_port(), free_port()
-    while front_port == static_port:
-        front_port = free_port()
-    (bench.tmp / "nginx-temp").mkdir(exist_ok=True)
-    values = {
-        "WORKERS": str(workers), "TMP": str(bench.tmp), "STORES": str(bench.stores),
-        "STATIC_PORT": str(static_port), "FRONT_PORT": str(front_port), "LAMELLA_PORT": str(lamella_port),
-    }
-    text = NGINX_TEMPLATE.read_text()
+def fill(template: str, values: dict[str, str]) -> str:
+    """A template with every @NAME@ placeholder replaced (an unknown or missing one is an error)."""
+    text = template
     for key, value in values.items():
         text = text.replace(f"@{key}@", value)
+    left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
+    if left:
+        raise BenchError(f"placeholders without a value: {', '.join(left)}")
+    return text
+
+
+@dataclass(frozen=True)
+class NginxPorts:
+    static: int  # plain nginx: the stores from disk
+    deploy: int  # docs/nginx/lamella.conf: from disk after Lamella's cached access decision
+    front: int  # every key through Lamella (X-Accel-Redirect)
+
+
+def start_nginx(procs: Processes, nginx: str, bench: Bench, workers: int,
+                lamella_port: int) -> tuple[subprocess.Popen[bytes], NginxPorts]:
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    chosen = NginxPorts(*ports)
+    (bench.tmp / "nginx-temp").mkdir(exist_ok=True)
+    site = bench.tmp / f"lamella-site-{workers}.conf"
+    site.write_text(fill(SITE_TEMPLATE.read_text(), {
+        "LISTEN": f"127.0.0.1:{chosen.deploy}", "SERVER_NAME": "localhost", "LAMELLA": f"127.0.0.1:{lamella_port}",
+        "CACHE_DIR": str(bench.tmp / f"nginx-access-cache-{workers}"), "ACCESS_LOG": "off",
+    }))
     config = bench.tmp / f"nginx-{workers}.conf"
-    config.write_text(text)
+    config.write_text(fill(NGINX_TEMPLATE.read_text(), {
+        "WORKERS": str(workers), "TMP": str(bench.tmp), "STORES": str(bench.stores), "SITE": str(site),
+        "STATIC_PORT": str(chosen.static), "FRONT_PORT": str(chosen.front),
+    }))
     name = f"nginx-{workers}"
     process = procs.start(name, [nginx, "-p", str(bench.tmp), "-e", str(bench.tmp / "nginx-error.log"),
                                  "-c", str(config), "-g", "daemon off;"])
-    wait_until(static_port, "/em-chunks.ome.zarr/zarr.json", process, procs, name)
-    return process, static_port, front_port
+    wait_until(chosen.static, "/em-chunks.ome.zarr/zarr.json", process, procs, name)
+    return process, chosen
 
 
 def start_neuroglancer(procs: Processes, bench: Bench) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -532,10 +580,12 @@ def parse_wrk(text: str) -> tuple[int, float, float, float, float, int]:
 
 
 def run_wrk(wrk: str, port: int, requests_file: Path, connections: int, duration: float,
-            out_dir: Path) -> WrkStats:
+            out_dir: Path, headers_file: Path | None = None) -> WrkStats:
     threads = 1 if connections == 1 else 2  # 2 cores: more wrk threads would only steal CPU
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "30s",
             "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}", "--", str(requests_file)]
+    if headers_file is not None:
+        argv.append(str(headers_file))
     out = out_dir / "wrk.out"
     started = time.monotonic()
     with out.open("wb") as sink:
@@ -559,11 +609,12 @@ def run_wrk(wrk: str, port: int, requests_file: Path, connections: int, duration
 # --------------------------------------------------------------------------- checks
 
 
-def verify(port: int, requests: Sequence[Request], volume: np.ndarray, what: str) -> float:
+def verify(port: int, requests: Sequence[Request], volume: np.ndarray, what: str,
+           extra_headers: dict[str, str] | None = None) -> float:
     """Every request once, sequentially (also a first warming pass); returns the mean body size."""
     sizes = []
     for request in requests:
-        status, headers, body = http_get(port, request.path, request.headers)
+        status, headers, body = http_get(port, request.path, {**request.headers, **(extra_headers or {})})
         expected_status = 206 if request.byte_range is not None else 200
         if status != expected_status:
             raise BenchError(f"{what}: GET {request.path} {request.headers} answered {status}, "
@@ -591,7 +642,7 @@ def verify(port: int, requests: Sequence[Request], volume: np.ndarray, what: str
 
 @dataclass
 class Result:
-    server: str  # lamella, lamella-nocache, neuroglancer, nginx, nginx+lamella-accel
+    server: str  # lamella, lamella-nocache, neuroglancer, nginx, nginx+lamella-accel, deploy-public, deploy-private
     payload: str  # jpeg, zarr-chunk, shard-range
     processes: int  # Lamella processes / nginx workers (both, for the accel front); Neuroglancer: 1
     concurrency: int
@@ -609,6 +660,20 @@ class Result:
     server_cpu_by_process_pct: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One server and payload to measure: where it listens, what wrk asks, whose CPU counts."""
+
+    server: str
+    payload: str
+    processes: int
+    port: int
+    requests_file: Path
+    mean_body: float
+    server_roots: Sequence[int]
+    headers_file: Path | None = None
+
+
 @dataclass
 class Runner:
     wrk: str
@@ -620,36 +685,49 @@ class Runner:
     results: list[Result] = field(default_factory=list)
 
     def measure(self, server: str, payload: str, processes: int, port: int, requests_file: Path,
-                mean_body: float, server_roots: Sequence[int]) -> None:
+                mean_body: float, server_roots: Sequence[int], headers_file: Path | None = None) -> None:
+        self.side_by_side([Measured(server, payload, processes, port, requests_file, mean_body, server_roots,
+                                    headers_file)])
+
+    def side_by_side(self, servers: Sequence[Measured]) -> None:
+        """Each server at each concurrency, the servers taking turns at each concurrency: servers
+        compared with each other are measured minutes apart at most, not one after the other."""
         # A short untimed run at 8 connections: reaches every process (the LRU is per process)
         # and fills caches the same way for every server.
-        run_wrk(self.wrk, port, requests_file, 8, self.warmup, self.out_dir)
+        for m in servers:
+            run_wrk(self.wrk, m.port, m.requests_file, 8, self.warmup, self.out_dir, m.headers_file)
         for connections in self.concurrency:
-            idle_busy = wait_for_quiet(self.quiet_wait) if self.quiet_wait > 0 else 0.0
-            if idle_busy >= 15:
-                print(f"  (machine still {idle_busy:.0f}% busy with other work after {self.quiet_wait:g} s; "
-                      "measuring anyway)", flush=True)
-            before, machine_before = tree_cpu(server_roots), MachineCpu.read()
-            stats = run_wrk(self.wrk, port, requests_file, connections, self.duration, self.out_dir)
-            after, machine = tree_cpu(server_roots), MachineCpu.read() - machine_before
-            by_process = [100 * (after[pid] - before.get(pid, 0.0)) / stats.wall_s for pid in sorted(after)]
-            wrk_pct = 100 * stats.wrk_cpu_s / stats.wall_s
-            other = max(0.0, 100 * (machine.processes + machine.steal) / stats.wall_s - sum(by_process) - wrk_pct)
-            irq = 100 * machine.irq / stats.wall_s
-            result = Result(
-                server=server, payload=payload, processes=processes, concurrency=connections,
-                requests_per_s=stats.requests_per_s, p50_ms=stats.p50_ms, p99_ms=stats.p99_ms,
-                mb_per_s=stats.mb_per_s, mean_body_bytes=mean_body, errors=stats.errors, requests=stats.requests,
-                server_cpu_pct=sum(by_process), wrk_cpu_pct=wrk_pct, other_cpu_pct=other, irq_cpu_pct=irq,
-                server_cpu_by_process_pct=[round(v, 1) for v in by_process if v >= 0.5],
-            )
-            self.results.append(result)
-            flag = f"  ERRORS: {stats.errors}" if stats.errors else ""
-            print(f"  {label(result):<28} {payload:<12} c={connections:<3} {stats.requests_per_s:>9.0f} req/s  "
-                  f"p50 {stats.p50_ms:7.2f} ms  p99 {stats.p99_ms:7.2f} ms  "
-                  f"CPU% server {result.server_cpu_pct:3.0f} wrk {wrk_pct:3.0f} irq {irq:3.0f} "
-                  f"other {other:3.0f}{flag}",
-                  flush=True)
+            for m in servers:
+                self._run(m, connections)
+
+    def _run(self, m: Measured, connections: int) -> None:
+        server, payload, processes, port, requests_file = m.server, m.payload, m.processes, m.port, m.requests_file
+        mean_body, server_roots, headers_file = m.mean_body, m.server_roots, m.headers_file
+        idle_busy = wait_for_quiet(self.quiet_wait) if self.quiet_wait > 0 else 0.0
+        if idle_busy >= 15:
+            print(f"  (machine still {idle_busy:.0f}% busy with other work after {self.quiet_wait:g} s; "
+                  "measuring anyway)", flush=True)
+        before, machine_before = tree_cpu(server_roots), MachineCpu.read()
+        stats = run_wrk(self.wrk, port, requests_file, connections, self.duration, self.out_dir, headers_file)
+        after, machine = tree_cpu(server_roots), MachineCpu.read() - machine_before
+        by_process = [100 * (after[pid] - before.get(pid, 0.0)) / stats.wall_s for pid in sorted(after)]
+        wrk_pct = 100 * stats.wrk_cpu_s / stats.wall_s
+        other = max(0.0, 100 * (machine.processes + machine.steal) / stats.wall_s - sum(by_process) - wrk_pct)
+        irq = 100 * machine.irq / stats.wall_s
+        result = Result(
+            server=server, payload=payload, processes=processes, concurrency=connections,
+            requests_per_s=stats.requests_per_s, p50_ms=stats.p50_ms, p99_ms=stats.p99_ms,
+            mb_per_s=stats.mb_per_s, mean_body_bytes=mean_body, errors=stats.errors, requests=stats.requests,
+            server_cpu_pct=sum(by_process), wrk_cpu_pct=wrk_pct, other_cpu_pct=other, irq_cpu_pct=irq,
+            server_cpu_by_process_pct=[round(v, 1) for v in by_process if v >= 0.5],
+        )
+        self.results.append(result)
+        flag = f"  ERRORS: {stats.errors}" if stats.errors else ""
+        print(f"  {label(result):<28} {payload:<12} c={connections:<3} {stats.requests_per_s:>9.0f} req/s  "
+              f"p50 {stats.p50_ms:7.2f} ms  p99 {stats.p99_ms:7.2f} ms  "
+              f"CPU% server {result.server_cpu_pct:3.0f} wrk {wrk_pct:3.0f} irq {irq:3.0f} "
+              f"other {other:3.0f}{flag}",
+              flush=True)
 
 
 def label(result: Result) -> str:
@@ -659,6 +737,8 @@ def label(result: Result) -> str:
         return f"nginx ({result.processes} worker{'s' if result.processes > 1 else ''})"
     if result.server == "nginx+lamella-accel":
         return f"nginx+lamella accel ({result.processes}+{result.processes})"
+    if result.server in ("deploy-public", "deploy-private"):
+        return f"deployment, {result.server[7:]} ({result.processes}+{result.processes})"
     return f"{result.server} ({result.processes} proc)"
 
 
@@ -696,6 +776,64 @@ def check_accel(front_port: int, lamella_port: int, bench: Bench, chunk_requests
     return notes
 
 
+RequestSet = tuple[list[Request], Path]  # the requests and the file wrk reads them from
+
+
+def measure_lamella(runner: Runner, procs: Processes, lamella: Path, bench: Bench, processes: int,
+                    with_extras: bool, jpeg_set: RequestSet, chunk_set: RequestSet, range_set: RequestSet) -> None:
+    """Lamella alone: precomputed JPEG (LRU warm, and off unless --quick) and the Zarr passthrough."""
+    (jpeg, jpeg_file), (lamella_chunks, chunks_file), (lamella_ranges, ranges_file) = jpeg_set, chunk_set, range_set
+    process, port = start_lamella(procs, lamella, bench, f"lamella-{processes}", processes)
+    _, _, info = http_get(port, lamella_image_base("em") + "/precomputed/info")
+    scale = json.loads(info)["scales"][0]
+    if scale["voxel_offset"] != [0, 0, 0] or scale["chunk_sizes"] != [[CHUNK] * 3]:
+        raise BenchError(f"unexpected level 0 of the precomputed info: {scale}")
+    size = verify(port, jpeg, bench.volume, "lamella jpeg")
+    runner.measure("lamella", "jpeg", processes, port, jpeg_file, size, [process.pid])
+    size = verify(port, lamella_chunks, bench.volume, "lamella zarr chunks")
+    runner.measure("lamella", "zarr-chunk", processes, port, chunks_file, size, [process.pid])
+    if with_extras:
+        size = verify(port, lamella_ranges, bench.volume, "lamella shard ranges")
+        runner.measure("lamella", "shard-range", processes, port, ranges_file, size, [process.pid])
+    procs.stop(process)
+
+    if with_extras:
+        # LAMELLA_CHUNK_CACHE_MB=0: every request reads (tensorstore cache) and encodes, like Neuroglancer.
+        name = f"lamella-nocache-{processes}"
+        process, port = start_lamella(procs, lamella, bench, name, processes, env={"LAMELLA_CHUNK_CACHE_MB": "0"})
+        size = verify(port, jpeg, bench.volume, "lamella jpeg, no LRU")
+        runner.measure("lamella-nocache", "jpeg", processes, port, jpeg_file, size, [process.pid])
+        procs.stop(process)
+
+
+def check_deployment(port: int, public: Sequence[Request], private: Sequence[Request],
+                     token: dict[str, str]) -> dict[str, str]:
+    """The deployment answers as docs/deploy-nginx.md says, before it is measured.
+
+    Public keys: the stored bytes, public caching and any-origin CORS. Private keys: 404 JSON
+    without a credential; with the token the stored bytes, private caching, Vary, no CORS.
+    """
+    sample = public[0]
+    status, headers, body = http_get(port, sample.path)
+    if status != 200 or body != sample.expected:
+        raise BenchError(f"deployment: GET {sample.path} gave {status} with {len(body)} bytes, not the stored bytes")
+    if not headers.get("cache-control", "").startswith("public") or headers.get("access-control-allow-origin") != "*":
+        raise BenchError(f"deployment: public key without public caching and CORS: {headers}")
+    sample = private[0]
+    status, _, body = http_get(port, sample.path)
+    if status != 404 or json.loads(body).get("code") != "dataset_not_found":
+        raise BenchError(f"deployment: private key without a token gave {status} {body[:200]!r}, not 404 JSON")
+    status, headers, body = http_get(port, sample.path, token)
+    if status != 200 or body != sample.expected:
+        raise BenchError(f"deployment: private key with the token gave {status} with {len(body)} bytes")
+    if (not headers.get("cache-control", "").startswith("private") or "access-control-allow-origin" in headers
+            or "Authorization" not in headers.get("vary", "")):
+        raise BenchError(f"deployment: private key served with the wrong caching or CORS headers: {headers}")
+    return {"deployment private key headers": ", ".join(
+        f"{k}: {v}" for k, v in headers.items() if k in ("content-type", "cache-control", "vary", "etag")
+    )}
+
+
 def run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, tmp: Path,
             procs: Processes) -> tuple[list[Result], dict[str, Any]]:
     bench = prepare(tmp, lamella)
@@ -712,49 +850,57 @@ def run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, tmp: 
     nginx_chunks_file = write_requests_file(bench, "nginx-chunks", nginx_chunks)
     nginx_ranges = shard_range_requests(bench, "/em.ome.zarr")
     nginx_ranges_file = write_requests_file(bench, "nginx-ranges", nginx_ranges)
+    private_chunks = chunk_key_requests(bench, lamella_image_base("em-chunks", PRIVATE_DATASET) + "/zarr")
+    private_chunks_file = write_requests_file(bench, "private-zarr-chunks", private_chunks)
+    private_ranges = shard_range_requests(bench, lamella_image_base("em", PRIVATE_DATASET) + "/zarr")
+    private_ranges_file = write_requests_file(bench, "private-zarr-ranges", private_ranges)
+    token = {"Authorization": f"Bearer {bench.token}"}
     with_extras = not args.quick
 
-    print("\nNeuroglancer's Python server (LocalVolume, JPEG, one process):", flush=True)
-    process, port, key = start_neuroglancer(procs, bench)
-    ng = neuroglancer_requests(bench, key)
-    ng_file = write_requests_file(bench, "neuroglancer-jpeg", ng)
-    size = verify(port, ng, bench.volume, "neuroglancer jpeg")
-    runner.measure("neuroglancer", "jpeg", 1, port, ng_file, size, [process.pid])
-    procs.stop(process)
-
-    for processes in args.processes:
-        print(f"\nLamella, {processes} process(es):", flush=True)
-        process, port = start_lamella(procs, lamella, bench, f"lamella-{processes}", processes)
-        _, _, info = http_get(port, lamella_image_base("em") + "/precomputed/info")
-        scale = json.loads(info)["scales"][0]
-        if scale["voxel_offset"] != [0, 0, 0] or scale["chunk_sizes"] != [[CHUNK] * 3]:
-            raise BenchError(f"unexpected level 0 of the precomputed info: {scale}")
-        size = verify(port, jpeg, bench.volume, "lamella jpeg")
-        runner.measure("lamella", "jpeg", processes, port, jpeg_file, size, [process.pid])
-        size = verify(port, lamella_chunks, bench.volume, "lamella zarr chunks")
-        runner.measure("lamella", "zarr-chunk", processes, port, lamella_chunks_file, size, [process.pid])
-        if with_extras:
-            size = verify(port, lamella_ranges, bench.volume, "lamella shard ranges")
-            runner.measure("lamella", "shard-range", processes, port, lamella_ranges_file, size, [process.pid])
+    if not args.nginx_only:
+        print("\nNeuroglancer's Python server (LocalVolume, JPEG, one process):", flush=True)
+        process, port, key = start_neuroglancer(procs, bench)
+        ng = neuroglancer_requests(bench, key)
+        ng_file = write_requests_file(bench, "neuroglancer-jpeg", ng)
+        size = verify(port, ng, bench.volume, "neuroglancer jpeg")
+        runner.measure("neuroglancer", "jpeg", 1, port, ng_file, size, [process.pid])
         procs.stop(process)
 
-        if with_extras:
-            # LAMELLA_CHUNK_CACHE_MB=0: every request reads (tensorstore cache) and encodes, like Neuroglancer.
-            name = f"lamella-nocache-{processes}"
-            process, port = start_lamella(procs, lamella, bench, name, processes, env={"LAMELLA_CHUNK_CACHE_MB": "0"})
-            size = verify(port, jpeg, bench.volume, "lamella jpeg, no LRU")
-            runner.measure("lamella-nocache", "jpeg", processes, port, jpeg_file, size, [process.pid])
-            procs.stop(process)
+    for processes in args.processes:
+        if not args.nginx_only:
+            print(f"\nLamella, {processes} process(es):", flush=True)
+            measure_lamella(runner, procs, lamella, bench, processes, with_extras, (jpeg, jpeg_file),
+                            (lamella_chunks, lamella_chunks_file), (lamella_ranges, lamella_ranges_file))
 
-        print(f"\nnginx, {processes} worker(s), and nginx in front of Lamella --accel-redirect:", flush=True)
+        print(f"\nnginx, {processes} worker(s); the deployment of docs/deploy-nginx.md; nginx in front of "
+              "Lamella --accel-redirect:", flush=True)
         accel, accel_port = start_lamella(procs, lamella, bench, f"lamella-accel-{processes}", processes,
                                           extra=["--accel-redirect", ACCEL_PREFIX])
-        server, static_port, front_port = start_nginx(procs, nginx, bench, processes, accel_port)
-        size = verify(static_port, nginx_chunks, bench.volume, "nginx chunks")
-        runner.measure("nginx", "zarr-chunk", processes, static_port, nginx_chunks_file, size, [server.pid])
+        server, ports = start_nginx(procs, nginx, bench, processes, accel_port)
+        static_port, front_port, deploy_port = ports.static, ports.front, ports.deploy
+        roots = [server.pid, accel.pid]
+        notes.update(check_deployment(deploy_port, lamella_chunks, private_chunks, token))
+        # Plain nginx and the deployment take turns at each concurrency, so their ratios compare
+        # runs made moments apart (this machine's speed drifts with other load).
+        runner.side_by_side([
+            Measured("nginx", "zarr-chunk", processes, static_port, nginx_chunks_file,
+                     verify(static_port, nginx_chunks, bench.volume, "nginx chunks"), [server.pid]),
+            Measured("deploy-public", "zarr-chunk", processes, deploy_port, lamella_chunks_file,
+                     verify(deploy_port, lamella_chunks, bench.volume, "deployment, public chunks"), roots),
+            Measured("deploy-private", "zarr-chunk", processes, deploy_port, private_chunks_file,
+                     verify(deploy_port, private_chunks, bench.volume, "deployment, private chunks", token), roots,
+                     bench.token_headers),
+        ])
         if with_extras:
-            size = verify(static_port, nginx_ranges, bench.volume, "nginx shard ranges")
-            runner.measure("nginx", "shard-range", processes, static_port, nginx_ranges_file, size, [server.pid])
+            runner.side_by_side([
+                Measured("nginx", "shard-range", processes, static_port, nginx_ranges_file,
+                         verify(static_port, nginx_ranges, bench.volume, "nginx shard ranges"), [server.pid]),
+                Measured("deploy-public", "shard-range", processes, deploy_port, lamella_ranges_file,
+                         verify(deploy_port, lamella_ranges, bench.volume, "deployment, public shard ranges"), roots),
+                Measured("deploy-private", "shard-range", processes, deploy_port, private_ranges_file,
+                         verify(deploy_port, private_ranges, bench.volume, "deployment, private shard ranges", token),
+                         roots, bench.token_headers),
+            ])
         notes.update(check_accel(front_port, accel_port, bench, lamella_chunks))
         size = verify(front_port, lamella_chunks, bench.volume, "accel chunks")
         runner.measure("nginx+lamella-accel", "zarr-chunk", processes, front_port, lamella_chunks_file, size,
@@ -811,6 +957,14 @@ def ratios(results: Sequence[Result], process_counts: Sequence[int]) -> list[Rat
          False, None, None),
         ("nginx+Lamella accel range / nginx range", ("nginx+lamella-accel", "shard-range"),
          ("nginx", "shard-range"), False, None, None),
+        ("deployment public chunk / nginx chunk", ("deploy-public", "zarr-chunk"), ("nginx", "zarr-chunk"),
+         False, TARGET_DEPLOY_PUBLIC_RATIO, None),
+        ("deployment private chunk / nginx chunk", ("deploy-private", "zarr-chunk"), ("nginx", "zarr-chunk"),
+         False, TARGET_DEPLOY_PRIVATE_RATIO, None),
+        ("deployment public range / nginx range", ("deploy-public", "shard-range"), ("nginx", "shard-range"),
+         False, TARGET_DEPLOY_PUBLIC_RATIO, None),
+        ("deployment private range / nginx range", ("deploy-private", "shard-range"), ("nginx", "shard-range"),
+         False, TARGET_DEPLOY_PRIVATE_RATIO, None),
     ]
     for name, (num_server, num_payload), (den_server, den_payload), single, target, target_at in specs:
         for processes in process_counts:
@@ -897,6 +1051,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="comma-separated Lamella process / nginx worker counts [default: 1,2]")
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="before each run, wait up to this many seconds for other load to stop [default: 60]")
+    parser.add_argument("--nginx-only", action="store_true",
+                        help="only plain nginx, the nginx deployment and nginx in front of Lamella (no Neuroglancer, "
+                             "no Lamella alone)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs, data)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
     args = parser.parse_args(argv)

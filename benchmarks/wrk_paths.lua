@@ -1,7 +1,9 @@
 -- wrk script for benchmarks/serve_chunks.py: cycle through a fixed list of requests.
 --
--- Usage: wrk -s wrk_paths.lua http://127.0.0.1:PORT -- REQUESTS_FILE
+-- Usage: wrk -s wrk_paths.lua http://127.0.0.1:PORT -- REQUESTS_FILE [HEADERS_FILE]
 -- Each line of REQUESTS_FILE is "<path>" or "<path>\t<Range header value>".
+-- Each line of HEADERS_FILE is "<Name>: <value>", sent with every request (e.g. an
+-- Authorization header; a file, so that no credential shows in the process list).
 -- Requests are formatted once in init() so the Lua side costs as little CPU as possible
 -- (wrk shares the machine's cores with the servers it measures).
 
@@ -18,11 +20,25 @@ local requests = {}
 local index = 0
 
 function init(args)
+  local common = {}
+  if args[2] then
+    local headers_file = assert(io.open(args[2], "r"))
+    for line in headers_file:lines() do
+      local name, value = line:match("^([^:]+):%s*(.-)%s*$")
+      if name then
+        common[name] = value
+      end
+    end
+    headers_file:close()
+  end
   local file = assert(io.open(args[1], "r"))
   for line in file:lines() do
     local path, range = line:match("^([^\t]+)\t?(.*)$")
     if path then
       local headers = {}
+      for name, value in pairs(common) do
+        headers[name] = value
+      end
       if range ~= "" then
         headers["Range"] = range
       end

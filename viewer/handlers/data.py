@@ -113,8 +113,9 @@ class StoredAccessHandler(ImageDataHandler):
         root = getattr(image.volume.store, "root", None) if self.services.settings.accel_redirect else None
         if root is not None:
             self.set_header("X-Lamella-Root", quote(str(root)))
-        self.cache_for(CHUNK_MAX_AGE)
+        self.cache_for(CHUNK_MAX_AGE)  # what the keys get, not this decision: that must not be kept
         self.set_header("X-Lamella-Cache-Control", self._headers["Cache-Control"])
+        self.set_header("Cache-Control", "no-store")
         self.set_status(204)
         self.finish()
 
