@@ -17,13 +17,17 @@ level-0 chunks:
   runs it): nginx serves the keys from disk after Lamella's access decision, which it keeps
   for a few seconds per dataset, image and credential; once for a public dataset and once for
   a private one read with an API token (``Authorization: Bearer``), beside plain nginx in the
-  same nginx instance.
+  same nginx instance;
+* the cost of access checks: precomputed JPEG from Lamella as it is (a public dataset read
+  anonymously, and a private one read with an API token) beside the same from the last commit
+  without access checks (``--access-baseline``, run from a git worktree of it), taking turns.
 
 Lamella and nginx run with 1 and then 2 processes/workers. wrk runs on the same cores as
 the servers, so the numbers are a lower bound for what a separate client would see.
 
 Usage: .venv/bin/python benchmarks/serve_chunks.py [--duration S] [--quick] [--processes 1,2]
-                                                   [--nginx-only] [--quiet-wait S] [--keep]
+                                                   [--nginx-only] [--access-baseline REV]
+                                                   [--quiet-wait S] [--keep]
 Results are printed and written to benchmarks/results/serve_chunks.json. Before each run
 the script waits (up to --quiet-wait seconds) for load from other programs to stop, and it
 reports per run how much CPU the server, wrk, interrupts and everything else took.
@@ -79,6 +83,10 @@ TARGET_JPEG_RATIO = 5.0  # Lamella warm JPEG / Neuroglancer JPEG, at 8 connectio
 TARGET_PASSTHROUGH_RATIO = 0.25  # Lamella passthrough / nginx, at every concurrency
 TARGET_DEPLOY_PUBLIC_RATIO = 0.8  # the nginx deployment, public dataset / nginx, at every concurrency
 TARGET_DEPLOY_PRIVATE_RATIO = 0.25  # the nginx deployment, private dataset with a token / nginx
+TARGET_ACCESS_RATIO = 0.9  # precomputed JPEG with access checks / without them, at every concurrency
+# The last commit before accounts, private datasets and access checks: the "without" of that ratio.
+ACCESS_BASELINE = "a92efa7"
+REPO = HERE.parent
 
 
 class BenchError(Exception):
@@ -237,11 +245,11 @@ def lamella_image_base(image: str, dataset: str = DATASET) -> str:
     return f"/api/datasets/{dataset}/images/{image}"
 
 
-def jpeg_requests(bench: Bench) -> list[Request]:
+def jpeg_requests(bench: Bench, dataset: str = DATASET) -> list[Request]:
     """Lamella precomputed names are x0-x1_y0-y1_z0-z1 (voxel_offset is 0 here, checked later)."""
+    base = lamella_image_base("em", dataset)
     return [
-        Request(f"{lamella_image_base('em')}/precomputed/0/{x.start}-{x.stop}_{y.start}-{y.stop}_{z.start}-{z.stop}",
-                region=(z, y, x))
+        Request(f"{base}/precomputed/0/{x.start}-{x.stop}_{y.start}-{y.stop}_{z.start}-{z.stop}", region=(z, y, x))
         for z, y, x in bench.chunk_boxes
     ]
 
@@ -311,11 +319,12 @@ class Processes:
         logs.mkdir(parents=True, exist_ok=True)
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
         # Output goes to a file: a pipe nobody reads would block a server that logs every request.
         with (self.logs / f"{name}.log").open("wb") as log:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True, env=env)
+                                       start_new_session=True, env=env, cwd=cwd)
         self.running.append(process)
         return process
 
@@ -379,10 +388,16 @@ def wait_until(port: int, path: str, process: subprocess.Popen[bytes], procs: Pr
 
 
 def start_lamella(procs: Processes, lamella: Path, bench: Bench, name: str, processes: int,
-                  extra: Sequence[str] = (), env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
-    argv = [str(lamella), "serve", "--data-dir", str(bench.data_dir), "--host", "127.0.0.1", "--port", "0",
-            "--processes", str(processes), *extra]
-    process = procs.start(name, argv, env={**os.environ, **(env or {})})
+                  extra: Sequence[str] = (), env: dict[str, str] | None = None,
+                  baseline: Baseline | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """``lamella serve`` on the bench's data (or, given ``baseline``, that commit's code on its own data)."""
+    if baseline is None:
+        argv = [str(lamella), "serve", "--data-dir", str(bench.data_dir)]
+    else:
+        argv = [*baseline.lamella, "serve", "--data-dir", str(baseline.data_dir)]
+        env = {**(env or {}), "PYTHONPATH": str(baseline.code)}
+    argv += ["--host", "127.0.0.1", "--port", "0", "--processes", str(processes), *extra]
+    process = procs.start(name, argv, env={**os.environ, **(env or {})}, cwd=baseline.code if baseline else None)
     # --port 0: the server prints the port it bound before forking.
     deadline = time.monotonic() + 60
     port = None
@@ -739,6 +754,10 @@ def label(result: Result) -> str:
         return f"nginx+lamella accel ({result.processes}+{result.processes})"
     if result.server in ("deploy-public", "deploy-private"):
         return f"deployment, {result.server[7:]} ({result.processes}+{result.processes})"
+    if result.server == "lamella-no-access-checks":
+        return f"lamella {ACCESS_BASELINE} no checks ({result.processes})"
+    if result.server == "lamella-private-token":
+        return f"lamella private+token ({result.processes} proc)"
     return f"{result.server} ({result.processes} proc)"
 
 
@@ -779,17 +798,67 @@ def check_accel(front_port: int, lamella_port: int, bench: Bench, chunk_requests
 RequestSet = tuple[list[Request], Path]  # the requests and the file wrk reads them from
 
 
+@dataclass
+class Baseline:
+    """A commit's code in a git worktree, with a data directory of its own (older schemas differ)."""
+
+    rev: str
+    code: Path
+    data_dir: Path
+    lamella: list[str]
+
+
+def prepare_baseline(bench: Bench, rev: str) -> Baseline:
+    """A worktree of ``rev`` with the bench's sharded volume registered by that commit's own CLI."""
+    code = bench.tmp / f"baseline-{rev}"
+    run_checked(["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(code), rev],
+                f"git worktree add {rev}")
+    baseline = Baseline(rev, code, bench.tmp / "baseline-data", [sys.executable, "-m", "viewer.cli"])
+    result = subprocess.run([*baseline.lamella, "add", str(bench.sharded), "--dataset", DATASET, "--name", "em",
+                             "--data-dir", str(baseline.data_dir)], cwd=code, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(code)}, check=False)
+    if result.returncode != 0:
+        raise BenchError(f"lamella add ({rev}) failed: {result.stderr.strip()[-500:]}")
+    return baseline
+
+
+def remove_baseline(baseline: Baseline | None) -> None:
+    if baseline is not None:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline.code)],
+                       capture_output=True, check=False)
+
+
 def measure_lamella(runner: Runner, procs: Processes, lamella: Path, bench: Bench, processes: int,
-                    with_extras: bool, jpeg_set: RequestSet, chunk_set: RequestSet, range_set: RequestSet) -> None:
-    """Lamella alone: precomputed JPEG (LRU warm, and off unless --quick) and the Zarr passthrough."""
+                    with_extras: bool, jpeg_set: RequestSet, chunk_set: RequestSet, range_set: RequestSet,
+                    private_jpeg_set: RequestSet, baseline: Baseline | None) -> None:
+    """Lamella alone: precomputed JPEG (LRU warm, and off unless --quick) and the Zarr passthrough.
+
+    With a baseline, JPEG is measured taking turns with the baseline commit's server (no access checks)
+    and with the private dataset read with a token: what access checks cost.
+    """
     (jpeg, jpeg_file), (lamella_chunks, chunks_file), (lamella_ranges, ranges_file) = jpeg_set, chunk_set, range_set
+    private_jpeg, private_jpeg_file = private_jpeg_set
     process, port = start_lamella(procs, lamella, bench, f"lamella-{processes}", processes)
     _, _, info = http_get(port, lamella_image_base("em") + "/precomputed/info")
     scale = json.loads(info)["scales"][0]
     if scale["voxel_offset"] != [0, 0, 0] or scale["chunk_sizes"] != [[CHUNK] * 3]:
         raise BenchError(f"unexpected level 0 of the precomputed info: {scale}")
     size = verify(port, jpeg, bench.volume, "lamella jpeg")
-    runner.measure("lamella", "jpeg", processes, port, jpeg_file, size, [process.pid])
+    if baseline is None:
+        runner.measure("lamella", "jpeg", processes, port, jpeg_file, size, [process.pid])
+    else:
+        old, old_port = start_lamella(procs, lamella, bench, f"lamella-{baseline.rev}-{processes}", processes,
+                                      baseline=baseline)
+        token = {"Authorization": f"Bearer {bench.token}"}
+        runner.side_by_side([
+            Measured("lamella-no-access-checks", "jpeg", processes, old_port, jpeg_file,
+                     verify(old_port, jpeg, bench.volume, f"lamella {baseline.rev} jpeg"), [old.pid]),
+            Measured("lamella", "jpeg", processes, port, jpeg_file, size, [process.pid]),
+            Measured("lamella-private-token", "jpeg", processes, port, private_jpeg_file,
+                     verify(port, private_jpeg, bench.volume, "lamella private jpeg", token), [process.pid],
+                     bench.token_headers),
+        ])
+        procs.stop(old)
     size = verify(port, lamella_chunks, bench.volume, "lamella zarr chunks")
     runner.measure("lamella", "zarr-chunk", processes, port, chunks_file, size, [process.pid])
     if with_extras:
@@ -837,11 +906,27 @@ def check_deployment(port: int, public: Sequence[Request], private: Sequence[Req
 def run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, tmp: Path,
             procs: Processes) -> tuple[list[Result], dict[str, Any]]:
     bench = prepare(tmp, lamella)
-    runner = Runner(wrk, args.duration, args.warmup, CONCURRENCY, tmp, args.quiet_wait)
+    baseline = None
+    if args.access_baseline and not args.nginx_only:
+        baseline = prepare_baseline(bench, args.access_baseline)
+    try:
+        return _run_all(args, wrk, nginx, lamella, procs, bench, baseline)
+    finally:
+        procs.stop_all()
+        remove_baseline(baseline)
+
+
+def _run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, procs: Processes, bench: Bench,
+             baseline: Baseline | None) -> tuple[list[Result], dict[str, Any]]:
+    runner = Runner(wrk, args.duration, args.warmup, CONCURRENCY, bench.tmp, args.quiet_wait)
     notes: dict[str, Any] = {}
+    if baseline is not None:
+        notes["access-check baseline"] = f"commit {baseline.rev} (the last without accounts and access checks)"
 
     jpeg = jpeg_requests(bench)
     jpeg_file = write_requests_file(bench, "lamella-jpeg", jpeg)
+    private_jpeg = jpeg_requests(bench, PRIVATE_DATASET)
+    private_jpeg_file = write_requests_file(bench, "lamella-private-jpeg", private_jpeg)
     lamella_chunks = chunk_key_requests(bench, lamella_image_base("em-chunks") + "/zarr")
     lamella_chunks_file = write_requests_file(bench, "lamella-zarr-chunks", lamella_chunks)
     lamella_ranges = shard_range_requests(bench, lamella_image_base("em") + "/zarr")
@@ -870,7 +955,8 @@ def run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, tmp: 
         if not args.nginx_only:
             print(f"\nLamella, {processes} process(es):", flush=True)
             measure_lamella(runner, procs, lamella, bench, processes, with_extras, (jpeg, jpeg_file),
-                            (lamella_chunks, lamella_chunks_file), (lamella_ranges, lamella_ranges_file))
+                            (lamella_chunks, lamella_chunks_file), (lamella_ranges, lamella_ranges_file),
+                            (private_jpeg, private_jpeg_file), baseline)
 
         print(f"\nnginx, {processes} worker(s); the deployment of docs/deploy-nginx.md; nginx in front of "
               "Lamella --accel-redirect:", flush=True)
@@ -965,6 +1051,10 @@ def ratios(results: Sequence[Result], process_counts: Sequence[int]) -> list[Rat
          False, TARGET_DEPLOY_PUBLIC_RATIO, None),
         ("deployment private range / nginx range", ("deploy-private", "shard-range"), ("nginx", "shard-range"),
          False, TARGET_DEPLOY_PRIVATE_RATIO, None),
+        ("JPEG public, access checks / none", ("lamella", "jpeg"), ("lamella-no-access-checks", "jpeg"), False,
+         TARGET_ACCESS_RATIO, None),
+        ("JPEG private+token, access checks / none", ("lamella-private-token", "jpeg"),
+         ("lamella-no-access-checks", "jpeg"), False, TARGET_ACCESS_RATIO, None),
     ]
     for name, (num_server, num_payload), (den_server, den_payload), single, target, target_at in specs:
         for processes in process_counts:
@@ -1054,6 +1144,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nginx-only", action="store_true",
                         help="only plain nginx, the nginx deployment and nginx in front of Lamella (no Neuroglancer, "
                              "no Lamella alone)")
+    parser.add_argument("--access-baseline", default=ACCESS_BASELINE, metavar="REV",
+                        help="the commit whose server (run from a git worktree) is JPEG without access checks; "
+                             "'' to skip [default: %(default)s, the last one before them]")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs, data)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
     args = parser.parse_args(argv)

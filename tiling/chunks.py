@@ -17,6 +17,10 @@ from tiling.integers import clip, parse_integer
 MAX_COORDINATE = 9_999_999_999  # ten digits, far beyond any volume
 # ASCII digits only (re's \d takes any script's); parse_integer checks each number's spelling.
 _CHUNK_NAME = re.compile(r"(-?[0-9]+)-(-?[0-9]+)_(-?[0-9]+)-(-?[0-9]+)_(-?[0-9]+)-(-?[0-9]+)")
+# The names that are canonical by construction (no leading zero, no "-0", at most ten digits): the
+# hot path of every chunk request; anything else goes through parse_integer for its exact complaint.
+_NUMBER = r"(0|-?[1-9][0-9]{0,9})"
+_CANONICAL = re.compile(f"{_NUMBER}-{_NUMBER}_{_NUMBER}-{_NUMBER}_{_NUMBER}-{_NUMBER}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +33,16 @@ class ChunkKey:
     @classmethod
     def parse(cls, name: str) -> ChunkKey:
         """The box ``name`` spells; InvalidChunkKey unless the name is canonical and the box not empty."""
-        match = _CHUNK_NAME.fullmatch(name)
-        if match is None:
-            raise InvalidChunkKey(f"malformed chunk name {clip(name)} (expected x0-x1_y0-y1_z0-z1)")
-        x0, x1, y0, y1, z0, z1 = (
-            parse_integer(text, MAX_COORDINATE, InvalidChunkKey, "chunk coordinate") for text in match.groups()
-        )
+        canonical = _CANONICAL.fullmatch(name)
+        if canonical is not None:
+            x0, x1, y0, y1, z0, z1 = map(int, canonical.groups())
+        else:
+            match = _CHUNK_NAME.fullmatch(name)
+            if match is None:
+                raise InvalidChunkKey(f"malformed chunk name {clip(name)} (expected x0-x1_y0-y1_z0-z1)")
+            x0, x1, y0, y1, z0, z1 = (
+                parse_integer(text, MAX_COORDINATE, InvalidChunkKey, "chunk coordinate") for text in match.groups()
+            )
         if x0 >= x1 or y0 >= y1 or z0 >= z1:
             raise InvalidChunkKey(f"chunk name {clip(name)} names an empty box")
         return cls(begin=(z0, y0, x0), end=(z1, y1, x1))

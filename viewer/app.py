@@ -59,6 +59,16 @@ def routes() -> list[Route]:
     """Every path we answer, with its handler, access rule and name."""
     fit = {"save": CURATE}  # a fit that is also saved changes the dataset
     return [
+        # Pixels first: Tornado tries the patterns in order, and a viewer asks for chunks most.
+        Route(rf"{IMAGE_BASE}/{PRECOMPUTED_CHUNK}", data.PrecomputedChunkHandler, dataset(GET=READ),
+              "precomputed-chunk"),
+        Route(rf"{IMAGE_BASE}/zarr/{STORED_KEY}", data.ZarrStoreHandler, dataset(GET=READ), "zarr-store"),
+        Route(rf"{IMAGE_BASE}/precomputed/info", data.PrecomputedInfoHandler, dataset(GET=READ), "precomputed-info"),
+        Route(rf"{IMAGE_BASE}/stored-access", data.StoredAccessHandler, dataset(GET=READ), "stored-access"),
+        Route(rf"{IMAGE_BASE}/warped/{TRANSFORM}/precomputed/info", correlation.WarpedInfoHandler,
+              dataset(GET=READ), "warped-info"),
+        Route(rf"{IMAGE_BASE}/warped/{TRANSFORM}/{PRECOMPUTED_CHUNK}", correlation.WarpedChunkHandler,
+              dataset(GET=READ), "warped-chunk"),
         # Pages
         Route(r"/", pages.PageHandler, PUBLIC_PAGE, "catalog-page", {"page": "index.html"}),
         Route(rf"/datasets/{DATASET}", pages.PageHandler, dataset(GET=READ), "dataset-page",
@@ -89,21 +99,11 @@ def routes() -> list[Route]:
         Route(IMAGE_BASE, api.ImageHandler, dataset(GET=READ), "image"),
         Route(rf"/api/datasets/{DATASET}/sessions", api.DatasetSessionsHandler, dataset(POST=READ),
               "dataset-sessions"),
-        # Pixels
-        Route(rf"{IMAGE_BASE}/precomputed/info", data.PrecomputedInfoHandler, dataset(GET=READ), "precomputed-info"),
-        Route(rf"{IMAGE_BASE}/{PRECOMPUTED_CHUNK}", data.PrecomputedChunkHandler, dataset(GET=READ),
-              "precomputed-chunk"),
-        Route(rf"{IMAGE_BASE}/zarr/{STORED_KEY}", data.ZarrStoreHandler, dataset(GET=READ), "zarr-store"),
-        Route(rf"{IMAGE_BASE}/stored-access", data.StoredAccessHandler, dataset(GET=READ), "stored-access"),
         # Correlative registration: transforms into the dataset's reference space.
         Route(rf"{IMAGE_BASE}/transform", correlation.TransformHandler,
               dataset(GET=READ, PUT=CURATE, body_limit=TRANSFORM_BODY), "transform"),
         Route(rf"{IMAGE_BASE}/landmarks", correlation.LandmarksHandler,
               dataset(fit, POST=READ, body_limit=LANDMARKS_BODY), "landmarks"),
-        Route(rf"{IMAGE_BASE}/warped/{TRANSFORM}/precomputed/info", correlation.WarpedInfoHandler,
-              dataset(GET=READ), "warped-info"),
-        Route(rf"{IMAGE_BASE}/warped/{TRANSFORM}/{PRECOMPUTED_CHUNK}", correlation.WarpedChunkHandler,
-              dataset(GET=READ), "warped-chunk"),
         # Viewer sessions: the token is the credential; the session acts with its owner's rights.
         Route(rf"/api/sessions/{TOKEN}", api.SessionHandler, session(GET=READ, PUT=READ, body_limit=STATE_BODY),
               "session"),

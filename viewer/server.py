@@ -142,15 +142,17 @@ class ClipMessages(logging.Filter):
         return True
 
 
+ACCESS_LOG = logging.getLogger("tornado.access")
+
+
 def log_request(handler: RequestHandler) -> None:
     """One access-log line per request, with the path cut short (5xx are logged once, with their cause)."""
     status = handler.get_status()
     if status >= 500:
         return
     level = logging.INFO if status < 400 else logging.DEBUG
-    access = logging.getLogger("tornado.access")
-    if access.isEnabledFor(level):
-        access.log(level, "%d %s %s (%s) %.1f ms", status, handler.request.method,
+    if ACCESS_LOG.isEnabledFor(level):
+        ACCESS_LOG.log(level, "%d %s %s (%s) %.1f ms", status, handler.request.method,
                    short_path(handler.request.path), handler.request.remote_ip, 1000 * handler.request.request_time())
 
 
