@@ -1,6 +1,7 @@
 """The lamella command as a user runs it: subprocesses, real files, one-line errors."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -336,3 +337,21 @@ def test_large_2d_tiff_montage_streamed_through_vips(tmp_path: Path) -> None:
     for y0, x0 in corners:  # odd sizes, across tile and shard edges
         region = (slice(y0, y0 + 700), slice(x0, x0 + 900))
         np.testing.assert_array_equal(level0[region], expected(*region))
+
+
+@pytest.mark.parametrize(("variable", "value", "words"), [
+    ("LAMELLA_PORT", "abc", ("LAMELLA_PORT", "integer")),
+    ("LAMELLA_CHUNK_CACHE_MB", "1e3", ("LAMELLA_CHUNK_CACHE_MB",)),
+    ("LAMELLA_HEADER_TIMEOUT_SECONDS", "-1", ("header_timeout_seconds",)),
+    ("LAMELLA_BODY_TIMEOUT_SECONDS", "nan", ("body_timeout_seconds",)),
+    ("LAMELLA_STATE_POLL_SECONDS", "0", ("state_poll_seconds",)),
+])
+def test_bad_settings_are_one_line_errors(tmp_path: Path, variable: str, value: str, words: tuple[str, ...]) -> None:
+    result = subprocess.run([*LAMELLA, "serve", "--data-dir", str(tmp_path), "--port", "0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, env={**os.environ, variable: value})
+    assert_one_line_error(result, *words)
+    assert not (tmp_path / "lamella.sqlite").exists()
+
+
+def test_bad_port_option_is_one_line_error(tmp_path: Path) -> None:
+    assert_one_line_error(lamella("serve", "--data-dir", str(tmp_path), "--port", "70000"), "port")

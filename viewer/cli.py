@@ -23,7 +23,7 @@ from tiling.errors import TilingError
 from tiling.pyramid import PyramidOptions
 from viewer.cli_access import COMMANDS, new_dataset, with_new_dataset
 from viewer.cli_base import fail, open_catalog, open_database, open_sessions, with_common
-from viewer.config import Settings
+from viewer.config import Settings, SettingsError
 
 if TYPE_CHECKING:
     from annotations.catalog import Catalog
@@ -86,7 +86,7 @@ class LamellaGroup(click.Group):
             result = super().invoke(ctx)
             gc.freeze()  # also what commands imported: the collection at exit need not scan it (0.1 s)
             return result
-        except (TilingError, CatalogError) as error:
+        except (TilingError, CatalogError, SettingsError) as error:
             fail(str(error))
         except OSError as error:
             fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))

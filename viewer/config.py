@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, field, fields
@@ -10,6 +11,23 @@ from pathlib import Path
 from annotations.db import sqlite_url
 
 ENV_PREFIX = "LAMELLA_"
+
+
+class SettingsError(ValueError):
+    """A setting with a value Lamella cannot run with (the message names it)."""
+
+
+# Inclusive bounds of numeric settings; a value outside them is refused at start-up.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "port": (0, 65535),
+    "processes": (1, 64),
+    "jpeg_quality": (1, 100),
+    "chunk_cache_mb": (0, 1 << 20),
+    "tensorstore_cache_mb": (0, 1 << 20),
+    "state_poll_seconds": (0.01, 60.0),
+    "header_timeout_seconds": (0.1, 86400.0),
+    "body_timeout_seconds": (0.1, 86400.0),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,12 @@ class Settings:
         metadata={"help": "key signing sign-in cookies (every process and host must share it); default: made on "
                           "first start and kept in the data dir (cookie-secret, mode 0600)"},
     )
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise SettingsError(f"{name} must lie between {low:g} and {high:g}, not {value!r}")
 
     @property
     def resolved_database_url(self) -> str:
@@ -79,7 +103,11 @@ class Settings:
             if raw is not None:
                 # Each field's default says how to read its variable (None defaults are text).
                 convert = str if f.default is None else (Path if isinstance(f.default, Path) else type(f.default))
-                values[f.name] = convert(raw)
+                try:
+                    values[f.name] = convert(raw.strip())
+                except ValueError:
+                    kind = "an integer" if convert is int else "a number"
+                    raise SettingsError(f"{ENV_PREFIX}{f.name.upper()} must be {kind}, not {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
