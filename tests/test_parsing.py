@@ -27,6 +27,7 @@ from tiling.chunks import MAX_COORDINATE, ChunkKey
 from tiling.errors import (
     InvalidChunkKey,
     InvalidKey,
+    InvalidMultiscale,
     InvalidRange,
     InvalidTransform,
     KeyNotFound,
@@ -34,7 +35,7 @@ from tiling.errors import (
     UnknownScale,
 )
 from tiling.integers import parse_integer, parse_natural
-from tiling.omezarr import StoredFiles, make_context, open_volume
+from tiling.omezarr import StoredFiles, make_context, open_volume, parse_multiscale
 from tiling.precomputed import ChunkCache, PrecomputedImage
 from tiling.pyramid import PyramidOptions, write_pyramid
 from tiling.sources import ArraySource, natural_key
@@ -620,3 +621,35 @@ def test_transform_file_regressions() -> None:
         parse_transform_file("t.xml", _ec_clem("9" * 5000))  # was a ValueError from int()
     with pytest.raises(InvalidTransform):
         parse_transform_file("t.xml", _ec_clem("\ud800"))  # was a UnicodeEncodeError
+
+
+def _multiscale(path: object, scale: object = (1.0, 1.0, 1.0)) -> dict[str, object]:
+    axes = [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    transforms = [{"type": "scale", "scale": scale}]
+    return {"multiscales": [{"version": "0.4", "axes": axes,
+                             "datasets": [{"path": path, "coordinateTransformations": transforms}]}]}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@EXAMPLES
+@given(json_values, json_values)
+def test_multiscale_metadata_gives_levels_or_invalid_multiscale(path: object, scale: object) -> None:
+    try:
+        multiscale = parse_multiscale(_multiscale(path, scale), 2)
+    except InvalidMultiscale:
+        return
+    for level in multiscale.levels:
+        assert ".." not in level.path.split("/") and not level.path.startswith("/")
+
+
+@pytest.mark.parametrize("path", ["..", "../other", "0/../../x", "/etc", "", "a//b", "\x00", "s0\\..\\x"])
+def test_level_paths_stay_inside_the_store(path: str) -> None:
+    with pytest.raises(InvalidMultiscale, match="level's path"):
+        parse_multiscale(_multiscale(path), 2)
+    assert parse_multiscale(_multiscale("s0/"), 2).levels[0].path == "s0"

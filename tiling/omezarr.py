@@ -17,9 +17,9 @@ import numpy as np
 import tensorstore as ts
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tiling.errors import InvalidMultiscale, KeyNotFound, StoreNotFound, StoreUnreadable
+from tiling.errors import InvalidKey, InvalidMultiscale, KeyNotFound, StoreNotFound, StoreUnreadable
 from tiling.pyramid import intensity_window
-from tiling.stores import LocalStore, Store, open_store
+from tiling.stores import LocalStore, Store, check_key, open_store
 
 # Factors to nanometres, for the unit names OME-Zarr allows (UDUNITS-2) that EM uses.
 UNIT_TO_NM: dict[str, float] = {
@@ -91,6 +91,14 @@ def _combine(transforms: list[dict[str, Any]], rank: int) -> tuple[list[float], 
     return scale, translation
 
 
+def _level_path(path: object) -> str:
+    """A level's path: a key inside the store (never ``..``, absolute or empty, which would lead out)."""
+    try:
+        return check_key(str(path).rstrip("/"))
+    except InvalidKey as error:
+        raise InvalidMultiscale(f"a multiscale level's path: {error}") from None
+
+
 def parse_multiscale(attributes: dict[str, Any], zarr_format: int) -> Multiscale:
     """Parse group attributes (``ome`` key for 0.5, top level for 0.4) into a Multiscale."""
     ome = attributes.get("ome", attributes) if zarr_format == 3 and isinstance(attributes, dict) else attributes
@@ -114,7 +122,7 @@ def parse_multiscale(attributes: dict[str, Any], zarr_format: int) -> Multiscale
             scale, translation = _combine(dataset.get("coordinateTransformations", []), rank)
             levels.append(
                 Level(
-                    path=str(dataset["path"]),
+                    path=_level_path(dataset["path"]),
                     scale=[s * g for s, g in zip(scale, global_scale, strict=True)],
                     translation=[
                         t * g + gt
@@ -135,6 +143,8 @@ def parse_multiscale(attributes: dict[str, Any], zarr_format: int) -> Multiscale
             levels=levels,
             windows=windows,
         )
+    except InvalidMultiscale:
+        raise
     except (KeyError, TypeError, AttributeError, IndexError, ValueError, ArithmeticError) as error:
         raise InvalidMultiscale(f"malformed OME-Zarr multiscales metadata: {_problem(error)}") from None
 
