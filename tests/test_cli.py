@@ -1,10 +1,16 @@
 """The lamella command as a user runs it: subprocesses, real files, one-line errors."""
 
+import concurrent.futures
+import functools
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mrcfile
@@ -355,3 +361,61 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path, variable: str, value: 
 
 def test_bad_port_option_is_one_line_error(tmp_path: Path) -> None:
     assert_one_line_error(lamella("serve", "--data-dir", str(tmp_path), "--port", "70000"), "port")
+
+
+class _Stalling(http.server.SimpleHTTPRequestHandler):
+    """Serves a store's files, except that every request for a path with ``stall`` in it, and every
+    chunk key (Zarr v3 ``c/…``) when ``stall_chunks`` is set, gets no answer at all."""
+
+    stall_chunks = False
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        if "stall" in self.path or (self.stall_chunks and "/c/" in self.path):
+            self.release.wait(120)
+            return
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stalling_remote(data_dir: tuple[Path, object]) -> Iterator[tuple[str, type[_Stalling]]]:
+    store = Path(next(p for p in (data_dir[0] / "images").rglob("*.ome.zarr")))
+    handler = type("Handler", (_Stalling,), {"release": threading.Event()})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(handler, directory=str(store.parent)))
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/{store.name}", handler
+    handler.release.set()
+    httpd.shutdown()
+
+
+def test_a_stalled_remote_store_fails_in_bounded_time(tmp_path: Path, stalling_remote: tuple[str, type]) -> None:
+    url, handler = stalling_remote
+    env = {**os.environ, "LAMELLA_REMOTE_STALL_SECONDS": "1"}
+    started = time.monotonic()
+    result = subprocess.run([*LAMELLA, "add", url + "/stall", "--dataset", "r", "--data-dir", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert_one_line_error(result)
+    assert time.monotonic() - started < 30
+
+    lamella("add", url, "--dataset", "r", "--name", "img", "--data-dir", str(tmp_path), check=True)
+    handler.stall_chunks = True
+    served = start_server(tmp_path, env={"LAMELLA_REMOTE_STALL_SECONDS": "1"})
+    try:
+        info = served.get("/api/datasets/r/images/img/precomputed/info").json()
+        size = info["scales"][0]["chunk_sizes"][0]
+        chunk = "/api/datasets/r/images/img/precomputed/{}/0-{}_0-{}_0-{}".format(info["scales"][0]["key"], *size)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            stalled = pool.submit(served.get, chunk)
+            time.sleep(0.5)
+            assert served.get("/api/datasets").status_code == 200  # others are served meanwhile
+            answer = stalled.result(60)
+        assert answer.status_code == 503 and answer.json()["code"] == "store_unreadable", answer.text
+        assert time.monotonic() - started < 30
+    finally:
+        stop_server(served)

@@ -336,13 +336,18 @@ async def open_volume(store_or_uri: Store | str, context: ts.Context) -> Volume:
     return Volume(store, multiscale, arrays)
 
 
+# Remote (http) reads: a failed or stalled read (viewer.config.bound_remote_stalls) is retried this often.
+REMOTE_RETRIES = {"max_retries": 3, "initial_delay": "0.5s", "max_delay": "4s"}
+
+
 def make_context(cache_bytes: int = 512 << 20) -> ts.Context:
-    """One tensorstore context for the process: shared cache pool and bounded concurrency."""
+    """One tensorstore context for the process: shared cache pool, bounded concurrency, bounded retries."""
     return ts.Context(
         {
             "cache_pool": {"total_bytes_limit": cache_bytes},
             "data_copy_concurrency": {"limit": "shared"},
             "file_io_concurrency": {"limit": 32},
+            "http_request_retries": REMOTE_RETRIES,
         }
     )
 

@@ -23,7 +23,7 @@ from tiling.errors import TilingError
 from tiling.pyramid import PyramidOptions
 from viewer.cli_access import COMMANDS, new_dataset, with_new_dataset
 from viewer.cli_base import fail, open_catalog, open_database, open_sessions, with_common
-from viewer.config import Settings, SettingsError
+from viewer.config import Settings, SettingsError, bound_remote_stalls
 
 if TYPE_CHECKING:
     from annotations.catalog import Catalog
@@ -108,6 +108,7 @@ def main() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its problems reach the user as our one line
     logging.getLogger("pyvips").setLevel(logging.CRITICAL)  # likewise, and its INFO lines are per region read
+    bound_remote_stalls(Settings.from_env())
 
 
 @main.command()

@@ -25,6 +25,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "chunk_cache_mb": (0, 1 << 20),
     "tensorstore_cache_mb": (0, 1 << 20),
     "state_poll_seconds": (0.01, 60.0),
+    "remote_stall_seconds": (1.0, 3600.0),
     "header_timeout_seconds": (0.1, 86400.0),
     "body_timeout_seconds": (0.1, 86400.0),
 }
@@ -43,6 +44,11 @@ class Settings:
     accel_redirect: str | None = field(
         default=None,
         metadata={"help": "behind nginx: answer passthrough reads with X-Accel-Redirect to this internal prefix"},
+    )
+    remote_stall_seconds: float = field(
+        default=10.0,
+        metadata={"help": "a read from a remote (http) store that receives nothing for this long is abandoned; "
+                          "after 3 attempts the request fails with 503"},
     )
     state_poll_seconds: float = field(default=0.25, metadata={"help": "how often event streams look for state changes"})
     header_timeout_seconds: float = field(
@@ -112,3 +118,11 @@ class Settings:
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
+
+
+def bound_remote_stalls(settings: Settings) -> None:
+    """Abandon a remote read that receives nothing for ``remote_stall_seconds`` (libcurl's low-speed
+    limit, which tensorstore reads from the environment when its first http read starts; variables the
+    operator already set win)."""
+    os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(max(1, round(settings.remote_stall_seconds))))
+    os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")

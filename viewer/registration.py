@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorstore as ts
 
 from annotations.errors import NameTaken
 from annotations.names import check_name
@@ -44,10 +43,10 @@ CATALOG_AT_LATEST_S = 10.0
 async def describe(uri: str, *, name: str, modality: str, kind: str, managed: bool) -> ImageSpec:
     """Open the OME-Zarr at ``uri`` and describe it for the catalog (checks it can be served)."""
     from annotations.catalog import ImageSpec
-    from tiling.omezarr import estimate_window, open_volume
+    from tiling.omezarr import estimate_window, make_context, open_volume
     from tiling.precomputed import served_dtype
 
-    volume = await open_volume(uri, ts.Context())
+    volume = await open_volume(uri, make_context(64 << 20))
     served_dtype(volume.dtype)
     window = await estimate_window(volume) if kind == "image" else (0.0, 0.0)
     return ImageSpec(
