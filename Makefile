@@ -9,7 +9,7 @@ PORT ?= 8080
 SWAGGER_UI := 5.35.0
 VENDOR := static/vendor/swagger-ui
 
-.PHONY: serve test lint bench system-test-deps api-viewer clean
+.PHONY: serve test lint docs bench system-test-deps api-viewer dist image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,17 @@ lint: $(VENV)/.test-installed
 test: $(VENV)/.test-installed system-test-deps $(VENDOR)/swagger-ui-bundle.js lint
 	$(BIN)/pytest
 
+# The user guide, warnings as errors (tests/test_docs.py builds it too): build/docs/index.html.
+docs: $(VENV)/.test-installed
+	$(BIN)/sphinx-build -W --keep-going -b html docs build/docs
+
+# The sdist and the wheel (with Swagger UI when npm is there) in dist/; the server image from them.
+dist: $(VENV)/.test-installed api-viewer
+	$(BIN)/python -m build --outdir dist .
+
+image:
+	docker build --build-arg SWAGGER_UI=$(SWAGGER_UI) -t lamella .
+
 # Peers and load tools for benchmarks/: wrk and nginx from Debian, ome-zarr-py and ngff-zarr from PyPI.
 bench: $(VENV)/.bench-installed
 	@if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then \
@@ -67,4 +78,4 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/tps_chunks.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

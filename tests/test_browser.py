@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import CURATOR, Server
+from tests.conftest import CURATOR, ROOT, Server
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+GUIDE_SCREENSHOT = ROOT / "docs" / "images" / "dataset-page.png"  # shown by the README and the user guide
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,38 @@ def test_dataset_page_renders_volume(server: Server, browser, tmp_path: Path) ->
     token = browser.find_element("id", "viewer").get_attribute("data-token")
     state = server.get(f"/api/sessions/{token}").json()
     assert state["state"]["layers"][0]["name"] == "em"
+    # The link that shares this view is the session's own address.
+    assert browser.find_element("id", "viewer-link").get_attribute("href") == f"{server.url}/v/{token}/"
+
+
+def settled_screenshot(driver, seconds: float = 30) -> bytes:  # type: ignore[no-untyped-def]
+    """The page once two screenshots a second apart agree (the last chunks have landed)."""
+    previous = None
+    deadline = time.monotonic() + seconds
+    while True:
+        png = driver.get_screenshot_as_png()
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.int16)
+        if previous is not None and previous.shape == pixels.shape and np.abs(previous - pixels).mean() < 0.2:
+            return png
+        if time.monotonic() > deadline:
+            return png
+        previous = pixels
+        time.sleep(1)
+
+
+def keep_for_the_guide(png: bytes) -> None:
+    """Write the guide's screenshot of the dataset page, so that it always shows the page as it is.
+
+    The file is replaced only when the page looks different: rendering noise alone leaves the
+    committed file (and the checkout) as it was.
+    """
+    new = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+    if GUIDE_SCREENSHOT.exists():
+        old = np.asarray(Image.open(GUIDE_SCREENSHOT).convert("RGB"), dtype=np.int16)
+        if old.shape == new.shape and np.abs(old - new).mean() < 1.5:
+            return
+    GUIDE_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    GUIDE_SCREENSHOT.write_bytes(png)
 
 
 def colour_panel(driver) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -111,6 +144,7 @@ def test_correlative_overlay_puts_fluorescence_on_the_mitochondria(  # type: ign
     overlay = wait_for(lambda: (lambda rgb: rgb if green_mask(rgb).mean() > 0.01 else None)(colour_panel(browser)))
     browser.save_screenshot(str(tmp_path / "overlay.png"))
     assert overlay is not None, "no fluorescence was drawn over the EM"
+    keep_for_the_guide(settled_screenshot(browser))
     token = browser.find_element("id", "viewer").get_attribute("data-token")
     assert server.get(f"/api/sessions/{token}").json()["state"]["layout"] == "xy"
     # Hide the fluorescence with its checkbox and look at the EM alone, same view.

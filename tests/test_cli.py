@@ -61,6 +61,12 @@ def test_help_lists_every_command() -> None:
         assert "Usage:" in lamella(command, "--help", check=True).stdout
 
 
+def test_version_is_the_package_version() -> None:
+    from importlib.metadata import version
+
+    assert lamella("--version", check=True).stdout == f"lamella {version('lamella')}\n"
+
+
 def test_import_tiff_mrc_and_slices(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     volume = np.random.default_rng(3).integers(0, 60000, size=(12, 40, 50), dtype=np.uint16)

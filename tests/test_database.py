@@ -46,7 +46,7 @@ def test_head_revision_is_alembics_head() -> None:
     from alembic.script import ScriptDirectory
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", MIGRATIONS)
     assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
 
 

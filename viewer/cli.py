@@ -101,6 +101,7 @@ class LamellaGroup(click.Group):
 
 
 @click.group(cls=LamellaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lamella", prog_name="lamella", message="%(prog)s %(version)s")  # setup.cfg's
 def main() -> None:
     """Lamella: serve, correlate and annotate volume EM in the browser."""
     gc.freeze()  # what is imported lives until exit: the collector need not scan it (exit is 0.2 s faster)

@@ -25,8 +25,8 @@ SECURITY_SCHEMES = {
     "xsrf": {"type": "apiKey", "in": "header", "name": "X-XSRFToken",
              "description": "With the sign-in cookie, writes must echo the `_xsrf` cookie's value in this header."},
 }
-TAGS = {"pages": "Pages", "accounts": "Accounts", "api": "Datasets", "curation": "Curation", "data": "Pixels",
-        "correlation": "Correlation", "state_sync": "Neuroglancer state sync"}
+TAGS = {"pages": "Pages", "docs": "API description", "accounts": "Accounts", "api": "Datasets",
+        "curation": "Curation", "data": "Pixels", "correlation": "Correlation", "state_sync": "Neuroglancer state sync"}
 
 
 def package_version() -> str:

@@ -55,6 +55,8 @@ try {
   const frame = document.getElementById("viewer");
   frame.dataset.token = token;
   frame.src = `/v/${token}/`;
+  document.getElementById("viewer-link").href = frame.src;  // the session's own address, to share
+  document.getElementById("share").hidden = false;
   // The viewer works without the side controls: report their failure, not the dataset's.
   mountOverlayControls(document.getElementById("controls"), dataset, token)
     .catch((error) => { status.textContent = `Overlay controls unavailable: ${error.message}`; });

@@ -1,4 +1,5 @@
-"""HTML pages and their assets (plain files in static/) and the bundled Neuroglancer client."""
+"""HTML pages and their assets (plain files in static/, installed as ``viewer.static``) and the
+bundled Neuroglancer client."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from tornado.web import HTTPError
 from viewer.apidoc import BINARY, FILE_TYPES, op
 from viewer.handlers.base import BaseHandler
 
-STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
-NEUROGLANCER_CLIENT = Path(str(importlib.resources.files("neuroglancer.static") / "client"))
+
+def package_folder(package: str, *parts: str) -> Path:
+    """A folder of an installed package, found through the package (pip unpacks wheels: a real folder)."""
+    return Path(str(importlib.resources.files(package).joinpath(*parts)))
+
+
+STATIC_DIR = package_folder("viewer.static")  # the checkout's static/ (setup.cfg maps it)
+NEUROGLANCER_CLIENT = package_folder("neuroglancer.static", "client")
 _CLIENT_FILE = re.compile(r"^[a-z0-9][a-zA-Z0-9_\-.]*\.(?:js|map|css|wasm|html)$", re.ASCII)
 _MIME = {".js": "application/javascript", ".mjs": "application/javascript", ".css": "text/css",
          ".html": "text/html; charset=utf-8", ".map": "application/json", ".wasm": "application/wasm",
