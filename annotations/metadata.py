@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from annotations.errors import InvalidMetadata
 
-ACCESSION = re.compile(r"^(EMPIAR-\d{5,}|S-B[A-Z]{2,4}\d+|EMD-\d{4,}|IDR\d{4,}\S*)$")
+ACCESSION = re.compile(r"^(EMPIAR-\d{5,}|S-B[A-Z]{2,4}\d+|EMD-\d{4,}|IDR\d{4,}\S*)$", re.ASCII)
 
 
 class Module(BaseModel):
@@ -79,7 +79,7 @@ class DatasetMetadata(BaseModel):
     @field_validator("accession")
     @classmethod
     def _accession(cls, value: str | None) -> str | None:
-        if value is not None and not ACCESSION.match(value):
+        if value is not None and not ACCESSION.fullmatch(value):
             raise ValueError("expected an archive accession such as EMPIAR-10982 or S-BIAD123")
         return value
 

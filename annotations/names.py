@@ -11,7 +11,7 @@ NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 
 
 def check_name(name: str, what: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise InvalidMetadata(
             f"{what} name {name!r} must start with a lowercase letter and use only a-z, 0-9, _ and -"
         )

@@ -653,3 +653,19 @@ def test_level_paths_stay_inside_the_store(path: str) -> None:
     with pytest.raises(InvalidMultiscale, match="level's path"):
         parse_multiscale(_multiscale(path), 2)
     assert parse_multiscale(_multiscale("s0/"), 2).levels[0].path == "s0"
+
+
+@pytest.mark.parametrize("name", ["abc\n", "abc\r\n", "Abc", "a" * 65, "", "ab c", "\u0430bc"])
+def test_hostile_names_are_refused(name: str) -> None:
+    from annotations.errors import InvalidMetadata
+    from annotations.names import check_name
+
+    with pytest.raises(InvalidMetadata):
+        check_name(name, "dataset")
+
+
+@pytest.mark.parametrize("accession", ["EMPIAR-10982\n", "EMPIAR-1098\u0662", "EMD-12345 ", "S-BIAD\u0661"])
+def test_hostile_accessions_are_refused(accession: str) -> None:
+    from annotations.metadata import ACCESSION
+
+    assert ACCESSION.fullmatch(accession) is None
