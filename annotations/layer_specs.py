@@ -36,7 +36,7 @@ PROPERTY_TYPES: dict[str, tuple[str, int, int, tuple[int, int] | None]] = {
 PROPERTY_ID = re.compile(r"[a-z][a-zA-Z0-9_]{0,63}", re.ASCII)  # Neuroglancer's rule for property ids
 LABEL_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}", re.ASCII)
 COLOUR = {"rgb": re.compile(r"#[0-9a-fA-F]{6}", re.ASCII), "rgba": re.compile(r"#[0-9a-fA-F]{8}", re.ASCII)}
-LABEL_PROPERTY = "label"  # served as an enum property (0: no label); reserved
+LABEL_PROPERTY = "label"  # reserved: the precomputed source is to serve the label as an enum property
 MAX_LABELS = 1000
 MAX_PROPERTIES = 32
 MAX_RELATIONSHIPS = 8
@@ -122,19 +122,6 @@ class LayerSpec(BaseModel):
             if spec.id == name:
                 return spec
         raise InvalidAnnotation(f"unknown property {name[:64]!r}")
-
-    def encoded_properties(self) -> list[PropertySpec]:
-        """The properties in encoding order: the label first (an enum), then by alignment, 4 before 2 before 1,
-        uint32 first among the 4-byte ones (declared order otherwise kept, as Neuroglancer sorts them).
-
-        The label property is uint16; its enum value 0 is "no label", label i is value i + 1.
-        """
-        label = PropertySpec.model_construct(id=LABEL_PROPERTY, type="uint16", description="label", default=None,
-                                             enum_values=list(range(len(self.labels) + 1)),
-                                             enum_labels=["", *[label.id for label in self.labels]])
-        ordered = sorted(self.properties, key=lambda p: (-p.alignment, p.type != "uint32"))
-        fours = [p for p in ordered if p.alignment == 4]
-        return [*fours, label, *[p for p in ordered if p.alignment < 4]]
 
 
 class AnnotationIn(BaseModel):
