@@ -85,3 +85,34 @@ class TokenNotFound(CatalogError, KeyError):
 
 class InvalidAccess(CatalogError, ValueError):
     """A role, visibility, release date, account name, e-mail or password that is not acceptable."""
+
+
+class LayerNotFound(CatalogError, KeyError):
+    """No annotation layer with that id in the dataset."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "annotation layer not found"
+
+
+class AnnotationNotFound(CatalogError, KeyError):
+    """No annotation with that id in the layer (or it is deleted, or not in the view asked for)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "annotation not found"
+
+
+class InvalidAnnotation(CatalogError, ValueError):
+    """An annotation that does not fit its layer: type, rank, bounds, label, property or relationship."""
+
+
+class InvalidLayer(CatalogError, ValueError):
+    """An annotation layer declaration that cannot be used (or a change that would strand its annotations)."""
+
+
+class InvalidView(CatalogError, ValueError):
+    """A precomputed view (filters), spatial cell key or list query that cannot be used."""
+
+
+class BatchTooLarge(CatalogError, ValueError):
+    """More annotations in one request than a bulk write takes."""
+

@@ -5,7 +5,21 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -182,3 +196,94 @@ class QuarantinedDocument(Base):
     document: Mapped[str] = mapped_column(Text)  # the raw stored text, which may not be strict JSON
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AnnotationLayer(Base):
+    """A named set of annotations of one dataset, drawn in its reference space (physical nm, x y z).
+
+    ``spec`` holds the layer's annotation types, labels, typed properties and relationships (see
+    ``annotations.layer_specs.LayerSpec``); ``generation`` grows with every write to the layer, so that
+    derived values (spatial-index cell counts) can be cached per generation.
+    """
+
+    __tablename__ = "annotation_layers"
+    __table_args__ = (UniqueConstraint("dataset_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    lower_bound: Mapped[list[Any]] = mapped_column()  # nm, x y z (inclusive)
+    upper_bound: Mapped[list[Any]] = mapped_column()  # nm, x y z (exclusive)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The largest half side of any annotation ever stored (never lowered): how far a bounding-box look-up
+    # widens its cell ranges, since annotations are filed by the centre of their bounding box.
+    max_extent: Mapped[float] = mapped_column(Float, default=0.0)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Annotation(Base):
+    """An annotation's identity: its layer, its creator and a fixed random key for spatial subsampling.
+
+    Its content lives in ``AnnotationVersion`` rows, which are only added (an edit closes the current
+    version and adds one; a delete closes it and adds a tombstone).
+    """
+
+    __tablename__ = "annotations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("annotation_layers.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AnnotationVersion(Base):
+    """One version of an annotation, valid from ``valid_from`` until ``valid_to`` (None: current).
+
+    ``cell`` is the Morton code of the finest spatial-index cell holding the annotation's anchor (the
+    centre of its bounding box), ``sample_key`` its fixed random key in [0, 1); the bounding box columns and
+    ``extent`` (the largest half side) serve bounding-box queries.
+    """
+
+    __tablename__ = "annotation_versions"
+    __table_args__ = (
+        Index("ix_annotation_versions_current_cell", "layer_id", "valid_to", "cell"),
+        Index("ix_annotation_versions_annotation", "annotation_id", "valid_from"),
+        Index("ix_annotation_versions_layer_time", "layer_id", "valid_from"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id", ondelete="CASCADE"))
+    layer_id: Mapped[int] = mapped_column(ForeignKey("annotation_layers.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))  # point | line | axis_aligned_bounding_box | ellipsoid | polyline
+    geometry: Mapped[list[Any]] = mapped_column()  # flat float list (polyline: x y z per point)
+    label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    properties: Mapped[dict[str, Any]] = mapped_column()
+    segments: Mapped[dict[str, Any]] = mapped_column()  # relationship -> segment ids
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True)
+    author: Mapped[str] = mapped_column(String(64))
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    cell: Mapped[int] = mapped_column(BigInteger)
+    sample_key: Mapped[float] = mapped_column(Float)
+    x0: Mapped[float] = mapped_column(Float)
+    y0: Mapped[float] = mapped_column(Float)
+    z0: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    z1: Mapped[float] = mapped_column(Float)
+    extent: Mapped[float] = mapped_column(Float)
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AnnotationSegment(Base):
+    """A related segment id of an annotation version (for the precomputed relationship index)."""
+
+    __tablename__ = "annotation_segments"
+    __table_args__ = (Index("ix_annotation_segments_lookup", "layer_id", "relationship", "segment_id"),)
+    version_id: Mapped[int] = mapped_column(ForeignKey("annotation_versions.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    relationship: Mapped[int] = mapped_column(Integer, primary_key=True)
+    segment_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("annotation_layers.id", ondelete="CASCADE"))

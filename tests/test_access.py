@@ -125,6 +125,17 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     "transform": lambda m, v, s: (f"{_image(v)}/transform", REFUSED if s == "PUT" else None),
     "landmarks": lambda m, v, s: (f"{_image(v)}/landmarks", REFUSED),
     "warped-info": lambda m, v, s: (f"{_image(v)}/warped/{m.spline}/precomputed/info", None),
+    # Annotation routes on a layer that does not exist (an allowed request is its 404 or a 400 of the body).
+    "annotation-layers": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/annotation-layers",
+                                          REFUSED if s == "POST" else None),
+    "annotation-layer": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/annotation-layers/999999",
+                                         REFUSED if s == "PATCH" else None),
+    "annotations": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/annotation-layers/999999/annotations",
+                                    REFUSED if s == "POST" else None),
+    "annotation": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/annotation-layers/999999/annotations/1",
+                                   REFUSED if s == "PUT" else None),
+    "annotation-history": lambda m, v, s: (
+        f"/api/datasets/{DATASETS[v]}/annotation-layers/999999/annotations/1/history", None),
     "warped-chunk": lambda m, v, s: (f"{_image(v)}/warped/{m.spline}/precomputed/0/0-64_0-64_0-64", None),
 }
 # Session routes: (path suffix after the token, body). The session's owner is what matters.

@@ -90,6 +90,12 @@ include-path-regex = "(/transform|/landmarks|/register|/display|/landmark-layers
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 409, 429]
 
 [[operations]]
+# Whether an annotation fits depends on its layer (its types, labels, properties and bounds), and a layer's
+# declaration on the dataset (relationships name its label images) and across fields (enum values and labels).
+include-path-regex = "/annotation-layers(/[^/]+(/annotations(/[^/]+)?)?)?$"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 409, 429]
+
+[[operations]]
 include-path-regex = "^/(state/|api/sessions/[^/]+$)"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 401, 403, 404, 409, 412, 429]
 

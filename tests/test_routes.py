@@ -7,7 +7,7 @@ import pytest
 from tornado.web import RequestHandler
 
 from viewer.app import routes
-from viewer.handlers import api, data, pages, state_sync
+from viewer.handlers import annotations, api, data, pages, state_sync
 from viewer.rules import Rule
 
 TABLE = routes()
@@ -23,6 +23,13 @@ CASES = [
      {"scale_key": "0", "chunk_name": "0-64_0-64_0-64"}),
     ("/api/datasets/3/images/em/zarr/0/c/0/0/0", data.ZarrStoreHandler, {"key": "0/c/0/0/0"}),
     ("/api/datasets/demo/sessions", api.DatasetSessionsHandler, {"dataset_ref": "demo"}),
+    ("/api/datasets/demo/annotation-layers", annotations.AnnotationLayersHandler, {"dataset_ref": "demo"}),
+    ("/api/datasets/demo/annotation-layers/7", annotations.AnnotationLayerHandler, {"layer_id": "7"}),
+    ("/api/datasets/demo/annotation-layers/7/annotations", annotations.AnnotationsHandler, {"layer_id": "7"}),
+    ("/api/datasets/demo/annotation-layers/7/annotations/12", annotations.AnnotationHandler,
+     {"layer_id": "7", "annotation_id": "12"}),
+    ("/api/datasets/demo/annotation-layers/7/annotations/12/history", annotations.AnnotationHistoryHandler,
+     {"annotation_id": "12"}),
     ("/api/sessions/abc_D-1", api.SessionHandler, {"token": "abc_D-1"}),
     ("/v/tok/", pages.NeuroglancerClientHandler, {"token": "tok", "name": ""}),
     ("/v/tok/main.js", pages.NeuroglancerClientHandler, {"name": "main.js"}),
@@ -71,7 +78,8 @@ def test_every_route_declares_a_rule_for_each_method(route) -> None:  # type: ig
 @pytest.mark.parametrize(
     "path",
     ["/api/datasets/" + "9" * 5000, "/api/datasets/demo/images/" + "a" * 65, "/v/" + "t" * 65 + "/",
-     "/api/datasets/demo/images/em/warped/0012/precomputed/info", "/static/%00", "/v/tok/" + "a" * 256],
+     "/api/datasets/demo/images/em/warped/0012/precomputed/info", "/static/%00", "/v/tok/" + "a" * 256,
+     "/api/datasets/demo/annotation-layers/07", "/api/datasets/demo/annotation-layers/1/annotations/" + "9" * 11],
 )
 def test_unbounded_or_odd_paths_match_no_route(path: str) -> None:
     assert match(path) == (None, {})

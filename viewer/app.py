@@ -8,9 +8,10 @@ from typing import Any
 
 from tornado.web import Application, url
 
-from viewer.handlers import accounts, api, correlation, curation, data, docs, pages, state_sync
+from viewer.handlers import accounts, annotations, api, correlation, curation, data, docs, pages, state_sync
 from viewer.handlers.base import NotFoundHandler
 from viewer.rules import (
+    ANNOTATE,
     ANYONE,
     CREATE_DATASETS,
     CURATE,
@@ -37,12 +38,17 @@ TRANSFORM = rf"(?P<transform_id>{ID})"
 TOKEN_ID = rf"(?P<token_id>{ID})"
 ACCOUNT = r"(?P<account>[a-z][a-z0-9_.\-]{0,63})"
 IMAGE_BASE = rf"/api/datasets/{DATASET}/images/{IMAGE}"
+LAYER_BASE = rf"/api/datasets/{DATASET}/annotation-layers/(?P<layer_id>{ID})"
+ANNOTATION_BASE = rf"{LAYER_BASE}/annotations/(?P<annotation_id>{ID})"
 PRECOMPUTED_CHUNK = r"precomputed/(?P<scale_key>[^/]{1,20})/(?P<chunk_name>[^/]{1,100})"  # plain and warped alike
 STORED_KEY = r"(?P<key>.{1,1024})"
 
 STATE_BODY = 4 * MiB  # a viewer state (Neuroglancer's own, or PUT through the API)
 TRANSFORM_BODY = 4 * MiB  # a transform file (matrices, landmark lists, eC-CLEM XML)
 LANDMARKS_BODY = 1 * MiB  # up to 2000 landmark pairs
+ANNOTATIONS_BODY = 64 * MiB  # a bulk create: 100,000 annotations with labels and properties
+ANNOTATION_BODY = 1 * MiB  # one annotation (a polyline of up to 10,000 points)
+LAYER_BODY = 1 * MiB  # a layer's declaration (up to 1,000 labels, 32 properties with enums)
 METADATA_BODY = 512 * KiB  # a dataset's title and description (20,000 characters, escaped)
 
 
@@ -99,6 +105,17 @@ def routes() -> list[Route]:
         Route(IMAGE_BASE, api.ImageHandler, dataset(GET=READ), "image"),
         Route(rf"/api/datasets/{DATASET}/sessions", api.DatasetSessionsHandler, dataset(POST=READ),
               "dataset-sessions"),
+        # Annotation layers and their annotations (append-only history; creators or curators change them).
+        Route(rf"/api/datasets/{DATASET}/annotation-layers", annotations.AnnotationLayersHandler,
+              dataset(GET=READ, POST=CURATE, body_limit=LAYER_BODY), "annotation-layers"),
+        Route(LAYER_BASE, annotations.AnnotationLayerHandler,
+              dataset(GET=READ, PATCH=CURATE, DELETE=CURATE, body_limit=LAYER_BODY), "annotation-layer"),
+        Route(rf"{LAYER_BASE}/annotations", annotations.AnnotationsHandler,
+              dataset(GET=READ, POST=ANNOTATE, body_limit=ANNOTATIONS_BODY), "annotations"),
+        Route(ANNOTATION_BASE, annotations.AnnotationHandler,
+              dataset(GET=READ, PUT=ANNOTATE, DELETE=ANNOTATE, body_limit=ANNOTATION_BODY), "annotation"),
+        Route(rf"{ANNOTATION_BASE}/history", annotations.AnnotationHistoryHandler, dataset(GET=READ),
+              "annotation-history"),
         # Correlative registration: transforms into the dataset's reference space.
         Route(rf"{IMAGE_BASE}/transform", correlation.TransformHandler,
               dataset(GET=READ, PUT=CURATE, body_limit=TRANSFORM_BODY), "transform"),

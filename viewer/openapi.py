@@ -26,7 +26,8 @@ SECURITY_SCHEMES = {
              "description": "With the sign-in cookie, writes must echo the `_xsrf` cookie's value in this header."},
 }
 TAGS = {"pages": "Pages", "docs": "API description", "accounts": "Accounts", "api": "Datasets",
-        "curation": "Curation", "data": "Pixels", "correlation": "Correlation", "state_sync": "Neuroglancer state sync"}
+        "curation": "Curation", "data": "Pixels",
+        "annotations": "Annotations", "correlation": "Correlation", "state_sync": "Neuroglancer state sync"}
 
 
 def package_version() -> str:

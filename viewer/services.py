@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from annotations.access import Access
 from annotations.accounts import Accounts
+from annotations.annotation_store import AnnotationStore
 from annotations.catalog import Catalog, DatasetRecord, ImageRecord
 from annotations.db import make_engine, make_sessions
 from annotations.transforms import TransformRecord, Transforms
@@ -160,6 +161,7 @@ class Services:
     transforms: Transforms
     accounts: Accounts
     access: Access
+    annotations: AnnotationStore
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
     images: ImageRegistry = field(init=False)
     session_watch: SessionWatch = field(init=False)
@@ -191,6 +193,7 @@ class Services:
             transforms=Transforms(sessions),
             accounts=Accounts(sessions),
             access=Access(sessions),
+            annotations=AnnotationStore(sessions),
         )
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

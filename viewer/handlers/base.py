@@ -210,15 +210,16 @@ class BaseHandler(RequestHandler):
     def body(self) -> bytes:
         return bytes(self._body)
 
-    async def json_body(self) -> Any:
-        return await bodies.parse_async(bytes(self._body))
+    async def json_body(self, max_values: int = bodies.MAX_VALUES) -> Any:
+        return await bodies.parse_async(bytes(self._body), max_values=max_values)
 
-    async def parse_body(self, model: type[BaseModel] | None = None) -> Any:
-        """The body as ``model`` (default: the body model this method declares with ``@op``)."""
+    async def parse_body(self, model: type[BaseModel] | None = None, max_values: int = bodies.MAX_VALUES) -> Any:
+        """The body as ``model`` (default: the body model this method declares with ``@op``); ``max_values``:
+        how many JSON values it may hold (bulk bodies hold more than a viewer state)."""
         model = model or operation(type(self), self.request.method or "").body
         if model is None:
             raise TypeError(f"{type(self).__name__}.{self.request.method} declares no body model")
-        value = await self.json_body()
+        value = await self.json_body(max_values)
         return await bodies.validate_async(model, value, len(self._body))
 
     def query(self) -> Any:

@@ -1,0 +1,133 @@
+"""Annotation layers and annotations: thin handlers, one service call each (``annotations.annotation_store``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from annotations.annotation_store import (
+    AnnotationPage,
+    AnnotationQuery,
+    AnnotationRecord,
+    CreatedRecord,
+    DeletedRecord,
+    LayerChanges,
+    LayerIn,
+    LayerRecord,
+    Moment,
+    VersionRecord,
+)
+from annotations.layer_specs import AnnotationIn
+from viewer.apidoc import op
+from viewer.handlers.base import BaseHandler
+
+BULK_VALUES = 4_000_000  # JSON values in one bulk body: 100,000 annotations with labels and properties
+
+
+class LayersOut(BaseModel):
+    layers: list[LayerRecord]
+
+
+class AnnotationsBody(BaseModel):
+    """Annotations to add, all or none (at most 100,000)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"annotations": [{"type": "point", "point": [1200, 800, 640], "label": "synapse"}]}]})
+
+    annotations: list[AnnotationIn]
+
+
+class AsOfQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    as_of: Moment | None = Field(None, description="the annotation as it was then (ISO 8601 with a time zone)")
+
+
+class HistoryOut(BaseModel):
+    versions: list[VersionRecord]
+
+
+class AnnotationLayersHandler(BaseHandler):
+    @op(summary="The dataset's annotation layers", response=LayersOut)
+    async def get(self, dataset_ref: str) -> None:
+        layers = await self.services.call(self.services.annotations.layers, self.actor, self.dataset_access)
+        self.write_json(LayersOut(layers=layers))
+
+    @op(summary="Create an annotation layer (curators)", body=LayerIn, response=LayerRecord, status=201)
+    async def post(self, dataset_ref: str) -> None:
+        body: LayerIn = await self.parse_body()
+        record = await self.services.call(self.services.annotations.create_layer, self.actor, self.dataset_access,
+                                          body)
+        self.write_json(record, 201)
+
+
+class AnnotationLayerHandler(BaseHandler):
+    @op(summary="An annotation layer: its types, labels, properties, relationships and bounds", response=LayerRecord)
+    async def get(self, dataset_ref: str, layer_id: str) -> None:
+        record = await self.services.call(self.services.annotations.layer, self.actor, self.dataset_access,
+                                          int(layer_id))
+        self.write_json(record)
+
+    @op(summary="Rename or describe a layer, or add types, labels, properties or relationships (curators)",
+        body=LayerChanges, response=LayerRecord)
+    async def patch(self, dataset_ref: str, layer_id: str) -> None:
+        body: LayerChanges = await self.parse_body()
+        record = await self.services.call(self.services.annotations.update_layer, self.actor, self.dataset_access,
+                                          int(layer_id), body)
+        self.write_json(record)
+
+    @op(summary="Delete a layer with its annotations and their history (curators)", response=None, status=204)
+    async def delete(self, dataset_ref: str, layer_id: str) -> None:
+        await self.services.call(self.services.annotations.delete_layer, self.actor, self.dataset_access,
+                                 int(layer_id))
+        self.set_status(204)
+        self.finish()
+
+
+class AnnotationsHandler(BaseHandler):
+    @op(summary="A page of the layer's annotations, by author, label, update time, as of a time and bounding box",
+        query=AnnotationQuery, response=AnnotationPage)
+    async def get(self, dataset_ref: str, layer_id: str) -> None:
+        query: AnnotationQuery = self.query()
+        page = await self.services.call(self.services.annotations.query, self.actor, self.dataset_access,
+                                        int(layer_id), query)
+        self.write_json(page)
+
+    @op(summary="Add annotations, all or none (annotators; at most 100,000 in one request)", body=AnnotationsBody,
+        response=CreatedRecord, status=201)
+    async def post(self, dataset_ref: str, layer_id: str) -> None:
+        body: AnnotationsBody = await self.parse_body(max_values=BULK_VALUES)
+        created = await self.services.call(self.services.annotations.create_many, self.actor, self.dataset_access,
+                                           int(layer_id), body.annotations)
+        self.write_json(created, 201)
+
+
+class AnnotationHandler(BaseHandler):
+    @op(summary="One annotation, now or as of a time", query=AsOfQuery, response=AnnotationRecord)
+    async def get(self, dataset_ref: str, layer_id: str, annotation_id: str) -> None:
+        query: AsOfQuery = self.query()
+        record = await self.services.call(self.services.annotations.get, self.actor, self.dataset_access,
+                                          int(layer_id), int(annotation_id), query.as_of)
+        self.write_json(record)
+
+    @op(summary="Replace an annotation by a new version (its creator, or a curator)", body=AnnotationIn,
+        response=AnnotationRecord)
+    async def put(self, dataset_ref: str, layer_id: str, annotation_id: str) -> None:
+        body: AnnotationIn = await self.parse_body()
+        record = await self.services.call(self.services.annotations.update, self.actor, self.dataset_access,
+                                          int(layer_id), int(annotation_id), body)
+        self.write_json(record)
+
+    @op(summary="Delete an annotation (its creator, or a curator); its history stays", response=DeletedRecord)
+    async def delete(self, dataset_ref: str, layer_id: str, annotation_id: str) -> None:
+        record = await self.services.call(self.services.annotations.delete, self.actor, self.dataset_access,
+                                          int(layer_id), int(annotation_id))
+        self.write_json(record)
+
+
+class AnnotationHistoryHandler(BaseHandler):
+    @op(summary="Every version of an annotation with its author and time, oldest first (a delete is one)",
+        response=HistoryOut)
+    async def get(self, dataset_ref: str, layer_id: str, annotation_id: str) -> None:
+        versions = await self.services.call(self.services.annotations.history, self.actor, self.dataset_access,
+                                            int(layer_id), int(annotation_id))
+        self.write_json(HistoryOut(versions=versions))
