@@ -149,6 +149,14 @@ def require(actor: Actor, action: Action, access: DatasetAccess | None = None) -
     raise Forbidden(f"{actor.name!r} may not {action} dataset {access.name!r}")
 
 
+def require_maker_or_curator(actor: Actor, access: DatasetAccess, maker: int | None) -> None:
+    """Return if ``actor`` may change something ``maker`` (an account id) made in the dataset: its maker
+    while they may annotate there, anyone who curates it; else raise as ``require`` does."""
+    if maker is not None and maker == actor.account_id and may(actor, Action.ANNOTATE, access):
+        return
+    require(actor, Action.CURATE, access)
+
+
 def _require_server_wide(actor: Actor, action: Action) -> None:
     if action == Action.ANYONE:
         return

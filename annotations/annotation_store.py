@@ -22,7 +22,7 @@ from sqlalchemy import Select, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from annotations.access import Action, Actor, DatasetAccess, may, require
+from annotations.access import Action, Actor, DatasetAccess, require, require_maker_or_curator
 from annotations.catalog import UtcDatetime, as_utc
 from annotations.cells import LevelPlan
 from annotations.errors import (
@@ -254,8 +254,8 @@ class AnnotationStore:
     # Layers
 
     def create_layer(self, actor: Actor, access: DatasetAccess, layer: LayerIn) -> LayerRecord:
-        """A new layer in the dataset (curators)."""
-        require(actor, Action.CURATE, access)
+        """A new layer in the dataset (anyone who annotates it; its maker and curators change it)."""
+        require(actor, Action.ANNOTATE, access)
         check_name(layer.name, "layer")
         now = utcnow()
         try:
@@ -285,11 +285,12 @@ class AnnotationStore:
             return layer_record(self._layer(session, access, layer_id))
 
     def update_layer(self, actor: Actor, access: DatasetAccess, layer_id: int, changes: LayerChanges) -> LayerRecord:
-        """Rename, describe, or extend a layer's declaration (curators)."""
-        require(actor, Action.CURATE, access)
+        """Rename, describe, or extend a layer's declaration (its maker, curators)."""
+        require(actor, Action.ANNOTATE, access)
         try:
             with self._writing() as session:
                 row = self._layer(session, access, layer_id, lock=True)
+                require_maker_or_curator(actor, access, row.created_by)
                 old = LayerSpec.model_validate(row.spec)
                 given = changes.model_dump(include={"types", "labels", "properties", "relationships"},
                                            exclude_none=True)
@@ -550,8 +551,7 @@ class AnnotationStore:
         if found is None:
             raise AnnotationNotFound(f"no annotation {annotation_id} in layer {layer_id}")
         version, creator, created_at = found
-        if creator is None or creator != actor.account_id or not may(actor, Action.ANNOTATE, access):
-            require(actor, Action.CURATE, access)  # someone else's: curators only (Forbidden otherwise)
+        require_maker_or_curator(actor, access, creator)
         return version, as_utc(created_at)
 
     @staticmethod

@@ -122,13 +122,22 @@ def count(site: Site, layer: dict[str, Any]) -> int:
     return len(site.call("GET", base(layer) + "/annotations?limit=10000", "curator").json()["annotations"])
 
 
-def test_layers_belong_to_curators_and_take_the_reference_images_bounds(site: Site) -> None:
+def test_layers_are_made_by_annotators_and_take_the_reference_images_bounds(site: Site) -> None:
     layer = make_layer(site, "bounds")
     assert layer["lower_bound"] == [0, 0, 0] and layer["upper_bound"] == [1000, 800, 400]
     assert [p["id"] for p in layer["spec"]["properties"]] == ["confidence", "kind", "tint", "count"]
-    for actor, status in (("ann", 403), ("viewer", 403), ("outsider", 403), (None, 401)):
+    for actor, status in (("viewer", 403), ("outsider", 403), (None, 401)):
         answer = site.call("POST", "/api/datasets/cells/annotation-layers", actor, json={"name": "x", **LAYER})
         assert answer.status_code == status, (actor, answer.text)
+    # An annotator's own layer: the maker and curators change it, other annotators do not; curators delete.
+    own = site.call("POST", "/api/datasets/cells/annotation-layers", "ann", json={"name": "anns", **LAYER})
+    assert own.status_code == 201, own.text
+    path = "/api/datasets/cells/annotation-layers/{}".format(own.json()["id"])
+    for actor, status in (("bob", 403), ("viewer", 403), (None, 401), ("ann", 200), ("curator", 200)):
+        answer = site.call("PATCH", path, actor, json={"description": f"by {actor}"})
+        assert answer.status_code == status, (actor, answer.text)
+    assert site.call("DELETE", path, "ann").status_code == 403
+    assert site.call("DELETE", path, "curator").status_code == 204
     again = site.call("POST", "/api/datasets/cells/annotation-layers", "curator", json={"name": "bounds", **LAYER})
     assert again.status_code == 409 and again.json()["code"] == "name_taken"
     listed = site.call("GET", "/api/datasets/cells/annotation-layers").json()["layers"]

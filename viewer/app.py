@@ -107,9 +107,9 @@ def routes() -> list[Route]:
               "dataset-sessions"),
         # Annotation layers and their annotations (append-only history; creators or curators change them).
         Route(rf"/api/datasets/{DATASET}/annotation-layers", annotations.AnnotationLayersHandler,
-              dataset(GET=READ, POST=CURATE, body_limit=LAYER_BODY), "annotation-layers"),
+              dataset(GET=READ, POST=ANNOTATE, body_limit=LAYER_BODY), "annotation-layers"),
         Route(LAYER_BASE, annotations.AnnotationLayerHandler,
-              dataset(GET=READ, PATCH=CURATE, DELETE=CURATE, body_limit=LAYER_BODY), "annotation-layer"),
+              dataset(GET=READ, PATCH=ANNOTATE, DELETE=CURATE, body_limit=LAYER_BODY), "annotation-layer"),
         Route(rf"{LAYER_BASE}/annotations", annotations.AnnotationsHandler,
               dataset(GET=READ, POST=ANNOTATE, body_limit=ANNOTATIONS_BODY), "annotations"),
         Route(ANNOTATION_BASE, annotations.AnnotationHandler,

@@ -52,7 +52,8 @@ class AnnotationLayersHandler(BaseHandler):
         layers = await self.services.call(self.services.annotations.layers, self.actor, self.dataset_access)
         self.write_json(LayersOut(layers=layers))
 
-    @op(summary="Create an annotation layer (curators)", body=LayerIn, response=LayerRecord, status=201)
+    @op(summary="Create an annotation layer (annotators and curators of the dataset)", body=LayerIn,
+        response=LayerRecord, status=201)
     async def post(self, dataset_ref: str) -> None:
         body: LayerIn = await self.parse_body()
         record = await self.services.call(self.services.annotations.create_layer, self.actor, self.dataset_access,
@@ -67,7 +68,7 @@ class AnnotationLayerHandler(BaseHandler):
                                           int(layer_id))
         self.write_json(record)
 
-    @op(summary="Rename or describe a layer, or add types, labels, properties or relationships (curators)",
+    @op(summary="Rename or describe a layer, or add types, labels, properties or relationships (its maker, curators)",
         body=LayerChanges, response=LayerRecord)
     async def patch(self, dataset_ref: str, layer_id: str) -> None:
         body: LayerChanges = await self.parse_body()
