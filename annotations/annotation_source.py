@@ -2,12 +2,13 @@
 source per annotation type and view (``annotations.views``), with ``info``, a multi-level spatial index,
 ``by_id`` and relationships by segment id. Answers are bytes with an ETag bound to the layer's generation.
 
-Spatial subsampling (upstream ``annotations.md``, "spatial"): each annotation keeps a random key in [0, 1)
-for all its versions. Coarse to fine, a cell serves the annotations in it whose (key, id) lies in
+Spatial subsampling (upstream ``annotations.md``, "Spatial index"): a cell lists the annotations whose
+bounding box meets it, so a long line is in every cell it crosses. Each annotation keeps a random key in
+[0, 1) for all its versions. Coarse to fine, a cell serves those of its annotations whose (key, id) lies in
 [start, cut): ``start`` is its parent's cut (0 at level 0), ``cut`` the (limit + 1)-th smallest (key, id) at
 or past ``start`` among the cell's annotations, so a cell holds at most ``limit``; the finest level serves all
-that remain. Every annotation is so served exactly once, in the cell of each level that holds its anchor,
-at the first level whose cell had room, and a uniform random subsample of what remains at each level.
+that remain. Along every chain of cells from the coarsest to a finest cell an annotation meets, it is so
+served exactly once, and each cell holds a uniform random subsample of what its coarser cells left.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class _Source:
     plan: LevelPlan
     lower: list[float]
     upper: list[float]
+    margin: float  # the largest half side of any annotation the layer ever held
 
     def etag(self, name: str) -> str:
         digest = hashlib.blake2b(f"{self.kind}/{self.view}/{name}".encode(), digest_size=9).hexdigest()
@@ -152,11 +154,20 @@ class AnnotationSource:
         return select(V).where(V.layer_id == source.layer_id, V.kind == source.kind, view_clause(source.view))
 
     def _in_cell(self, source: _Source, cell: CellKey, start: Cut) -> Select[Any]:
+        """The view's annotations whose bounding box meets the cell (closed intervals, as the format's cells),
+        with (key, id) at or past ``start``: a range look-up of the anchors' codes around the cell, widened by
+        the layer's largest annotation, then the exact test."""
         V = AnnotationVersion
-        low, high = source.plan.code_range(cell)
+        size = source.plan.chunk_size(cell.level)
+        lower = [lo + c * s for lo, c, s in zip(source.plan.lower, cell.coords, size, strict=True)]
+        upper = [lo + s for lo, s in zip(lower, size, strict=True)]
+        margin = source.margin
+        ranges = source.plan.ranges_covering([v - margin for v in lower], [v + margin for v in upper])
         key_value, annotation_id = start
         return self._selected(source).where(
-            V.cell.between(low, high),
+            or_(*[V.cell.between(low, high) for low, high in ranges]),
+            V.x1 >= lower[0], V.x0 <= upper[0], V.y1 >= lower[1], V.y0 <= upper[1], V.z1 >= lower[2],
+            V.z0 <= upper[2],
             or_(V.sample_key > key_value, and_(V.sample_key == key_value, V.annotation_id >= annotation_id)))
 
     def _bounds(self, session: Session, source: _Source, cell: CellKey) -> tuple[Cut, Cut | None] | None:
@@ -196,7 +207,8 @@ def _source(row: AnnotationLayer, kind: str, view: View, limit: int) -> _Source:
     lower = [float(v) for v in row.lower_bound]
     upper = [float(v) for v in row.upper_bound]
     plan = LevelPlan.for_bounds(tuple(lower), tuple(upper), limit)
-    return _Source(row.id, row.generation, kind, view, Layout.of(spec, kind), plan, lower, upper)
+    return _Source(row.id, row.generation, kind, view, Layout.of(spec, kind), plan, lower, upper,
+                   row.max_extent)
 
 
 def _entry(row: AnnotationVersion) -> Entry:

@@ -5,12 +5,13 @@ PostgreSQL. A small per-cell limit makes the subsampling across levels visible."
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -104,16 +105,24 @@ def listing(site: Site, layer_id: int, actor: str = "curator", **query: str) -> 
     return answer.json()["annotations"]
 
 
-def anchor_cell(record: dict[str, Any], chunk: list[float], grid: list[int]) -> tuple[int, ...]:
-    """The cell of a level holding the record's anchor (the centre of its bounding box), as the format files it."""
+def bbox(record: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The record's bounding box (an ellipsoid's: centre ± radii)."""
     if record["type"] == "ellipsoid":
-        points = [[c - r for c, r in zip(record["center"], record["radii"], strict=True)],
-                  [c + r for c, r in zip(record["center"], record["radii"], strict=True)]]
-    else:
-        points = [np.asarray(record[name], dtype=float).reshape(-1, 3) for name in GEOMETRY[record["type"]]]
-        points = np.concatenate(points).tolist()
-    anchor = [(min(p[a] for p in points) + max(p[a] for p in points)) / 2 for a in range(3)]
-    return tuple(min(max(math.floor(v / c), 0), g - 1) for v, c, g in zip(anchor, chunk, grid, strict=True))
+        pairs = list(zip(record["center"], record["radii"], strict=True))
+        return [c - r for c, r in pairs], [c + r for c, r in pairs]
+    points = np.concatenate([np.asarray(record[name], dtype=float).reshape(-1, 3)
+                             for name in GEOMETRY[record["type"]]])
+    return points.min(axis=0).tolist(), points.max(axis=0).tolist()
+
+
+def cells_met(record: dict[str, Any], meta: dict[str, Any]) -> set[tuple[int, ...]]:
+    """The cells of a level that the record's bounding box meets (cells are closed intervals, as in the format)."""
+    lower, upper = bbox(record)
+    size, grid = meta["chunk_size"], meta["grid_shape"]
+    spans = [range(max(0, math.floor(lo / s) - 1), min(g - 1, math.floor(hi / s) + 1) + 1)
+             for lo, hi, s, g in zip(lower, upper, size, grid, strict=True)]
+    return {cell for cell in itertools.product(*spans)
+            if all(hi >= c * s and lo <= c * s + s for lo, hi, c, s in zip(lower, upper, cell, size, strict=True))}
 
 
 def compare(site: Site, layer_id: int, view: str, records: list[dict[str, Any]], gone: list[int]) -> int:
@@ -130,22 +139,30 @@ def compare(site: Site, layer_id: int, view: str, records: list[dict[str, Any]],
         for annotation_id in gone:
             with pytest.raises(KeyError):
                 reader.by_id[annotation_id]
-        seen: Counter[int] = Counter()
+        served_in: dict[int, set[tuple[int, tuple[int, ...]]]] = defaultdict(set)
+        levels = [spatial.metadata for spatial in reader.spatial]
         for level, spatial in enumerate(reader.spatial):
-            meta = spatial.metadata
             finest = level == len(reader.spatial) - 1
-            for coords in np.ndindex(*meta["grid_shape"]):
+            for coords in np.ndindex(*levels[level]["grid_shape"]):
                 served = [from_reader(a, kind, info) for a in spatial[coords]]
                 reads += 1
                 assert finest or len(served) <= LIMIT, (kind, level, coords)
                 for plain in served:
                     record = expected[plain[0]]
                     assert plain == from_record(record, info, LABELS, False)
-                    assert anchor_cell(record, meta["chunk_size"], meta["grid_shape"]) == coords
-                    seen[plain[0]] += 1
+                    assert coords in cells_met(record, levels[level]), (kind, plain[0], level, coords)
+                    served_in[plain[0]].add((level, coords))
             if level == 0:
                 assert len(served) == min(LIMIT, len(expected))  # the coarsest level is full up to its limit
-        assert seen == Counter(list(expected)), f"{kind}: each annotation once across the levels"
+        assert set(served_in) == set(expected)
+        # Along the chain of cells down to every finest cell an annotation meets, it is served exactly once.
+        finest_grid = levels[-1]["grid_shape"]
+        for annotation_id, record in expected.items():
+            for cell in cells_met(record, levels[-1]):
+                chain = [(level, tuple(c * g // f for c, g, f in zip(cell, meta["grid_shape"], finest_grid,
+                                                                      strict=True)))
+                         for level, meta in enumerate(levels)]
+                assert sum(link in served_in[annotation_id] for link in chain) == 1, (kind, annotation_id, cell)
         for segment in SEGMENTS:
             related = [from_reader(a, kind, info) for a in reader.relationships["bodies"][segment]]
             assert related == [from_record(r, info, LABELS, False) for r in expected.values()
