@@ -100,3 +100,18 @@ def test_properties_are_listed_in_encoding_order() -> None:
         ("score", 4), ("confidence", 4), ("offset", 4), ("count", 2), ("wide", 2), ("tint", 1), ("kind", 1),
         ("glow", 1), ("small", 1), ("label", 1)]
     assert len(layout.encode(Entry(1, [1.0, 2.0, 3.0], None, {}, {}))) == 12 + 12 + 4 + 12  # padded to 4
+
+
+def test_many_labels_take_a_uint16(tmp_path: Path) -> None:
+    labels = [f"l{i}" for i in range(300)]
+    spec = LayerSpec.model_validate({"types": ["point"], "labels": [{"id": label} for label in labels]})
+    layout = Layout.of(spec, "point")
+    assert [(f.id, f.type) for f in layout.properties] == [("label", "uint16")]
+    info = layout.info(LOWER, UPPER, LevelPlan.for_bounds(LOWER, UPPER))
+    (tmp_path / "info").write_text(json.dumps(info))
+    (tmp_path / "by_id").mkdir()
+    record = {"id": 7, "type": "point", "point": [1.0, 2.0, 3.0], "label": "l299", "properties": {}, "segments": {}}
+    (tmp_path / "by_id" / "7").write_bytes(layout.encode_by_id(entry(record)))
+    decoded = AnnotationReader(f"file://{tmp_path}/").by_id[7]
+    assert from_reader(decoded, "point", info) == from_record(record, info, labels, True)
+    assert int(decoded.props[0]) == 300
