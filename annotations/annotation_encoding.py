@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from annotations.cells import LevelPlan
 from annotations.layer_specs import LABEL_PROPERTY, PROPERTY_TYPES, LayerSpec
 
@@ -21,6 +19,8 @@ ANNOTATION_TYPE_NAMES = {"point": "POINT", "line": "LINE", "axis_aligned_boundin
                          "ellipsoid": "ELLIPSOID", "polyline": "POLYLINE"}
 BY_ID_KEY = "by_id"
 NANOMETRE = [1e-9, "m"]
+# Little-endian struct codes of the numeric property types (values were checked against their ranges on write).
+_STRUCT = {"uint32": "<I", "int32": "<i", "float32": "<f", "uint16": "<H", "int16": "<h", "uint8": "<B", "int8": "<b"}
 
 
 def spatial_key(level: int) -> str:
@@ -111,7 +111,7 @@ class Layout:
         parts = bytearray()
         if self.kind == "polyline":
             parts += struct.pack("<I", len(entry.geometry) // 3)
-        parts += np.asarray(entry.geometry, dtype="<f4").tobytes()
+        parts += struct.pack(f"<{len(entry.geometry)}f", *entry.geometry)
         start = len(parts)
         for field in self.properties:
             parts += bytes(-(len(parts) - start) % field.alignment)
@@ -127,8 +127,7 @@ class Layout:
         if field.type in ("rgb", "rgba"):
             width = 3 if field.type == "rgb" else 4
             return bytes.fromhex(value[1:]) if isinstance(value, str) else bytes(width)
-        dtype = PROPERTY_TYPES[field.type][0]
-        return np.asarray(value, dtype=dtype).tobytes()
+        return struct.pack(_STRUCT[field.type], value)
 
     def encode_list(self, entries: Sequence[Entry]) -> bytes:
         """Several annotations (a spatial cell, a relationship entry): uint64 count, the annotations, their ids."""

@@ -36,6 +36,8 @@ from annotations.views import View
 
 Cut = tuple[float, int]  # (sample key, annotation id)
 FIRST: Cut = (0.0, 0)
+ENTRY_COLUMNS = (AnnotationVersion.annotation_id, AnnotationVersion.geometry, AnnotationVersion.label,
+                 AnnotationVersion.properties, AnnotationVersion.segments)  # in Entry's order
 CUT_CACHE = 65_536  # cell cut-offs kept (per layer generation, type, view and cell)
 
 
@@ -97,8 +99,9 @@ class AnnotationSource:
                     key_value, annotation_id = bounds[1]
                     statement = statement.where(or_(V.sample_key < key_value,
                                                     and_(V.sample_key == key_value, V.annotation_id < annotation_id)))
-                rows = session.scalars(statement.order_by(V.sample_key, V.annotation_id))
-                entries = [_entry(row) for row in rows]
+                rows = session.execute(statement.with_only_columns(*ENTRY_COLUMNS)
+                                       .order_by(V.sample_key, V.annotation_id))
+                entries = [Entry(*row) for row in rows]  # columns, not ORM objects: a cell may hold thousands
             return SourceFile(source.layout.encode_list(entries), "application/octet-stream",
                               source.etag(f"spatial{level}/{key}"))
 
