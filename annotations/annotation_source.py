@@ -86,10 +86,14 @@ class AnnotationSource:
             return SourceFile(body, "application/json", source.etag("info"))
 
     def cell(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, view: str, level: int,
-             cell: str) -> SourceFile:
-        """The spatial-index cell ``cell`` (``i_j_k``) of ``level``: its subsample (see the module's note)."""
+             cell: str, if_none_match: str | None = None) -> SourceFile:
+        """The spatial-index cell ``cell`` (``i_j_k``) of ``level``: its subsample (see the module's note). When
+        its ETag is ``if_none_match`` the body is left empty (the client has it: the answer is 304)."""
         with self._reading(actor, access, layer_id, kind, view) as (session, source):
             key = CellKey.parse(source.plan, level, cell)
+            etag = source.etag(f"spatial{level}/{key}")
+            if if_none_match == etag:
+                return SourceFile(b"", "application/octet-stream", etag)
             bounds = self._bounds(session, source, key)
             entries: list[Entry] = []
             if bounds is not None:
@@ -102,8 +106,7 @@ class AnnotationSource:
                 rows = session.execute(statement.with_only_columns(*ENTRY_COLUMNS)
                                        .order_by(V.sample_key, V.annotation_id))
                 entries = [Entry(*row) for row in rows]  # columns, not ORM objects: a cell may hold thousands
-            return SourceFile(source.layout.encode_list(entries), "application/octet-stream",
-                              source.etag(f"spatial{level}/{key}"))
+            return SourceFile(source.layout.encode_list(entries), "application/octet-stream", etag)
 
     def by_id(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, view: str,
               annotation_id: int) -> SourceFile:

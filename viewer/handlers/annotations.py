@@ -166,7 +166,8 @@ class AnnotationSourceCellHandler(AnnotationSourceHandler):
         response=BINARY, content="application/octet-stream", also={304: "not modified"})
     async def get(self, dataset_ref: str, layer_id: str, kind: str, view: str, level: str, cell: str) -> None:
         self.send(await self.services.call(self.services.annotation_source.cell, self.actor, self.dataset_access,
-                                           int(layer_id), kind, view, int(level), cell))
+                                           int(layer_id), kind, view, int(level), cell,
+                                           self.request.headers.get("If-None-Match")))
 
 
 class AnnotationSourceByIdHandler(AnnotationSourceHandler):
