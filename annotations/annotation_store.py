@@ -244,6 +244,21 @@ def view_clause(view: View) -> Any:
     return and_(*clauses)
 
 
+def load_layer(session: Session, access: DatasetAccess, layer_id: int, lock: bool = False) -> AnnotationLayer:
+    """The layer of this dataset; with ``lock``, bump its generation first (PostgreSQL's row lock: writers of
+    one layer take turns). Raises LayerNotFound."""
+    if not 0 < layer_id < 2**31:
+        raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
+    if lock:
+        session.execute(update(AnnotationLayer)
+                        .where(AnnotationLayer.id == layer_id, AnnotationLayer.dataset_id == access.id)
+                        .values(generation=AnnotationLayer.generation + 1))
+    row = session.get(AnnotationLayer, layer_id, populate_existing=lock)
+    if row is None or row.dataset_id != access.id:
+        raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
+    return row
+
+
 class AnnotationStore:
     """The annotation service (blocking; the web layer runs it in its database threads)."""
 
@@ -282,14 +297,14 @@ class AnnotationStore:
     def layer(self, actor: Actor, access: DatasetAccess, layer_id: int) -> LayerRecord:
         require(actor, Action.READ, access)
         with self.sessions() as session:
-            return layer_record(self._layer(session, access, layer_id))
+            return layer_record(load_layer(session, access, layer_id))
 
     def update_layer(self, actor: Actor, access: DatasetAccess, layer_id: int, changes: LayerChanges) -> LayerRecord:
         """Rename, describe, or extend a layer's declaration (its maker, curators)."""
         require(actor, Action.ANNOTATE, access)
         try:
             with self._writing() as session:
-                row = self._layer(session, access, layer_id, lock=True)
+                row = load_layer(session, access, layer_id, lock=True)
                 require_maker_or_curator(actor, access, row.created_by)
                 old = LayerSpec.model_validate(row.spec)
                 given = changes.model_dump(include={"types", "labels", "properties", "relationships"},
@@ -320,7 +335,7 @@ class AnnotationStore:
         """Remove a layer with its annotations and their history (curators)."""
         require(actor, Action.CURATE, access)
         with self._writing() as session:
-            session.delete(self._layer(session, access, layer_id, lock=True))
+            session.delete(load_layer(session, access, layer_id, lock=True))
         return True
 
     # Annotations
@@ -332,12 +347,12 @@ class AnnotationStore:
         if len(items) > MAX_BATCH:
             raise BatchTooLarge(f"at most {MAX_BATCH} annotations in one request, not {len(items)}")
         with self.sessions() as session:
-            layer = layer_record(self._layer(session, access, layer_id))
+            layer = layer_record(load_layer(session, access, layer_id))
         checked = [self._check(layer, item, index=i if len(items) > 1 else None) for i, item in enumerate(items)]
         plan = LevelPlan.for_bounds(tuple(layer.lower_bound), tuple(layer.upper_bound))
         author = actor.name or ""
         with self._writing() as session:
-            row = self._layer(session, access, layer_id, lock=True)
+            row = load_layer(session, access, layer_id, lock=True)
             now = utcnow()
             ids: list[int] = []
             if checked:
@@ -356,7 +371,7 @@ class AnnotationStore:
             as_of: datetime | None = None) -> AnnotationRecord:
         require(actor, Action.READ, access)
         with self.sessions() as session:
-            self._layer(session, access, layer_id)
+            load_layer(session, access, layer_id)
             found = session.execute(
                 select(AnnotationVersion, Annotation.created_at)
                 .join(Annotation, Annotation.id == AnnotationVersion.annotation_id)
@@ -372,11 +387,11 @@ class AnnotationStore:
         """Replace an annotation's content with a new version (its creator, or a curator)."""
         require(actor, Action.ANNOTATE, access)
         with self.sessions() as session:
-            layer = layer_record(self._layer(session, access, layer_id))
+            layer = layer_record(load_layer(session, access, layer_id))
         checked = self._check(layer, item)
         plan = LevelPlan.for_bounds(tuple(layer.lower_bound), tuple(layer.upper_bound))
         with self._writing() as session:
-            layer_row = self._layer(session, access, layer_id, lock=True)
+            layer_row = load_layer(session, access, layer_id, lock=True)
             layer_row.max_extent = max(layer_row.max_extent, checked.extent)
             current, created_at = self._current_for_change(session, actor, access, layer_id, annotation_id)
             now = utcnow()
@@ -393,7 +408,7 @@ class AnnotationStore:
         """Mark an annotation deleted (its creator, or a curator); its history stays."""
         require(actor, Action.ANNOTATE, access)
         with self._writing() as session:
-            self._layer(session, access, layer_id, lock=True)
+            load_layer(session, access, layer_id, lock=True)
             current, _ = self._current_for_change(session, actor, access, layer_id, annotation_id)
             now = utcnow()
             current.valid_to = now
@@ -407,7 +422,7 @@ class AnnotationStore:
         """Every version of an annotation, oldest first, with its author and time; a delete is a version too."""
         require(actor, Action.READ, access)
         with self.sessions() as session:
-            self._layer(session, access, layer_id)
+            load_layer(session, access, layer_id)
             rows = session.execute(
                 select(AnnotationVersion, Annotation.created_at)
                 .join(Annotation, Annotation.id == AnnotationVersion.annotation_id)
@@ -424,7 +439,7 @@ class AnnotationStore:
         require(actor, Action.READ, access)
         V = AnnotationVersion
         with self.sessions() as session:
-            row = self._layer(session, access, layer_id)
+            row = load_layer(session, access, layer_id)
             layer, margin = layer_record(row), row.max_extent
             statement: Select[Any] = (
                 select(V, Annotation.created_at).join(Annotation, Annotation.id == V.annotation_id)
@@ -449,21 +464,6 @@ class AnnotationStore:
             if connection.dialect.name == "sqlite":
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             yield session
-
-    @staticmethod
-    def _layer(session: Session, access: DatasetAccess, layer_id: int, lock: bool = False) -> AnnotationLayer:
-        """The layer of this dataset; with ``lock``, bump its generation first (PostgreSQL's row lock: writers
-        of one layer take turns)."""
-        if not 0 < layer_id < 2**31:
-            raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
-        if lock:
-            session.execute(update(AnnotationLayer)
-                            .where(AnnotationLayer.id == layer_id, AnnotationLayer.dataset_id == access.id)
-                            .values(generation=AnnotationLayer.generation + 1))
-        row = session.get(AnnotationLayer, layer_id, populate_existing=lock)
-        if row is None or row.dataset_id != access.id:
-            raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
-        return row
 
     @staticmethod
     def _bounds(session: Session, dataset_id: int, layer: LayerIn) -> tuple[list[float], list[float]]:

@@ -97,6 +97,10 @@ def _image(visibility: str) -> str:
     return f"/api/datasets/{DATASETS[visibility]}/images/{IMAGES[visibility][0]}"
 
 
+def _source(visibility: str) -> str:
+    return f"/api/datasets/{DATASETS[visibility]}/annotation-layers/999999/precomputed/point/current"
+
+
 REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     "catalog-page": lambda m, v, s: ("/", None),
     "dataset-page": lambda m, v, s: (f"/datasets/{DATASETS[v]}", None),
@@ -136,6 +140,10 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
                                    REFUSED if s == "PUT" else None),
     "annotation-history": lambda m, v, s: (
         f"/api/datasets/{DATASETS[v]}/annotation-layers/999999/annotations/1/history", None),
+    "annotation-source-info": lambda m, v, s: (f"{_source(v)}/info", None),
+    "annotation-source-cell": lambda m, v, s: (f"{_source(v)}/spatial0/0_0_0", None),
+    "annotation-source-by-id": lambda m, v, s: (f"{_source(v)}/by_id/1", None),
+    "annotation-source-related": lambda m, v, s: (f"{_source(v)}/rel_bodies/1", None),
     "warped-chunk": lambda m, v, s: (f"{_image(v)}/warped/{m.spline}/precomputed/0/0-64_0-64_0-64", None),
 }
 # Session routes: (path suffix after the token, body). The session's owner is what matters.

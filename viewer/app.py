@@ -42,6 +42,10 @@ LAYER_BASE = rf"/api/datasets/{DATASET}/annotation-layers/(?P<layer_id>{ID})"
 ANNOTATION_BASE = rf"{LAYER_BASE}/annotations/(?P<annotation_id>{ID})"
 PRECOMPUTED_CHUNK = r"precomputed/(?P<scale_key>[^/]{1,20})/(?P<chunk_name>[^/]{1,100})"  # plain and warped alike
 STORED_KEY = r"(?P<key>.{1,1024})"
+# A layer's annotations of one type, in one view (``annotations.views``: "current" or filters), as a
+# Neuroglancer precomputed annotation source.
+ANNOTATION_SOURCE = (rf"{LAYER_BASE}/precomputed/(?P<kind>point|line|axis_aligned_bounding_box|ellipsoid|polyline)"
+                     r"/(?P<view>[A-Za-z0-9_.,=\-]{1,400})")
 
 STATE_BODY = 4 * MiB  # a viewer state (Neuroglancer's own, or PUT through the API)
 TRANSFORM_BODY = 4 * MiB  # a transform file (matrices, landmark lists, eC-CLEM XML)
@@ -116,6 +120,14 @@ def routes() -> list[Route]:
               dataset(GET=READ, PUT=ANNOTATE, DELETE=ANNOTATE, body_limit=ANNOTATION_BODY), "annotation"),
         Route(rf"{ANNOTATION_BASE}/history", annotations.AnnotationHistoryHandler, dataset(GET=READ),
               "annotation-history"),
+        Route(rf"{ANNOTATION_SOURCE}/info", annotations.AnnotationSourceInfoHandler, dataset(GET=READ),
+              "annotation-source-info"),
+        Route(rf"{ANNOTATION_SOURCE}/spatial(?P<level>0|[1-9][0-9]?)/(?P<cell>[0-9_]{{1,40}})",
+              annotations.AnnotationSourceCellHandler, dataset(GET=READ), "annotation-source-cell"),
+        Route(rf"{ANNOTATION_SOURCE}/by_id/(?P<annotation_id>{ID})", annotations.AnnotationSourceByIdHandler,
+              dataset(GET=READ), "annotation-source-by-id"),
+        Route(rf"{ANNOTATION_SOURCE}/rel_(?P<relationship>{NAME})/(?P<segment>0|[1-9][0-9]{{0,19}})",
+              annotations.AnnotationSourceRelatedHandler, dataset(GET=READ), "annotation-source-related"),
         # Correlative registration: transforms into the dataset's reference space.
         Route(rf"{IMAGE_BASE}/transform", correlation.TransformHandler,
               dataset(GET=READ, PUT=CURATE, body_limit=TRANSFORM_BODY), "transform"),

@@ -28,6 +28,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "remote_stall_seconds": (1.0, 3600.0),
     "header_timeout_seconds": (0.1, 86400.0),
     "body_timeout_seconds": (0.1, 86400.0),
+    "annotation_cell_limit": (1, 1_000_000),
 }
 
 
@@ -59,6 +60,10 @@ class Settings:
     body_timeout_seconds: float = field(
         default=120.0, metadata={"help": "a client sending its request body is cut off after this long (4 MiB at "
                                          "300 kbit/s takes 110 s)"},
+    )
+    annotation_cell_limit: int = field(
+        default=2000, metadata={"help": "annotations per spatial-index cell of a precomputed annotation source "
+                                        "above its finest level (a random subsample)"},
     )
     cookie_secret: str | None = field(
         default=None,

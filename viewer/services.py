@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from annotations.access import Access
 from annotations.accounts import Accounts
+from annotations.annotation_source import AnnotationSource
 from annotations.annotation_store import AnnotationStore
 from annotations.catalog import Catalog, DatasetRecord, ImageRecord
 from annotations.db import make_engine, make_sessions
@@ -162,6 +163,7 @@ class Services:
     accounts: Accounts
     access: Access
     annotations: AnnotationStore
+    annotation_source: AnnotationSource
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
     images: ImageRegistry = field(init=False)
     session_watch: SessionWatch = field(init=False)
@@ -194,6 +196,7 @@ class Services:
             accounts=Accounts(sessions),
             access=Access(sessions),
             annotations=AnnotationStore(sessions),
+            annotation_source=AnnotationSource(sessions, settings.annotation_cell_limit),
         )
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from annotations.annotation_source import SourceFile
 from annotations.annotation_store import (
     AnnotationPage,
     AnnotationQuery,
@@ -17,7 +18,7 @@ from annotations.annotation_store import (
     VersionRecord,
 )
 from annotations.layer_specs import AnnotationIn
-from viewer.apidoc import op
+from viewer.apidoc import ANY_JSON, BINARY, op
 from viewer.handlers.base import BaseHandler
 
 BULK_VALUES = 4_000_000  # JSON values in one bulk body: 100,000 annotations with labels and properties
@@ -132,3 +133,56 @@ class AnnotationHistoryHandler(BaseHandler):
         versions = await self.services.call(self.services.annotations.history, self.actor, self.dataset_access,
                                             int(layer_id), int(annotation_id))
         self.write_json(HistoryOut(versions=versions))
+
+
+class AnnotationSourceHandler(BaseHandler):
+    """A precomputed annotation source file: cacheable, revalidated by an ETag bound to the layer's generation
+    and the view (the view is in the path, so each view is its own cache entry)."""
+
+    cors = True  # as the pixels: public datasets are readable from any origin; private ones drop it
+
+    def send(self, file: SourceFile) -> None:
+        private = self.dataset_access is not None and not self.dataset_access.public()
+        self.set_header("Cache-Control", f"{'private' if private else 'public'}, no-cache")
+        self.set_header("ETag", file.etag)
+        if self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return
+        self.set_header("Content-Type", file.content_type)
+        self.finish(file.body)
+
+
+class AnnotationSourceInfoHandler(AnnotationSourceHandler):
+    @op(summary="A layer's annotations of one type as a Neuroglancer precomputed annotation source: its info",
+        response=ANY_JSON, also={304: "not modified"})
+    async def get(self, dataset_ref: str, layer_id: str, kind: str, view: str) -> None:
+        self.send(await self.services.call(self.services.annotation_source.info, self.actor, self.dataset_access,
+                                           int(layer_id), kind, view))
+
+
+class AnnotationSourceCellHandler(AnnotationSourceHandler):
+    @op(summary="One spatial-index cell of a precomputed annotation source (a random subsample within its limit)",
+        response=BINARY, content="application/octet-stream", also={304: "not modified"})
+    async def get(self, dataset_ref: str, layer_id: str, kind: str, view: str, level: str, cell: str) -> None:
+        self.send(await self.services.call(self.services.annotation_source.cell, self.actor, self.dataset_access,
+                                           int(layer_id), kind, view, int(level), cell,
+                                           self.request.headers.get("If-None-Match")))
+
+
+class AnnotationSourceByIdHandler(AnnotationSourceHandler):
+    @op(summary="One annotation of a precomputed annotation source, with its related segment ids",
+        response=BINARY, content="application/octet-stream", also={304: "not modified"})
+    async def get(self, dataset_ref: str, layer_id: str, kind: str, view: str, annotation_id: str) -> None:
+        self.send(await self.services.call(self.services.annotation_source.by_id, self.actor, self.dataset_access,
+                                           int(layer_id), kind, view, int(annotation_id)))
+
+
+class AnnotationSourceRelatedHandler(AnnotationSourceHandler):
+    @op(summary="The annotations of a precomputed annotation source related to one segment id",
+        response=BINARY, content="application/octet-stream", also={304: "not modified"})
+    async def get(self, dataset_ref: str, layer_id: str, kind: str, view: str, relationship: str,
+                  segment: str) -> None:
+        self.send(await self.services.call(self.services.annotation_source.related, self.actor,
+                                           self.dataset_access, int(layer_id), kind, view, relationship,
+                                           int(segment)))

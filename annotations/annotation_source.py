@@ -1,0 +1,221 @@
+"""Every annotation layer as Neuroglancer precomputed annotation sources generated from the database: one
+source per annotation type and view (``annotations.views``), with ``info``, a multi-level spatial index,
+``by_id`` and relationships by segment id. Answers are bytes with an ETag bound to the layer's generation.
+
+Spatial subsampling (upstream ``annotations.md``, "Spatial index"): a cell lists the annotations whose
+bounding box meets it, so a long line is in every cell it crosses. Each annotation keeps a random key in
+[0, 1) for all its versions. Coarse to fine, a cell serves those of its annotations whose (key, id) lies in
+[start, cut): ``start`` is its parent's cut (0 at level 0), ``cut`` the (limit + 1)-th smallest (key, id) at
+or past ``start`` among the cell's annotations, so a cell holds at most ``limit``; the finest level serves all
+that remain. Along every chain of cells from the coarsest to a finest cell an annotation meets, it is so
+served exactly once, and each cell holds a uniform random subsample of what its coarser cells left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import LRUCache
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from annotations.access import Action, Actor, DatasetAccess, require
+from annotations.annotation_encoding import Entry, Layout
+from annotations.annotation_store import load_layer, view_clause
+from annotations.cells import DEFAULT_LIMIT, CellKey, LevelPlan
+from annotations.errors import AnnotationNotFound, InvalidView
+from annotations.layer_specs import MAX_SEGMENT_ID, LayerSpec
+from annotations.models import AnnotationLayer, AnnotationSegment, AnnotationVersion
+from annotations.views import View
+
+Cut = tuple[float, int]  # (sample key, annotation id)
+FIRST: Cut = (0.0, 0)
+ENTRY_COLUMNS = (AnnotationVersion.annotation_id, AnnotationVersion.geometry, AnnotationVersion.label,
+                 AnnotationVersion.properties, AnnotationVersion.segments)  # in Entry's order
+CUT_CACHE = 65_536  # cell cut-offs kept (per layer generation, type, view and cell)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One file of a precomputed annotation source, ready for the wire."""
+
+    body: bytes
+    content_type: str
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """What one request reads: the layer row's values, the type and the view."""
+
+    layer_id: int
+    generation: int
+    kind: str
+    view: View
+    layout: Layout
+    plan: LevelPlan
+    lower: list[float]
+    upper: list[float]
+    margin: float  # the largest half side of any annotation the layer ever held
+
+    def etag(self, name: str) -> str:
+        digest = hashlib.blake2b(f"{self.kind}/{self.view}/{name}".encode(), digest_size=9).hexdigest()
+        return f'"{self.layer_id}-{self.generation}-{digest}"'
+
+
+class AnnotationSource:
+    """The precomputed annotation service (blocking; the web layer runs it in its database threads)."""
+
+    def __init__(self, sessions: sessionmaker[Session], limit: int = DEFAULT_LIMIT) -> None:
+        self.sessions = sessions
+        self.limit = limit  # annotations per cell above the finest level
+        self._cuts: LRUCache[tuple[Any, ...], Cut | None] = LRUCache(CUT_CACHE)
+        self._lock = threading.Lock()
+
+    def info(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, view: str) -> SourceFile:
+        """The source's ``info`` JSON. Raises LayerNotFound, InvalidView (a type the layer lacks, a bad view)."""
+        with self._reading(actor, access, layer_id, kind, view) as (_, source):
+            info = source.layout.info(source.lower, source.upper, source.plan)
+            body = json.dumps(info, allow_nan=False).encode()
+            return SourceFile(body, "application/json", source.etag("info"))
+
+    def cell(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, view: str, level: int,
+             cell: str, if_none_match: str | None = None) -> SourceFile:
+        """The spatial-index cell ``cell`` (``i_j_k``) of ``level``: its subsample (see the module's note). When
+        its ETag is ``if_none_match`` the body is left empty (the client has it: the answer is 304)."""
+        with self._reading(actor, access, layer_id, kind, view) as (session, source):
+            key = CellKey.parse(source.plan, level, cell)
+            etag = source.etag(f"spatial{level}/{key}")
+            if if_none_match == etag:
+                return SourceFile(b"", "application/octet-stream", etag)
+            bounds = self._bounds(session, source, key)
+            entries: list[Entry] = []
+            if bounds is not None:
+                V = AnnotationVersion
+                statement = self._in_cell(source, key, bounds[0])
+                if bounds[1] is not None:
+                    key_value, annotation_id = bounds[1]
+                    statement = statement.where(or_(V.sample_key < key_value,
+                                                    and_(V.sample_key == key_value, V.annotation_id < annotation_id)))
+                rows = session.execute(statement.with_only_columns(*ENTRY_COLUMNS)
+                                       .order_by(V.sample_key, V.annotation_id))
+                entries = [Entry(*row) for row in rows]  # columns, not ORM objects: a cell may hold thousands
+            return SourceFile(source.layout.encode_list(entries), "application/octet-stream", etag)
+
+    def by_id(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, view: str,
+              annotation_id: int) -> SourceFile:
+        """One annotation with its related segments. Raises AnnotationNotFound if the view does not hold it."""
+        with self._reading(actor, access, layer_id, kind, view) as (session, source):
+            V = AnnotationVersion
+            row = session.scalars(self._selected(source).where(V.annotation_id == annotation_id)).first() \
+                if 0 < annotation_id < 2**31 else None
+            if row is None:
+                raise AnnotationNotFound(f"no {kind} {annotation_id} in this view of layer {layer_id}")
+            return SourceFile(source.layout.encode_by_id(_entry(row)), "application/octet-stream",
+                              source.etag(f"by_id/{annotation_id}"))
+
+    def related(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, view: str, relationship: str,
+                segment: int) -> SourceFile:
+        """The annotations related to ``segment`` through ``relationship``, by id. Raises InvalidView for a
+        relationship the layer does not declare."""
+        with self._reading(actor, access, layer_id, kind, view) as (session, source):
+            names = source.layout.relationships
+            if relationship not in names:
+                raise InvalidView(f"layer {layer_id} has no relationship {relationship[:64]!r}")
+            entries: list[Entry] = []
+            if segment <= MAX_SEGMENT_ID:
+                S, V = AnnotationSegment, AnnotationVersion
+                statement = (self._selected(source).join(S, S.version_id == V.id)
+                             .where(S.layer_id == source.layer_id, S.relationship == names.index(relationship),
+                                    S.segment_id == segment).order_by(V.annotation_id))
+                entries = [_entry(row) for row in session.scalars(statement)]
+            return SourceFile(source.layout.encode_list(entries), "application/octet-stream",
+                              source.etag(f"rel_{relationship}/{segment}"))
+
+    # Helpers
+
+    @contextmanager
+    def _reading(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str,
+                 view_text: str) -> Iterator[tuple[Session, _Source]]:
+        """A read of one snapshot (a request's several statements see one state of the layer)."""
+        require(actor, Action.READ, access)
+        view = View.parse(view_text)
+        with self.sessions() as session:
+            if session.get_bind().dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN")  # pysqlite would begin only at the first write
+            else:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            row = load_layer(session, access, layer_id)
+            yield session, _source(row, kind, view, self.limit)
+
+    @staticmethod
+    def _selected(source: _Source) -> Select[Any]:
+        V = AnnotationVersion
+        return select(V).where(V.layer_id == source.layer_id, V.kind == source.kind, view_clause(source.view))
+
+    def _in_cell(self, source: _Source, cell: CellKey, start: Cut) -> Select[Any]:
+        """The view's annotations whose bounding box meets the cell (closed intervals, as the format's cells),
+        with (key, id) at or past ``start``: a range look-up of the anchors' codes around the cell, widened by
+        the layer's largest annotation, then the exact test."""
+        V = AnnotationVersion
+        size = source.plan.chunk_size(cell.level)
+        lower = [lo + c * s for lo, c, s in zip(source.plan.lower, cell.coords, size, strict=True)]
+        upper = [lo + s for lo, s in zip(lower, size, strict=True)]
+        margin = source.margin
+        ranges = source.plan.ranges_covering([v - margin for v in lower], [v + margin for v in upper])
+        key_value, annotation_id = start
+        return self._selected(source).where(
+            or_(*[V.cell.between(low, high) for low, high in ranges]),
+            V.x1 >= lower[0], V.x0 <= upper[0], V.y1 >= lower[1], V.y0 <= upper[1], V.z1 >= lower[2],
+            V.z0 <= upper[2],
+            or_(V.sample_key > key_value, and_(V.sample_key == key_value, V.annotation_id >= annotation_id)))
+
+    def _bounds(self, session: Session, source: _Source, cell: CellKey) -> tuple[Cut, Cut | None] | None:
+        """The (key, id) range ``cell`` serves (end None: all from start), or None when coarser cells took all."""
+        start = FIRST
+        finest = len(source.plan.levels) - 1
+        for ancestor in source.plan.ancestry(cell):
+            end = None if ancestor.level == finest else self._cut(session, source, ancestor, start)
+            if ancestor == cell:
+                return start, end
+            if end is None:
+                return None
+            start = end
+        raise AssertionError("a cell is its own last ancestor")
+
+    def _cut(self, session: Session, source: _Source, cell: CellKey, start: Cut) -> Cut | None:
+        """The (limit + 1)-th smallest (key, id) of the cell from ``start`` on, or None if it holds no more."""
+        cache_key = (source.layer_id, source.generation, source.kind, str(source.view), cell)
+        with self._lock:
+            if cache_key in self._cuts:
+                return self._cuts[cache_key]
+        V = AnnotationVersion
+        found = session.execute(
+            self._in_cell(source, cell, start).with_only_columns(V.sample_key, V.annotation_id)
+            .order_by(V.sample_key, V.annotation_id).offset(source.plan.limit).limit(1)
+        ).first()
+        cut = None if found is None else (float(found[0]), int(found[1]))
+        with self._lock:
+            self._cuts[cache_key] = cut
+        return cut
+
+
+def _source(row: AnnotationLayer, kind: str, view: View, limit: int) -> _Source:
+    spec = LayerSpec.model_validate(row.spec)
+    if kind not in spec.types:
+        raise InvalidView(f"layer {row.id} holds {', '.join(spec.types)}, not {kind}")
+    lower = [float(v) for v in row.lower_bound]
+    upper = [float(v) for v in row.upper_bound]
+    plan = LevelPlan.for_bounds(tuple(lower), tuple(upper), limit)
+    return _Source(row.id, row.generation, kind, view, Layout.of(spec, kind), plan, lower, upper,
+                   row.max_extent)
+
+
+def _entry(row: AnnotationVersion) -> Entry:
+    return Entry(row.annotation_id, row.geometry, row.label, row.properties, row.segments)
