@@ -188,6 +188,35 @@ def test_a_content_length_of_any_size_is_compared_not_converted(server: Server) 
     assert zeros.status == 204  # the same number, spelled long
 
 
+@pytest.mark.parametrize("size", [70_000, 1_100_000])
+def test_a_head_over_64_kib_is_a_json_431(server: Server, size: int) -> None:
+    """Tornado closed such a connection without a word; the answer now arrives whole (the server reads what the
+    client still sends for a while before closing, so that the close does not reset the connection)."""
+    answer = exchange(server, b"GET /api/datasets HTTP/1.1\r\nHost: lamella\r\nX-Pad: " + b"a" * size + b"\r\n\r\n")
+    assert answer.status == 431 and answer.closed
+    assert json_error(431, answer.headers.get("content-type"), answer.body)["code"] == "headers_too_large"
+    assert exchange(server, b"GET /api/datasets HTTP/1.1\r\nHost: lamella\r\nX-Pad: " + b"a" * 60_000 +
+                    b"\r\nConnection: close\r\n\r\n").status == 200
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"HEAD /api/datasets HTTP/1.1\r\nHost: lamella\r\nno colon in this line\r\n\r\n", 400),
+    (b"HEAD /api/sign-out HTTP/1.1\r\nHost: lamella\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"HEAD /api/datasets HTTP/1.1\r\nHost: lamella\r\nX-Pad: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+], ids=["header-line", "chunk-size", "head-too-large"])
+def test_protocol_errors_to_a_head_have_no_body(server: Server, request_bytes: bytes, status: int) -> None:
+    answer = exchange(server, request_bytes)
+    assert answer.status == status and answer.closed
+    assert answer.body == b"" and int(answer.headers["content-length"]) > 0  # what a GET would have had
+    assert answer.headers["content-type"].startswith("application/json")
+
+
+def test_a_chunk_size_line_over_64_bytes_is_a_json_400(server: Server) -> None:
+    answer = exchange(server, BODY_ROUTE + b"Transfer-Encoding: chunked\r\n\r\n" + b"0" * 100 + b"1\r\na\r\n0\r\n\r\n")
+    assert answer.status == 400 and answer.closed
+    assert json_error(400, answer.headers.get("content-type"), answer.body)["code"] == "malformed_request"
+
+
 # --- 405 and Allow --------------------------------------------------------------------------------
 
 
