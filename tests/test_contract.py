@@ -27,6 +27,7 @@ from tiling.sources import ArraySource
 from viewer.apidoc import operation
 from viewer.app import routes
 from viewer.registration import add_existing
+from viewer.server import MAX_CHUNKS
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Python's words for its own failures: no error message a client sees has them.
@@ -209,6 +210,21 @@ def test_protocol_errors_to_a_head_have_no_body(server: Server, request_bytes: b
     assert answer.status == status and answer.closed
     assert answer.body == b"" and int(answer.headers["content-length"]) > 0  # what a GET would have had
     assert answer.headers["content-type"].startswith("application/json")
+
+
+def chunked(size: int, count: int) -> bytes:
+    return b"%x\r\n" % size + (b" " * size + b"\r\n%x\r\n" % size) * (count - 1) + b" " * size + b"\r\n0\r\n\r\n"
+
+
+def test_a_body_in_too_many_chunks_is_a_json_400(server: Server) -> None:
+    """Each chunk costs the server about 10 us of its one thread: 65,536 one-byte chunks held other clients'
+    answers for up to a second (tests/test_stall.py)."""
+    head = b"POST /api/datasets HTTP/1.1\r\nHost: lamella\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for count in (MAX_CHUNKS + 1, 65_537):
+        answer = exchange(server, head + chunked(1, count))
+        error = json_error(400, answer.headers.get("content-type"), answer.body)
+        assert error["code"] == "malformed_request" and f"{MAX_CHUNKS} chunks" in error["message"] and answer.closed
+    assert exchange(server, head + chunked(1, MAX_CHUNKS)).status == 401  # as many as that are read
 
 
 def test_a_chunk_size_line_over_64_bytes_is_a_json_400(server: Server) -> None:

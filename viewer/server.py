@@ -15,6 +15,7 @@ from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
+from tornado.httputil import HTTPInputError
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, UnsatisfiableReadError
 from tornado.web import Application, RequestHandler
@@ -104,6 +105,9 @@ def _die_with_parent() -> None:
 # connection's stream is watched so that these get the JSON error body every other error has.
 _BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
 HEAD_LIMIT = 64 * 1024  # bytes of a request's line and headers (more: 431)
+# Chunks of one chunked body: each costs about 10 us of the server's one thread, and a body of 65,536
+# one-byte chunks held other clients' answers for up to a second. 4096 is 1 KiB a chunk for 4 MiB.
+MAX_CHUNKS = 4096
 MALFORMED = "malformed HTTP request, or a body larger than any route takes"
 LINGER_SECONDS = 2.0  # after an answer sent before the request was read whole, what the client still sends
 LINGER_BYTES = 16 << 20  # is read and dropped for this long, up to this much, before the connection closes
@@ -119,22 +123,25 @@ def protocol_error(status: int, code: str, message: str, *, head: bool = False) 
 
 class GuardedStream:
     """Wraps one connection's stream: JSON bodies on Tornado's own protocol errors (none after a HEAD), a
-    431 for a head larger than ``HEAD_LIMIT``, and no reset of a connection closed while the client is still
-    sending (see ``linger``)."""
+    431 for a head larger than ``HEAD_LIMIT``, a 400 for a chunked body in more than ``MAX_CHUNKS`` chunks,
+    and no reset of a connection closed while the client is still sending (see ``linger``)."""
 
     def __init__(self, stream: IOStream) -> None:
         self.stream = stream
         self.head = False  # the request being read is a HEAD
         self.reading_head = False
+        self.chunks = 0
+        self.problem = MALFORMED
         self._write, self._close = stream.write, stream.close
-        self._read_until_regex = stream.read_until_regex
+        self._read_until_regex, self._read_until = stream.read_until_regex, stream.read_until
         stream.write = self.write  # type: ignore[method-assign]
         stream.close = self.close  # type: ignore[method-assign]
         stream.read_until_regex = self.read_until_regex  # type: ignore[method-assign]
+        stream.read_until = self.read_until  # type: ignore[method-assign]
 
     def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Any:
         """A request's line and headers (the only regex read of a server connection)."""
-        self.reading_head = True
+        self.reading_head, self.chunks, self.problem = True, 0, MALFORMED
         future = self._read_until_regex(regex, max_bytes=max_bytes)
         if future.done():  # already buffered: Tornado goes on without yielding
             self._read_head(future)
@@ -147,6 +154,17 @@ class GuardedStream:
         if not future.cancelled() and future.exception() is None:
             self.head = future.result().lstrip(b"\r\n").split(b" ", 1)[0] == b"HEAD"
 
+    def read_until(self, delimiter: bytes, max_bytes: int | None = None) -> Any:
+        """A chunk's size line (the only other delimited read of a server connection; the last, empty chunk has
+        one too)."""
+        self.chunks += 1
+        if self.chunks > MAX_CHUNKS + 1:
+            self.problem = f"a chunked body in more than {MAX_CHUNKS} chunks"
+            refused: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            refused.set_exception(HTTPInputError(self.problem))
+            return refused
+        return self._read_until(delimiter, max_bytes=max_bytes)
+
     def _unread_start(self) -> bytes:
         """The first bytes the stream holds and has not handed on: the start of the head it could not read whole
         (Tornado has no public view of its buffer; without one a HEAD's 431 would carry a body)."""
@@ -156,7 +174,7 @@ class GuardedStream:
 
     def write(self, data: bytes | memoryview, *args: Any, **kwargs: Any) -> Any:
         if data == _BARE_400:
-            data = protocol_error(400, "malformed_request", MALFORMED, head=self.head)
+            data = protocol_error(400, "malformed_request", self.problem, head=self.head)
         return self._write(data, *args, **kwargs)
 
     def close(self, exc_info: Any = False) -> None:
