@@ -233,6 +233,37 @@ def test_a_chunk_size_line_over_64_bytes_is_a_json_400(server: Server) -> None:
     assert json_error(400, answer.headers.get("content-type"), answer.body)["code"] == "malformed_request"
 
 
+def half_closed(server: Server, data: bytes, timeout: float = 10.0) -> tuple[list[int], float]:
+    """Send ``data``, shut down our sending side, read until the server closes: the statuses and how long."""
+    started = time.monotonic()
+    with socket.create_connection(address(server), timeout=timeout) as connection:
+        connection.sendall(data)
+        connection.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    return [int(line.split()[1]) for line in re.findall(rb"HTTP/1\.1 \d+ [^\r]*", received)], \
+        time.monotonic() - started
+
+
+def test_pipelined_requests_then_a_half_close_are_all_answered(scratch_server: Server) -> None:
+    """Tornado closed the connection when the client's side ended, answers in progress with it."""
+    chunk = "/api/datasets/demo/images/em/precomputed/0/0-64_0-64_0-64"
+    requests_bytes = [f"{method} {path} HTTP/1.1\r\nHost: lamella\r\n{extra}\r\n".encode() for method, path, extra in [
+        ("GET", "/api/datasets/demo", ""), ("HEAD", "/api/datasets", ""), ("GET", chunk, ""),
+        ("POST", "/api/datasets/demo/sessions", "Content-Length: 0\r\n"), ("GET", "/nope", "")]]
+    for count in range(1, len(requests_bytes) + 1):
+        statuses, _ = half_closed(scratch_server, b"".join(requests_bytes[:count]))
+        assert statuses == [200, 200, 200, 201, 404][:count]
+
+
+def test_an_event_stream_ends_with_the_clients_side(scratch_server: Server) -> None:
+    """An endless answer is the exception: a client that is done sending is done listening."""
+    token = new_session(scratch_server)
+    statuses, took = half_closed(scratch_server, f"GET /events/{token}?c=a HTTP/1.1\r\nHost: lamella\r\n\r\n".encode())
+    assert statuses == [200] and took < 5
+
+
 # --- 405 and Allow --------------------------------------------------------------------------------
 
 

@@ -124,7 +124,8 @@ def protocol_error(status: int, code: str, message: str, *, head: bool = False) 
 class GuardedStream:
     """Wraps one connection's stream: JSON bodies on Tornado's own protocol errors (none after a HEAD), a
     431 for a head larger than ``HEAD_LIMIT``, a 400 for a chunked body in more than ``MAX_CHUNKS`` chunks,
-    and no reset of a connection closed while the client is still sending (see ``linger``)."""
+    answers to a client that has shut down its sending side, and no reset of a connection closed while
+    the client is still sending (see ``linger``)."""
 
     def __init__(self, stream: IOStream) -> None:
         self.stream = stream
@@ -132,12 +133,16 @@ class GuardedStream:
         self.reading_head = False
         self.chunks = 0
         self.problem = MALFORMED
+        self.ended = False  # the client shut down its sending side
+        self.endless = False  # the answer being sent is an event stream (it ends when the client's side does)
         self._write, self._close = stream.write, stream.close
         self._read_until_regex, self._read_until = stream.read_until_regex, stream.read_until
         stream.write = self.write  # type: ignore[method-assign]
         stream.close = self.close  # type: ignore[method-assign]
         stream.read_until_regex = self.read_until_regex  # type: ignore[method-assign]
         stream.read_until = self.read_until  # type: ignore[method-assign]
+        self._read_from_fd = stream.read_from_fd
+        stream.read_from_fd = self.read_from_fd  # type: ignore[method-assign]
 
     def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Any:
         """A request's line and headers (the only regex read of a server connection)."""
@@ -165,6 +170,23 @@ class GuardedStream:
             return refused
         return self._read_until(delimiter, max_bytes=max_bytes)
 
+    def read_from_fd(self, buffer: bytearray | memoryview) -> int | None:
+        """A client that shuts down its sending side after its requests (a half-close) still gets their answers.
+
+        Tornado closes the connection at the end of what the client sends, answers in progress and
+        pipelined requests not yet answered with it. Here the end closes the connection only when the
+        server waits for another request (a read is pending) or sends an endless event stream; until then
+        the stream stops listening for reads (the socket is readable at its end in every turn of the
+        loop) and answers go out as usual.
+        """
+        read = self._read_from_fd(buffer)
+        if read == 0 and not self.stream.reading() and not self.endless:
+            self.ended = True
+            writing = IOLoop.WRITE if self.stream.writing() else 0
+            self.stream.io_loop.update_handler(self.stream.fileno(), IOLoop.ERROR | writing)
+            return None  # as if nothing had arrived; the next read finds the end and closes
+        return read
+
     def _unread_start(self) -> bytes:
         """The first bytes the stream holds and has not handed on: the start of the head it could not read whole
         (Tornado has no public view of its buffer; without one a HEAD's 431 would carry a body)."""
@@ -175,6 +197,11 @@ class GuardedStream:
     def write(self, data: bytes | memoryview, *args: Any, **kwargs: Any) -> Any:
         if data == _BARE_400:
             data = protocol_error(400, "malformed_request", self.problem, head=self.head)
+        elif bytes(data[:9]) == b"HTTP/1.1 ":  # an answer's head (Tornado writes it whole, in one piece)
+            head = bytes(data[:8192]).lower().partition(b"\r\n\r\n")[0]
+            self.endless = b"\r\ncontent-type: text/event-stream" in head and b"\r\ntransfer-encoding: chunked" in head
+            if self.endless and self.ended:
+                self.stream.io_loop.add_callback(self.stream.close)
         return self._write(data, *args, **kwargs)
 
     def close(self, exc_info: Any = False) -> None:
