@@ -264,6 +264,18 @@ def test_an_event_stream_ends_with_the_clients_side(scratch_server: Server) -> N
     assert statuses == [200] and took < 5
 
 
+def test_connection_close_is_said_when_and_only_when_the_server_closes(server: Server) -> None:
+    over = b'{"a": "' + b"x" * 70_000 + b'"}'
+    drained = exchange(server, BODY_ROUTE + b"Content-Length: %d\r\n\r\n" % len(over) + over)
+    assert drained.status == 413 and "connection" not in drained.headers and not drained.closed
+    # Tornado's own refusal of a method comes before a handler that reads bodies has read one: Tornado closes the
+    # connection, and the answer now says so.
+    refused = exchange(server, b"PROPFIND /api/datasets HTTP/1.1\r\nHost: lamella\r\n\r\n")
+    assert refused.status == 405 and refused.headers.get("connection") == "close" and refused.closed
+    kept = exchange(server, b"PROPFIND /api/me HTTP/1.1\r\nHost: lamella\r\n\r\n")  # a handler without bodies
+    assert kept.status == 405 and "connection" not in kept.headers and not kept.closed
+
+
 # --- 405 and Allow --------------------------------------------------------------------------------
 
 
