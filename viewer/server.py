@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -27,12 +28,15 @@ from viewer.handlers.base import short_path
 from viewer.services import Services
 
 log = logging.getLogger("lamella")
+# Connections waiting to be accepted (the kernel caps it at net.core.somaxconn). Tornado's 128 overflowed
+# under a burst of a few hundred connections: the next client's SYN was dropped and retried a second later.
+BACKLOG = 1024
 
 
 def run(settings: Settings) -> None:
     """Bind, fork if asked, and serve until interrupted. Prints the URL once bound."""
     many = settings.processes > 1
-    sockets = tornado.netutil.bind_sockets(settings.port, settings.host, reuse_port=many)
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.host, reuse_port=many, backlog=BACKLOG)
     port = sockets[0].getsockname()[1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     print(f"Lamella is serving on http://{host}:{port}/", flush=True)
@@ -40,7 +44,7 @@ def run(settings: Settings) -> None:
         _supervise(settings.processes, sockets)  # returns only in a child
         # Each worker listens on its own SO_REUSEPORT socket: the kernel spreads connections
         # across workers, where one shared socket lets the busiest worker take them all.
-        own = tornado.netutil.bind_sockets(port, settings.host, reuse_port=True)
+        own = tornado.netutil.bind_sockets(port, settings.host, reuse_port=True, backlog=BACKLOG)
         for inherited in sockets:
             inherited.close()
         sockets = own
@@ -326,6 +330,10 @@ async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
     services = Services.create(settings)
     app = make_app(services, cookie_secret=settings.resolved_cookie_secret(), log_function=log_request)
     server = http_server(app, settings)
+    # A full garbage collection walks every object the process holds (about 70 ms here, most of it modules
+    # loaded at start): every other client waited that long. What exists now lives as long as the server.
+    gc.collect()
+    gc.freeze()
     server.add_sockets(sockets)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
