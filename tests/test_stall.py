@@ -29,6 +29,8 @@ import requests
 
 from tests.conftest import Server
 from tests.rawhttp import Broken, Connection, address_of
+from viewer.app import STATE_BODY
+from viewer.bodies import MAX_VALUES
 from viewer.server import MAX_CHUNKS
 
 STALL_LIMIT = 0.100  # seconds another client may wait for an answer
@@ -97,8 +99,9 @@ def state_a_million_keys(target: Target) -> bytes:
 
 
 def state_at_the_limit(target: Target) -> bytes:
-    """About 4 MiB holding 240,000 values: under the route's limits, so parsed, checked and stored."""
-    body = b'{"state": {' + b",".join(b'"k%06d": "vvvv"' % i for i in range(240_000)) + b"}}"
+    """As many values as a body may hold: within the route's limits, so parsed, checked and stored."""
+    body = b'{"state": {' + b",".join(b'"k%06d":"vvv"' % i for i in range(MAX_VALUES - 2)) + b"}}"
+    assert len(body) <= STATE_BODY, len(body)
     return head("PUT", f"/api/sessions/{target.token}", f"Content-Length: {len(body)}") + body
 
 
@@ -118,12 +121,14 @@ def chunked_over_64_mb(target: Target) -> bytes:
 
 
 def body_to_a_route_that_takes_none(target: Target) -> bytes:
-    return head("GET", "/api/datasets", f"Content-Length: {70 << 20}") + b" " * (70 << 20)
+    return head("GET", "/api/me", f"Content-Length: {70 << 20}") + b" " * (70 << 20)
 
 
 def one_byte_chunks(count: int) -> Built:
+    """A state, padded with spaces to ``count`` bytes, sent one byte a chunk."""
     def build(target: Target) -> bytes:
-        chunks = b"1\r\n \r\n" * count + b"0\r\n\r\n"
+        body = b'{"state": {"layout": "xy"}}'.ljust(count)
+        chunks = b"".join(b"1\r\n%c\r\n" % byte for byte in body) + b"0\r\n\r\n"
         return head("PUT", f"/api/sessions/{target.token}", "Transfer-Encoding: chunked") + chunks
 
     return build
@@ -161,7 +166,7 @@ PATHOLOGICAL: dict[str, Built | Acted] = {
     "36 MB landmarks body": landmarks_36_mb,
     "1 MiB of landmarks, parsed and fitted": landmarks_at_the_limit,
     "33 MB state with a million keys": state_a_million_keys,
-    "4 MiB state of 240,000 values, parsed and stored": state_at_the_limit,
+    f"state of {MAX_VALUES:,} values (the most a body may hold), parsed and stored": state_at_the_limit,
     "state nested 500 levels": state_nested_500,
     "70 MB body": body_over_64_mb,
     "70 MB chunked body": chunked_over_64_mb,
