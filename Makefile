@@ -9,7 +9,7 @@ PORT ?= 8080
 SWAGGER_UI := 5.35.0
 VENDOR := static/vendor/swagger-ui
 
-.PHONY: serve test lint docs bench system-test-deps api-viewer dist image clean
+.PHONY: serve test lint docs bench fuzz system-test-deps api-viewer dist image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,16 @@ dist: $(VENV)/.test-installed api-viewer
 
 image:
 	docker build --build-arg SWAGGER_UI=$(SWAGGER_UI) -t lamella .
+
+# The route-table fuzzer at length (tests/fuzzing.py; `make test` runs it briefly): FUZZ_REQUESTS hostile
+# requests against a server on a copy of the test data, its summary in benchmarks/results/fuzz.json.
+FUZZ_REQUESTS ?= 100000
+FUZZ_SEED ?= 18
+fuzz: $(VENV)/.test-installed
+	@mkdir -p benchmarks/results
+	FUZZ_REQUESTS=$(FUZZ_REQUESTS) FUZZ_SEED=$(FUZZ_SEED) FUZZ_REPORT=benchmarks/results/fuzz.json \
+		$(BIN)/pytest tests/test_fuzz.py -q -s -o timeout=3600 -k hostile_requests
+	@echo "summary in benchmarks/results/fuzz.json"
 
 # Peers and load tools for benchmarks/: wrk and nginx from Debian, ome-zarr-py and ngff-zarr from PyPI.
 bench: $(VENV)/.bench-installed

@@ -27,6 +27,7 @@ from tiling.sources import ArraySource
 from viewer.apidoc import operation
 from viewer.app import routes
 from viewer.registration import add_existing
+from viewer.server import MAX_CHUNKS
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Python's words for its own failures: no error message a client sees has them.
@@ -186,6 +187,93 @@ def test_a_content_length_of_any_size_is_compared_not_converted(server: Server) 
     assert json_error(413, answer.headers.get("content-type"), answer.body)["code"] == "body_too_large"
     zeros = exchange(server, BODY_ROUTE + b"Content-Length: " + b"0" * 40 + b"2\r\nConnection: close\r\n\r\n{}")
     assert zeros.status == 204  # the same number, spelled long
+
+
+@pytest.mark.parametrize("size", [70_000, 1_100_000])
+def test_a_head_over_64_kib_is_a_json_431(server: Server, size: int) -> None:
+    """Tornado closed such a connection without a word; the answer now arrives whole (the server reads what the
+    client still sends for a while before closing, so that the close does not reset the connection)."""
+    answer = exchange(server, b"GET /api/datasets HTTP/1.1\r\nHost: lamella\r\nX-Pad: " + b"a" * size + b"\r\n\r\n")
+    assert answer.status == 431 and answer.closed
+    assert json_error(431, answer.headers.get("content-type"), answer.body)["code"] == "headers_too_large"
+    assert exchange(server, b"GET /api/datasets HTTP/1.1\r\nHost: lamella\r\nX-Pad: " + b"a" * 60_000 +
+                    b"\r\nConnection: close\r\n\r\n").status == 200
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"HEAD /api/datasets HTTP/1.1\r\nHost: lamella\r\nno colon in this line\r\n\r\n", 400),
+    (b"HEAD /api/sign-out HTTP/1.1\r\nHost: lamella\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"HEAD /api/datasets HTTP/1.1\r\nHost: lamella\r\nX-Pad: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+], ids=["header-line", "chunk-size", "head-too-large"])
+def test_protocol_errors_to_a_head_have_no_body(server: Server, request_bytes: bytes, status: int) -> None:
+    answer = exchange(server, request_bytes)
+    assert answer.status == status and answer.closed
+    assert answer.body == b"" and int(answer.headers["content-length"]) > 0  # what a GET would have had
+    assert answer.headers["content-type"].startswith("application/json")
+
+
+def chunked(size: int, count: int) -> bytes:
+    return b"%x\r\n" % size + (b" " * size + b"\r\n%x\r\n" % size) * (count - 1) + b" " * size + b"\r\n0\r\n\r\n"
+
+
+def test_a_body_in_too_many_chunks_is_a_json_400(server: Server) -> None:
+    """Each chunk costs the server about 10 us of its one thread: 65,536 one-byte chunks held other clients'
+    answers for up to a second (tests/test_stall.py)."""
+    head = b"POST /api/datasets HTTP/1.1\r\nHost: lamella\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for count in (MAX_CHUNKS + 1, 65_537):
+        answer = exchange(server, head + chunked(1, count))
+        error = json_error(400, answer.headers.get("content-type"), answer.body)
+        assert error["code"] == "malformed_request" and f"{MAX_CHUNKS} chunks" in error["message"] and answer.closed
+    assert exchange(server, head + chunked(1, MAX_CHUNKS)).status == 401  # as many as that are read
+
+
+def test_a_chunk_size_line_over_64_bytes_is_a_json_400(server: Server) -> None:
+    answer = exchange(server, BODY_ROUTE + b"Transfer-Encoding: chunked\r\n\r\n" + b"0" * 100 + b"1\r\na\r\n0\r\n\r\n")
+    assert answer.status == 400 and answer.closed
+    assert json_error(400, answer.headers.get("content-type"), answer.body)["code"] == "malformed_request"
+
+
+def half_closed(server: Server, data: bytes, timeout: float = 10.0) -> tuple[list[int], float]:
+    """Send ``data``, shut down our sending side, read until the server closes: the statuses and how long."""
+    started = time.monotonic()
+    with socket.create_connection(address(server), timeout=timeout) as connection:
+        connection.sendall(data)
+        connection.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    return [int(line.split()[1]) for line in re.findall(rb"HTTP/1\.1 \d+ [^\r]*", received)], \
+        time.monotonic() - started
+
+
+def test_pipelined_requests_then_a_half_close_are_all_answered(scratch_server: Server) -> None:
+    """Tornado closed the connection when the client's side ended, answers in progress with it."""
+    chunk = "/api/datasets/demo/images/em/precomputed/0/0-64_0-64_0-64"
+    requests_bytes = [f"{method} {path} HTTP/1.1\r\nHost: lamella\r\n{extra}\r\n".encode() for method, path, extra in [
+        ("GET", "/api/datasets/demo", ""), ("HEAD", "/api/datasets", ""), ("GET", chunk, ""),
+        ("POST", "/api/datasets/demo/sessions", "Content-Length: 0\r\n"), ("GET", "/nope", "")]]
+    for count in range(1, len(requests_bytes) + 1):
+        statuses, _ = half_closed(scratch_server, b"".join(requests_bytes[:count]))
+        assert statuses == [200, 200, 200, 201, 404][:count]
+
+
+def test_an_event_stream_ends_with_the_clients_side(scratch_server: Server) -> None:
+    """An endless answer is the exception: a client that is done sending is done listening."""
+    token = new_session(scratch_server)
+    statuses, took = half_closed(scratch_server, f"GET /events/{token}?c=a HTTP/1.1\r\nHost: lamella\r\n\r\n".encode())
+    assert statuses == [200] and took < 5
+
+
+def test_connection_close_is_said_when_and_only_when_the_server_closes(server: Server) -> None:
+    over = b'{"a": "' + b"x" * 70_000 + b'"}'
+    drained = exchange(server, BODY_ROUTE + b"Content-Length: %d\r\n\r\n" % len(over) + over)
+    assert drained.status == 413 and "connection" not in drained.headers and not drained.closed
+    # Tornado's own refusal of a method comes before a handler that reads bodies has read one: Tornado closes the
+    # connection, and the answer now says so.
+    refused = exchange(server, b"PROPFIND /api/datasets HTTP/1.1\r\nHost: lamella\r\n\r\n")
+    assert refused.status == 405 and refused.headers.get("connection") == "close" and refused.closed
+    kept = exchange(server, b"PROPFIND /api/me HTTP/1.1\r\nHost: lamella\r\n\r\n")  # a handler without bodies
+    assert kept.status == 405 and "connection" not in kept.headers and not kept.closed
 
 
 # --- 405 and Allow --------------------------------------------------------------------------------

@@ -405,10 +405,10 @@ def _write_group(path: Path, attributes: dict[str, Any], version: OmeVersion) ->
             "node_type": "group",
             "attributes": {"ome": {"version": "0.5", **attributes}},
         }
-        (path / "zarr.json").write_text(json.dumps(document, indent=2))
+        (path / "zarr.json").write_text(json.dumps(document, indent=2, allow_nan=False))
     else:
         (path / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
-        (path / ".zattrs").write_text(json.dumps(attributes, indent=2))
+        (path / ".zattrs").write_text(json.dumps(attributes, indent=2, allow_nan=False))
 
 
 def intensity_window(values: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple[float, float]:
@@ -832,7 +832,7 @@ def write_pyramid(
                         context=context).result()
                 for i, (level, shard) in enumerate(zip(levels, shards, strict=True))
             ]
-            (partial / MANIFEST).write_text(json.dumps(manifest))
+            (partial / MANIFEST).write_text(json.dumps(manifest, allow_nan=False))
         specs = [json.dumps(_open_spec(partial / str(i), options)) for i in range(len(levels))]
         method = options.label_downsample if options.labels else "mean"
         # Level 1 from each level-0 block while it is in memory; the rest from the level before.
@@ -974,5 +974,5 @@ def list_label(image: Path, name: str, version: OmeVersion) -> None:
     if name not in names:
         names.append(name)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2))
+    temporary.write_text(json.dumps(document, indent=2, allow_nan=False))
     temporary.replace(path)  # atomic: readers never see half a document

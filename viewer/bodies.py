@@ -20,7 +20,10 @@ from annotations.names import NoNulSchema, no_nul
 from viewer.errors import BadRequest
 
 MAX_DEPTH = 64  # Neuroglancer states nest about 8 levels
-MAX_VALUES = 250_000  # values in one document: a state with tens of thousands of local annotations fits
+# Values in one document. Each step that materializes a parsed document (orjson, pydantic, the database's
+# json.dumps) holds the interpreter lock for up to half a microsecond a value: 250,000 values held every
+# other client for up to 190 ms (tests/test_stall.py). 60,000 values is a state of some 8,000 point annotations.
+MAX_VALUES = 60_000
 OFFLOAD_BYTES = 64 * 1024  # larger bodies are parsed and validated in a worker thread
 
 

@@ -115,6 +115,11 @@ class NewDatasetBody(BaseModel):
 class DatasetChangesBody(DatasetChanges):
     """PATCH a dataset: only the fields given change."""
 
+    model_config = {"json_schema_extra": {"examples": [
+        {"title": "Mitochondria, FIB-SEM (re-imaged)", "licence": "CC-BY-4.0"},
+        {"description": "Segmented by hand.", "accession": None, "reference_image": "em"},
+    ]}}
+
 
 class DatasetsHandler(BaseHandler):
     @op(summary="The datasets the actor may read", response=DatasetsOut)

@@ -81,6 +81,8 @@ class BaseHandler(RequestHandler):
         self._body = bytearray()
         self._received = 0
         self._refusal: Exception | None = None
+        self._cut_short = False  # answered before the whole body arrived: the connection closes after the answer
+        self._prepared = False
 
     def set_default_headers(self) -> None:
         if self.cors:
@@ -90,6 +92,7 @@ class BaseHandler(RequestHandler):
     # The rule, before the body is read
 
     async def prepare(self) -> None:
+        self._prepared = True
         streaming = self._stream_request_body  # type: ignore[attr-defined]
         if streaming:  # this handler bounds its bodies itself (a refused one is drained up to DRAIN_LIMIT)
             self.request.connection.set_max_body_size(2 * DRAIN_LIMIT)
@@ -98,6 +101,7 @@ class BaseHandler(RequestHandler):
         except Exception as refusal:
             if streaming and self._declared_length() > DRAIN_LIMIT:
                 self.request.connection.set_max_body_size(1 << 62)  # ours is the answer, not Tornado's 400
+                self._cut_short = True
                 raise
             self._refusal = refusal  # answered by the method once the body has arrived (see _refusable)
 
@@ -198,6 +202,7 @@ class BaseHandler(RequestHandler):
         if self._finished or (self._refusal is not None and self._received <= DRAIN_LIMIT):
             return  # refused: dropped
         if self._received > DRAIN_LIMIT:  # a chunked body past what we drain: answer now, then close
+            self._cut_short = True
             self.send_error(413, exc_info=(BodyTooLarge, BodyTooLarge(self.rule.body_limit), None))
             return
         if self._received > self.rule.body_limit:
@@ -278,12 +283,14 @@ class BaseHandler(RequestHandler):
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         elif status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="lamella"')
-        elif status == 413:
-            self.set_header("Connection", "close")
         elif status == 416 and getattr(error, "size", None) is not None:
             self.set_header("Content-Range", f"bytes */{error.size}")  # type: ignore[union-attr]
         elif status == 429 and getattr(error, "retry_after", None) is not None:
             self.set_header("Retry-After", str(int(error.retry_after + 0.999)))  # type: ignore[union-attr]
+        if self._cut_short or (self._stream_request_body and not self._prepared):  # type: ignore[attr-defined]
+            # Answered before the body was read (Tornado's own refusals come before prepare): Tornado closes the
+            # connection after this answer, so the answer says so.
+            self.set_header("Connection", "close")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(bodies.dumps({"ok": False, "status": status, "code": code, "message": message}))
