@@ -93,6 +93,25 @@ def _make_spline(http: requests.Session, url: str, dataset: str, image: str) -> 
     return answer.json()["transform"]["id"] if answer.status_code == 201 else None
 
 
+FUZZ_LAYER = {"name": "fuzz", "types": ["point", "line"], "labels": [{"id": "synapse"}, {"id": "vesicle"}],
+              "properties": [{"id": "confidence", "type": "float32"}]}
+
+
+def _annotation_context(http: requests.Session, url: str, dataset: str, base: dict[str, str]) -> dict[str, str] | None:
+    """A layer with two annotations in ``dataset``, and the path values that reach it and its precomputed source."""
+    layers = f"{url}/api/datasets/{dataset}/annotation-layers"
+    answer = http.post(layers, json=FUZZ_LAYER, timeout=30)
+    if answer.status_code != 201:
+        return None
+    layer = answer.json()["id"]
+    made = http.post(f"{layers}/{layer}/annotations", timeout=30, json={"annotations": [
+        {"type": "point", "point": [1, 1, 1], "label": "synapse", "properties": {"confidence": 0.5}},
+        {"type": "line", "point_a": [1, 1, 1], "point_b": [2, 3, 4]}]})
+    made.raise_for_status()
+    return {**base, "layer_id": str(layer), "annotation_id": str(made.json()["ids"][0]), "kind": "point",
+            "view": "current", "level": "0", "cell": "0_0_0", "relationship": "bodies", "segment": "1"}
+
+
 def sign_in(url: str, name: str, password: str) -> str:
     """The sign-in cookie's value for an account (a browser's sign-in: the _xsrf cookie echoed in a header)."""
     browser = requests.Session()
@@ -171,6 +190,12 @@ def discover(url: str, admin_token: str) -> World:
                 for scale_key, chunk_name in [(s["key"], c) for s in warped["scales"][-2:] for c in _chunk_names(s)]:
                     contexts.append({**contexts[-1], "transform_id": str(spline), "scale_key": scale_key,
                                      "chunk_name": chunk_name})
+    for dataset in datasets:
+        context = _annotation_context(http, url, dataset["name"],
+                                      next(c for c in contexts if c["dataset_ref"] == dataset["name"]))
+        if context is not None:
+            contexts.append(context)
+            items.append(("layer", dataset["name"], context["layer_id"]))
     session_dataset = {token: name for name, token in tokens.items()}
     if anonymous.ok:
         session_dataset[anonymous.json()["token"]] = "demo"
@@ -192,6 +217,7 @@ def read_item(http: requests.Session, url: str, item: Item) -> Any:
         "members": lambda: f"/api/datasets/{item[1]}/members",
         "transforms": lambda: f"/api/datasets/{item[1]}/images/{item[2]}/transform?history=1",
         "session": lambda: f"/api/sessions/{item[1]}",
+        "layer": lambda: f"/api/datasets/{item[1]}/annotation-layers/{item[2]}/annotations?limit=1000",
     }
     answer = http.get(url + paths[item[0]](), timeout=60)
     document = answer.json() if answer.headers.get("Content-Type", "").startswith("application/json") else None
@@ -207,10 +233,11 @@ def snapshot(world: World) -> dict[Item, Any]:
 
 
 def family(world: World, dataset: str) -> set[Item]:
-    """Everything of a dataset: its record, members, transforms, and the viewer sessions on it."""
+    """Everything of a dataset: its record, members, transforms, annotation layers, and the viewer sessions on it."""
     found: set[Item] = {("dataset", dataset), ("members", dataset)}
     found |= {("transforms", dataset, image) for image in world.images.get(dataset, [])}
     found |= {("session", token) for token, on in world.session_dataset.items() if on == dataset}
+    found |= {item for item in world.items if item[0] == "layer" and item[1] == dataset}
     return found
 
 

@@ -46,6 +46,7 @@ LANDMARKS = "/api/datasets/correlative/images/fluorescence/landmarks"
 class Target:
     server: Server
     token: str  # a viewer session of the test data's demo dataset
+    layer: str = ""  # the path of an annotation layer of the "tests" dataset
 
     @property
     def address(self) -> tuple[str, int]:
@@ -124,6 +125,18 @@ def body_to_a_route_that_takes_none(target: Target) -> bytes:
     return head("GET", "/api/me", f"Content-Length: {70 << 20}") + b" " * (70 << 20)
 
 
+def bulk_annotations(count: int) -> Built:
+    """A bulk create of ``count`` labelled points with a property (100,000: the most one request may add)."""
+    def build(target: Target) -> bytes:
+        items = b",".join(b'{"type":"point","point":[%d.5,%d.25,%d],"label":"synapse","properties":{"confidence":0.5}}'
+                          % (i % 90, i % 60, i % 30) for i in range(count))
+        body = b'{"annotations":[' + items + b"]}"
+        return head("POST", f"{target.layer}/annotations", f"Content-Length: {len(body)}",
+                    "Content-Type: application/json", f"Authorization: Bearer {target.server.admin_token}") + body
+
+    return build
+
+
 def one_byte_chunks(count: int) -> Built:
     """A state, padded with spaces to ``count`` bytes, sent one byte a chunk."""
     def build(target: Target) -> bytes:
@@ -174,6 +187,7 @@ PATHOLOGICAL: dict[str, Built | Acted] = {
     f"{MAX_CHUNKS:,} one-byte chunks (the most a body may have)": one_byte_chunks(MAX_CHUNKS),
     "65,537 one-byte chunks": one_byte_chunks(65_537),
     "1 MiB of headers": headers_of_1_mb,
+    "10,000 annotations in one bulk create, stored": bulk_annotations(10_000),
     "body trickled a byte at a time": trickled_body,
     "500 partial heads that never finish": partial_heads,
 }
@@ -207,7 +221,12 @@ def wait_times(target: Target, while_running: Callable[[], bool], at_least: floa
 @pytest.fixture(scope="module")
 def target(scratch_server: Server) -> Target:
     token = requests.post(f"{scratch_server.url}/api/datasets/demo/sessions", timeout=30).json()["token"]
-    found = Target(scratch_server, token)
+    layers = "/api/datasets/tests/annotation-layers"
+    layer = requests.post(scratch_server.url + layers, headers=scratch_server.admin, timeout=30, json={
+        "name": "stall", "types": ["point"], "labels": [{"id": "synapse"}],
+        "properties": [{"id": "confidence", "type": "float32"}]})
+    layer.raise_for_status()
+    found = Target(scratch_server, token, f"{layers}/{layer.json()['id']}")
     wait_times(found, lambda: False, at_least=0.5)  # connections, caches and the chunk's encoding warm
     return found
 
@@ -267,3 +286,11 @@ def test_no_request_stalls_another_client(target: Target) -> None:
                if figures["longest_ms"] > 1000 * STALL_LIMIT}
     assert FLOOD or not stalled, stalled
     assert requests.get(f"{target.server.url}/api/datasets", timeout=30).status_code == 200
+
+
+@pytest.mark.xfail(strict=True, reason="open: a bulk create of 100,000 annotations (the annotations issue's limit) "
+                   "still holds other clients 300-370 ms while it is checked and stored; 10,000 stay under 100 ms")
+def test_a_bulk_create_at_its_limit_stalls_no_one(target: Target) -> None:
+    waits, answers = under(target, bulk_annotations(100_000))
+    print(f"\n100,000 annotations in one bulk create: longest wait {1000 * max(waits):.0f} ms, answers {dict(answers)}")
+    assert answers.get("201") and max(waits) <= STALL_LIMIT

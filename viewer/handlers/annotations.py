@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import asyncio
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from annotations.annotation_source import SourceFile
 from annotations.annotation_store import (
+    MAX_BATCH,
     AnnotationPage,
     AnnotationQuery,
     AnnotationRecord,
@@ -17,10 +20,14 @@ from annotations.annotation_store import (
     Moment,
     VersionRecord,
 )
+from annotations.errors import BatchTooLarge
 from annotations.layer_specs import AnnotationIn
+from viewer import bodies
 from viewer.apidoc import ANY_JSON, BINARY, op
+from viewer.errors import BadRequest
 from viewer.handlers.base import BaseHandler
 
+ANNOTATION_LIST = TypeAdapter(list[AnnotationIn])
 BULK_VALUES = 4_000_000  # JSON values in one bulk body: 100,000 annotations with labels and properties
 
 
@@ -97,9 +104,17 @@ class AnnotationsHandler(BaseHandler):
     @op(summary="Add annotations, all or none (annotators; at most 100,000 in one request)", body=AnnotationsBody,
         response=CreatedRecord, status=201)
     async def post(self, dataset_ref: str, layer_id: str) -> None:
-        body: AnnotationsBody = await self.parse_body(max_values=BULK_VALUES)
-        created = await self.services.call(self.services.annotations.create_many, self.actor, self.dataset_access,
-                                           int(layer_id), body.annotations)
+        with bodies.collection_paused():
+            value = await self.json_body(BULK_VALUES)
+            if not (isinstance(value, dict) and set(value) == {"annotations"}
+                    and isinstance(value["annotations"], list)):
+                raise BadRequest('the body must be {"annotations": [ … ]} (at most 100,000 annotations)')
+            if len(value["annotations"]) > MAX_BATCH:
+                raise BatchTooLarge(f"at most {MAX_BATCH} annotations in one request, not {len(value['annotations'])}")
+            items = await asyncio.to_thread(bodies.validate_items, ANNOTATION_LIST, value["annotations"],
+                                            "annotations")
+            created = await self.services.call(self.services.annotations.create_many, self.actor,
+                                               self.dataset_access, int(layer_id), items)
         self.write_json(created, 201)
 
 
