@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 from annotations.errors import InvalidAnnotation
+from annotations.names import NoNulSchema
 
 AnnotationType = Literal["point", "line", "axis_aligned_bounding_box", "ellipsoid", "polyline"]
 ANNOTATION_TYPES: tuple[str, ...] = ("point", "line", "axis_aligned_bounding_box", "ellipsoid", "polyline")
@@ -140,8 +141,8 @@ class AnnotationIn(BaseModel):
     center: list[float] | None = Field(None, max_length=RANK)
     radii: list[float] | None = Field(None, max_length=RANK)
     points: list[list[float]] | None = Field(None, max_length=MAX_POLYLINE_POINTS)
-    label: StrictStr | None = Field(None, max_length=64)
-    description: StrictStr = Field("", max_length=10_000)
+    label: Annotated[StrictStr, NoNulSchema()] | None = Field(None, max_length=64)
+    description: Annotated[StrictStr, NoNulSchema()] = Field("", max_length=10_000)
     properties: dict[StrictStr, int | float | StrictStr] = Field(default_factory=dict, max_length=MAX_PROPERTIES)
     segments: dict[StrictStr, list[StrictInt]] = Field(default_factory=dict, max_length=MAX_RELATIONSHIPS)
 

@@ -14,6 +14,7 @@ model is checked through the path the handlers take (``bodies.parse``, then ``bo
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import json
 import math
@@ -93,6 +94,8 @@ def _sizes(low: int, high: int | None) -> st.SearchStrategy[tuple[int, int]]:
 def _string(schema: dict[str, Any]) -> st.SearchStrategy[str]:
     if schema.get("format") == "date":
         return st.dates().map(lambda day: day.isoformat())
+    if schema.get("format") == "date-time":
+        return st.datetimes(timezones=st.just(datetime.UTC)).map(lambda moment: moment.isoformat())
     low, high = schema.get("minLength", 0), schema.get("maxLength")
     if "pattern" in schema:
         pattern = schema["pattern"]
@@ -190,13 +193,28 @@ def ids(models: list[type[BaseModel]]) -> list[str]:
     return [model.__name__ for model in models]
 
 
+# Rules a model checks that JSON Schema cannot say: a schema-valid value may be refused for these only.
+# LayerIn and LayerChanges: unique ids of types, labels, properties and relationships; enum values and labels in
+# pairs, within the property's type, none for colours; a default of the property's type; the id alphabets; "label".
+_LAYER_RULES = re.compile(r"is named twice|enum_values and enum_labels|have no enum values|is outside|"
+                          r"must match \[a-z\]|is reserved|must be 1 to 64 letters|is not #rrggbb|expected an integer|"
+                          r"expected a number|expected #rrggbb|not one of its enum values|not a finite float32")
+BEYOND_SCHEMA = {"LayerIn": _LAYER_RULES, "LayerChanges": _LAYER_RULES}
+
+
 @pytest.mark.parametrize("model", ALL_MODELS, ids=ids(ALL_MODELS))
 @EXAMPLES
 @given(data=st.data())
 def test_schema_values_round_trip(model: type[BaseModel], data: st.DataObject) -> None:
     kind = MODELS[model.__name__][1]
     value = data.draw(schema_values(model), label="value")
-    accepted = accept(model, kind, value)
+    try:
+        accepted = accept(model, kind, value)
+    except BadRequest as refused:
+        rule = BEYOND_SCHEMA.get(model.__name__)
+        if rule is None or not rule.search(refused.message):
+            raise
+        return
     # What a client would send back: the fields it set (a PATCH model's defaults mean "unchanged", and
     # DatasetChangesBody refuses null for its title although null is its default).
     dumped = accepted.model_dump(mode="json", exclude_unset=True)
