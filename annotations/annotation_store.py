@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError, model_validator
 from sqlalchemy import Select, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -312,8 +312,11 @@ class AnnotationStore:
                 merged = {**old.model_dump(), **given}
                 try:
                     new = LayerSpec.model_validate(merged)
-                except ValueError as error:
-                    raise InvalidLayer(str(error).splitlines()[-1].strip()) from None
+                except ValidationError as error:
+                    first = error.errors()[0]
+                    where = ".".join(str(part) for part in first["loc"])
+                    message = str(first["msg"]).removeprefix("Value error, ")
+                    raise InvalidLayer(f"{where}: {message}" if where else message) from None
                 for part in ("types", "labels", "properties", "relationships"):
                     before, after = getattr(old, part), getattr(new, part)
                     if after[:len(before)] != before:

@@ -104,9 +104,11 @@ def _annotation_context(http: requests.Session, url: str, dataset: str, base: di
     if answer.status_code != 201:
         return None
     layer = answer.json()["id"]
+    low, high = answer.json()["lower_bound"], answer.json()["upper_bound"]
+    inside = [[lo + (hi - lo) * f for lo, hi in zip(low, high, strict=True)] for f in (0.25, 0.5)]
     made = http.post(f"{layers}/{layer}/annotations", timeout=30, json={"annotations": [
-        {"type": "point", "point": [1, 1, 1], "label": "synapse", "properties": {"confidence": 0.5}},
-        {"type": "line", "point_a": [1, 1, 1], "point_b": [2, 3, 4]}]})
+        {"type": "point", "point": inside[0], "label": "synapse", "properties": {"confidence": 0.5}},
+        {"type": "line", "point_a": inside[0], "point_b": inside[1]}]})
     made.raise_for_status()
     return {**base, "layer_id": str(layer), "annotation_id": str(made.json()["ids"][0]), "kind": "point",
             "view": "current", "level": "0", "cell": "0_0_0", "relationship": "bodies", "segment": "1"}

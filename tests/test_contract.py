@@ -113,7 +113,15 @@ def path_values(server: Server) -> dict[str, str]:
     """Values of each path parameter that reach real resources of the test data directory."""
     token_id = requests.get(f"{server.url}/api/tokens", headers=server.admin, timeout=10).json()["tokens"][0]["id"]
     transform = requests.get(f"{server.url}/api/datasets/demo/images/fluorescence/transform", timeout=10).json()
-    return {"dataset_ref": "demo", "image_name": "em", "token": new_session(server),
+    layers = f"{server.url}/api/datasets/demo/annotation-layers"
+    layer = requests.post(layers, headers=server.admin, timeout=10, json={
+        "name": "contract", "types": ["point"], "labels": [{"id": "synapse"}]}).json()
+    middle = [(lo + hi) / 2 for lo, hi in zip(layer["lower_bound"], layer["upper_bound"], strict=True)]
+    made = requests.post(f"{layers}/{layer['id']}/annotations", headers=server.admin, timeout=10,
+                         json={"annotations": [{"type": "point", "point": middle, "label": "synapse"}]})
+    annotation = {"layer_id": str(layer["id"]), "annotation_id": str(made.json()["ids"][0]), "kind": "point",
+                  "view": "current", "level": "0", "cell": "0_0_0", "relationship": "bodies", "segment": "1"}
+    return {**annotation, "dataset_ref": "demo", "image_name": "em", "token": new_session(server),
             "transform_id": str(transform["id"]), "token_id": str(token_id), "account": "admin", "scale_key": "0",
             "chunk_name": "0-64_0-64_0-64", "key": "zarr.json", "name": "index.html", "path": "css/lamella.css"}
 
