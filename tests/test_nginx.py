@@ -39,9 +39,10 @@ from viewer.registration import add_existing
 
 SITE = ROOT / "docs" / "nginx" / "lamella.conf"
 DOC = ROOT / "docs" / "deploy-nginx.md"
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-)
+# Debian installs nginx in sbin, which is not on every user's PATH: look beside each bin folder too.
+_SEARCH = os.environ.get("PATH", os.defpath).split(os.pathsep)
+NGINX = os.environ.get("NGINX") or shutil.which("nginx", path=os.pathsep.join(
+    _SEARCH + [str(Path(folder).with_name("sbin")) for folder in _SEARCH if Path(folder).name == "bin"]))
 SECRET = "lamella-test-secret-" + uuid.uuid4().hex  # in a file next to the stores, never to be served
 
 pytestmark = pytest.mark.skipif(
