@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -209,11 +210,12 @@ def postgres_available() -> bool:
         return False
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database of each kind (PostgreSQL: a throwaway database)."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path)
+@contextlib.contextmanager
+def fresh_database(kind: str, folder: Path) -> Iterator[str]:
+    """The URL of a fresh, empty database of ``kind`` (SQLite in ``folder``; PostgreSQL: a throwaway database,
+    dropped afterwards; skipped when there is no PostgreSQL)."""
+    if kind == "sqlite":
+        yield sqlite_url(folder)
         return
     if not postgres_available():
         pytest.skip("no PostgreSQL on 127.0.0.1:5432 (make test starts the local one when installed)")
@@ -228,3 +230,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind (PostgreSQL: a throwaway database)."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url

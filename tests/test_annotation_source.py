@@ -10,7 +10,6 @@ import math
 import random
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 from neuroglancer.read_precomputed_annotations import AnnotationReader
-from sqlalchemy import create_engine, text
 
-from annotations.db import sqlite_url
 from annotations.views import View
 from tests.annotation_reading import GEOMETRY, from_reader, from_record
-from tests.conftest import POSTGRES_ADMIN_URL, postgres_available, start_server, stop_server
+from tests.conftest import fresh_database, start_server, stop_server
 from tests.test_annotations import Site, prepare_database
 
 LIMIT = 4  # annotations per cell above the finest level
@@ -49,27 +46,13 @@ LAYER = {
 def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A server of its own, with a small per-cell limit, on a fresh database of each kind."""
     root = tmp_path_factory.mktemp(f"source-{request.param}")
-    admin = None
-    if request.param == "sqlite":
-        url = sqlite_url(root)
-    else:
-        if not postgres_available():
-            pytest.skip("no PostgreSQL on 127.0.0.1:5432 (make test starts the local one when installed)")
-        name = f"lamella_test_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        url = admin.url.set(database=name).render_as_string(hide_password=False)
-    tokens = prepare_database(url)
-    running = start_server(root, "--database-url", url, env={"LAMELLA_ANNOTATION_CELL_LIMIT": str(LIMIT)})
-    try:
-        yield Site(running, url, tokens)
-    finally:
-        stop_server(running)
-        if admin is not None:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[-1]}" WITH (FORCE)'))
-            admin.dispose()
+    with fresh_database(request.param, root) as url:
+        tokens = prepare_database(url)
+        running = start_server(root, "--database-url", url, env={"LAMELLA_ANNOTATION_CELL_LIMIT": str(LIMIT)})
+        try:
+            yield Site(running, url, tokens)
+        finally:
+            stop_server(running)
 
 
 def layer_path(layer_id: int, dataset: str = "cells") -> str:

@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from sqlalchemy import create_engine, text
 
 from annotations.access import Access
 from annotations.accounts import Accounts
 from annotations.catalog import Catalog, ImageSpec, NewDataset
-from annotations.db import make_engine, make_sessions, migrate, sqlite_url
-from tests.conftest import POSTGRES_ADMIN_URL, Server, postgres_available, start_server, stop_server
+from annotations.db import make_engine, make_sessions, migrate
+from tests.conftest import Server, fresh_database, start_server, stop_server
 
 ACTORS = {"curator": ("curator", "curator"), "ann": ("annotator", "annotator"), "bob": ("annotator", "annotator"),
           "viewer": ("annotator", "viewer"), "outsider": ("annotator", None)}
@@ -68,27 +67,13 @@ def prepare_database(url: str) -> dict[str, str]:
 def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A server of its own on a fresh database of each kind."""
     root = tmp_path_factory.mktemp(f"annotations-{request.param}")
-    admin = None
-    if request.param == "sqlite":
-        url = sqlite_url(root)
-    else:
-        if not postgres_available():
-            pytest.skip("no PostgreSQL on 127.0.0.1:5432 (make test starts the local one when installed)")
-        name = f"lamella_test_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        url = admin.url.set(database=name).render_as_string(hide_password=False)
-    tokens = prepare_database(url)
-    running = start_server(root, "--database-url", url)
-    try:
-        yield Site(running, url, tokens)
-    finally:
-        stop_server(running)
-        if admin is not None:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[-1]}" WITH (FORCE)'))
-            admin.dispose()
+    with fresh_database(request.param, root) as url:
+        tokens = prepare_database(url)
+        running = start_server(root, "--database-url", url)
+        try:
+            yield Site(running, url, tokens)
+        finally:
+            stop_server(running)
 
 
 LAYER = {
