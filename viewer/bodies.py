@@ -14,7 +14,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Annotated, Any
 
@@ -72,10 +72,8 @@ def validate_items(adapter: TypeAdapter[list[Any]], items: list[Any], field: str
         try:
             validated += adapter.validate_python(items[start:start + slice_size])
         except ValidationError as error:
-            problems = dict.fromkeys(
-                f"{_where((field, start + e['loc'][0], *e['loc'][1:]) if e['loc'] else (field,))}: {_what(e)}"
-                for e in error.errors()[:10])
-            raise BadRequest("; ".join(problems)) from None
+            raise _bad_request(error, lambda loc, at=start: (field, at + loc[0], *loc[1:]) if loc else (field,)) \
+                from None
         time.sleep(0)  # let the event loop's thread take the lock between slices
     return validated
 
@@ -119,8 +117,13 @@ def validate(model: type[BaseModel], value: Any) -> Any:
     try:
         return model.model_validate(value)
     except ValidationError as error:
-        problems = dict.fromkeys(f"{_where(e['loc'])}: {_what(e)}" for e in error.errors()[:10])
-        raise BadRequest("; ".join(problems)) from None
+        raise _bad_request(error) from None
+
+
+def _bad_request(error: ValidationError, place: Callable[[tuple[Any, ...]], tuple[Any, ...]] = tuple) -> BadRequest:
+    """BadRequest listing each problem (at most 10): where (``place`` maps pydantic's location) and what."""
+    problems = dict.fromkeys(f"{_where(place(e['loc']))}: {_what(e)}" for e in error.errors()[:10])
+    return BadRequest("; ".join(problems))
 
 
 # Pydantic names the member of a union that failed by its schema (``function-before[_a_number(),
