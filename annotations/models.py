@@ -287,3 +287,14 @@ class AnnotationSegment(Base):
     relationship: Mapped[int] = mapped_column(Integer, primary_key=True)
     segment_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     layer_id: Mapped[int] = mapped_column(ForeignKey("annotation_layers.id", ondelete="CASCADE"))
+
+
+class SharedView(Base):
+    """A frozen copy of a viewer state behind a short link; opening it starts a new session from the copy."""
+
+    __tablename__ = "shared_views"
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    state: Mapped[dict[str, Any]] = mapped_column()
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
