@@ -134,6 +134,8 @@ def may(actor: Actor, action: Action, access: DatasetAccess | None = None) -> bo
 
 def require(actor: Actor, action: Action, access: DatasetAccess | None = None) -> None:
     """Return if ``actor`` may do ``action`` (to ``access``'s dataset for dataset actions), else raise."""
+    if action is Action.READ and access is not None and access.visibility == "public":
+        return  # anyone reads a public dataset (every chunk request asks this)
     if action not in DATASET_ACTIONS:
         _require_server_wide(actor, action)
         return

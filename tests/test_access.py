@@ -22,7 +22,7 @@ import requests
 from annotations.access import Access
 from annotations.accounts import Accounts
 from annotations.db import make_engine, make_sessions, sqlite_url
-from tests.conftest import LAMELLA, Server
+from tests.conftest import LAMELLA, Server, start_server, stop_server
 from viewer.app import routes
 from viewer.identity import ACCESS_CACHE_SECONDS
 
@@ -502,7 +502,7 @@ def snapshot(root: Path) -> list[Any]:
 @pytest.mark.postgres
 def test_access_on_postgresql(database_url: str, tmp_path: Path) -> None:
     """The same rules on each database: a private dataset, a member's token, a revocation."""
-    from tests.conftest import small_u8, start_server, stop_server
+    from tests.conftest import small_u8
     from tiling.pyramid import PyramidOptions, write_pyramid
     from tiling.sources import ArraySource
 
@@ -548,3 +548,22 @@ def test_cookie_key_is_made_once_private_and_cookies_are_secure_over_https(scrat
                       headers={"X-XSRFToken": web.cookies["_xsrf"], "X-Forwarded-Proto": "https"}, timeout=30)
     assert answer.status_code == 200
     assert "Secure" in answer.headers["Set-Cookie"] and "HttpOnly" in answer.headers["Set-Cookie"]
+
+
+def test_forwarded_headers_count_only_from_trusted_proxies(scratch_server: Server) -> None:
+    """A client that is not a trusted proxy cannot claim HTTPS (or another address) with X-Forwarded-* headers."""
+    accounts = Accounts(open_db(scratch_server.data_dir))  # type: ignore[arg-type]
+    accounts.create("proxy-user", "annotator", password="proxy-password-1")
+    for trusted, secure in (("10.0.0.0/8", False), ("10.0.0.0/8,127.0.0.1", True)):
+        running = start_server(scratch_server.data_dir, env={"LAMELLA_TRUSTED_PROXIES": trusted})  # type: ignore[arg-type]
+        try:
+            web = requests.Session()
+            web.get(f"{running.url}/sign-in", timeout=10)
+            answer = web.post(f"{running.url}/api/sign-in",
+                              json={"name": "proxy-user", "password": "proxy-password-1"},
+                              headers={"X-XSRFToken": web.cookies["_xsrf"], "X-Forwarded-Proto": "https",
+                                       "X-Forwarded-For": "203.0.113.9"}, timeout=30)
+            assert answer.status_code == 200
+            assert ("Secure" in answer.headers["Set-Cookie"]) is secure, trusted
+        finally:
+            stop_server(running)

@@ -357,6 +357,7 @@ def test_large_2d_tiff_montage_streamed_through_vips(tmp_path: Path) -> None:
     ("LAMELLA_HEADER_TIMEOUT_SECONDS", "-1", ("header_timeout_seconds",)),
     ("LAMELLA_BODY_TIMEOUT_SECONDS", "nan", ("body_timeout_seconds",)),
     ("LAMELLA_STATE_POLL_SECONDS", "0", ("state_poll_seconds",)),
+    ("LAMELLA_TRUSTED_PROXIES", "127.0.0.1,nginx.local", ("trusted_proxies", "nginx.local")),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path: Path, variable: str, value: str, words: tuple[str, ...]) -> None:
     result = subprocess.run([*LAMELLA, "serve", "--data-dir", str(tmp_path), "--port", "0"], cwd=ROOT,

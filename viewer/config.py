@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -65,6 +66,11 @@ class Settings:
         default=2000, metadata={"help": "annotations per spatial-index cell of a precomputed annotation source "
                                         "above its finest level (a random subsample)"},
     )
+    trusted_proxies: str = field(
+        default="127.0.0.1,::1",
+        metadata={"help": "peers whose X-Forwarded-For / X-Real-IP / X-Forwarded-Proto are believed (comma-separated "
+                          "addresses or networks; empty: none). Anyone else's are ignored"},
+    )
     cookie_secret: str | None = field(
         default=None,
         metadata={"help": "key signing sign-in cookies (every process and host must share it); default: made on "
@@ -76,6 +82,17 @@ class Settings:
             value = getattr(self, name)
             if not (math.isfinite(value) and low <= value <= high):
                 raise SettingsError(f"{name} must lie between {low:g} and {high:g}, not {value!r}")
+        self.proxy_networks()
+
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` as networks; SettingsError if one is not an address or network."""
+        networks = []
+        for text in filter(None, (part.strip() for part in self.trusted_proxies.split(","))):
+            try:
+                networks.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise SettingsError(f"trusted_proxies: {text[:60]!r} is not an IP address or network") from None
+        return tuple(networks)
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
+import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -28,6 +31,7 @@ from viewer.handlers.base import short_path
 from viewer.services import Services
 
 log = logging.getLogger("lamella")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Connections waiting to be accepted (the kernel caps it at net.core.somaxconn). Tornado's 128 overflowed
 # under a burst of a few hundred connections: the next client's SYN was dropped and retried a second later.
 BACKLOG = 1024
@@ -201,8 +205,10 @@ class GuardedStream:
     def write(self, data: bytes | memoryview, *args: Any, **kwargs: Any) -> Any:
         if data == _BARE_400:
             data = protocol_error(400, "malformed_request", self.problem, head=self.head)
-        elif bytes(data[:9]) == b"HTTP/1.1 ":  # an answer's head (Tornado writes it whole, in one piece)
-            head = bytes(data[:8192]).lower().partition(b"\r\n\r\n")[0]
+        elif data[:9] == b"HTTP/1.1 ":  # an answer's head (Tornado writes it whole, in one piece)
+            start = data if isinstance(data, bytes) else bytes(data[:8192])
+            end = start.find(b"\r\n\r\n", 0, 8192)
+            head = start[:end if end >= 0 else 8192].lower()
             self.endless = b"\r\ncontent-type: text/event-stream" in head and b"\r\ntransfer-encoding: chunked" in head
             if self.endless and self.ended:
                 self.stream.io_loop.add_callback(self.stream.close)
@@ -280,11 +286,32 @@ def linger(connection: socket.socket) -> None:
 
 
 class LamellaHTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's server, with each connection's stream guarded (see ``GuardedStream``)."""
+    """Tornado's server, with each connection's stream guarded (see ``GuardedStream``), believing the
+    ``X-Forwarded-*`` / ``X-Real-IP`` headers of trusted proxies only (anyone else could forge an address that
+    sign-in throttling counts, or claim HTTPS)."""
+
+    def initialize(self, *args: Any, trusted: Sequence[IPNetwork] = (), **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self.trusted = tuple(trusted)
+
+    def start_request(self, server_conn: object, request_conn: Any) -> Any:
+        # Tornado reads ``xheaders`` here, once per request: set it for this request's peer.
+        self.xheaders = bool(self.trusted) and _is_trusted(getattr(request_conn.context, "remote_ip", ""),
+                                                           self.trusted)
+        return super().start_request(server_conn, request_conn)
 
     def handle_stream(self, stream: IOStream, address: tuple[str, ...]) -> None:
         GuardedStream(stream)
         super().handle_stream(stream, address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 def http_server(app: Application, settings: Settings) -> tornado.httpserver.HTTPServer:
@@ -293,7 +320,7 @@ def http_server(app: Application, settings: Settings) -> tornado.httpserver.HTTP
     cut off (a request line and headers within ``header_timeout_seconds``, a body within
     ``body_timeout_seconds``)."""
     largest = max(route.rule.body_limit for route in routes())
-    return LamellaHTTPServer(app, xheaders=True, max_body_size=largest, max_buffer_size=64 << 20,
+    return LamellaHTTPServer(app, trusted=settings.proxy_networks(), max_body_size=largest, max_buffer_size=64 << 20,
                              max_header_size=HEAD_LIMIT, idle_connection_timeout=settings.header_timeout_seconds,
                              body_timeout=settings.body_timeout_seconds)
 

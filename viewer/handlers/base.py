@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -91,45 +91,68 @@ class BaseHandler(RequestHandler):
 
     # The rule, before the body is read
 
-    async def prepare(self) -> None:
+    def prepare(self) -> Awaitable[None] | None:
+        """Admit the request or keep its refusal. Synchronous when the decision is cached (Tornado awaits only
+        what is returned: a chunk request then costs no coroutine here)."""
         self._prepared = True
         streaming = self._stream_request_body  # type: ignore[attr-defined]
         if streaming:  # this handler bounds its bodies itself (a refused one is drained up to DRAIN_LIMIT)
             self.request.connection.set_max_body_size(2 * DRAIN_LIMIT)
         try:
-            await self.admit()
+            pending = self.admit()
         except Exception as refusal:
-            if streaming and self._declared_length() > DRAIN_LIMIT:
-                self.request.connection.set_max_body_size(1 << 62)  # ours is the answer, not Tornado's 400
-                self._cut_short = True
-                raise
-            self._refusal = refusal  # answered by the method once the body has arrived (see _refusable)
+            self._refuse(refusal, streaming)
+            return None
+        return None if pending is None else self._admitting(pending, streaming)
 
-    async def admit(self) -> None:
-        """The method, the body's declared size, the actor, XSRF and the route's rule: raises if refused."""
+    async def _admitting(self, pending: Awaitable[None], streaming: bool) -> None:
+        try:
+            await pending
+        except Exception as refusal:
+            self._refuse(refusal, streaming)
+
+    def _refuse(self, refusal: Exception, streaming: bool) -> None:
+        if streaming and self._declared_length() > DRAIN_LIMIT:
+            self.request.connection.set_max_body_size(1 << 62)  # ours is the answer, not Tornado's 400
+            self._cut_short = True
+            raise refusal
+        self._refusal = refusal  # answered by the method once the body has arrived (see _refusable)
+
+    def admit(self) -> Awaitable[None] | None:
+        """The method, the body's declared size, the actor, XSRF and the route's rule: raises if refused;
+        returns what is left to await when the database must be asked (None: admitted)."""
         method = self.request.method or ""
         if method == "OPTIONS":
             if not self.cors:
                 raise MethodNotAllowed(method)
-            return
+            return None
         action = self.rule.action(method)
         if action is None:
             raise MethodNotAllowed(method)
         if self._declared_length() > self.rule.body_limit:
             raise BodyTooLarge(self.rule.body_limit)
-        identity = self.services.identity
-        actor = identity.known_actor(self.request)
+        actor = self.services.identity.known_actor(self.request)
         if actor is None:
-            actor = await identity.actor(self.request, self.settings.get("cookie_secret"))
+            return self._admit_credential(action)
         self.actor = actor
+        return self._admit_actor(action)
+
+    async def _admit_credential(self, action: Action) -> None:
+        self.actor = await self.services.identity.actor(self.request, self.settings.get("cookie_secret"))
+        pending = self._admit_actor(action)
+        if pending is not None:
+            await pending
+
+    def _admit_actor(self, action: Action) -> Awaitable[None] | None:
         self.check_xsrf()
         if self.rule.scope == "dataset":  # the hot path (every chunk): answered from the cache when it can be
-            self.dataset_access = identity.known_dataset(actor, action, self.path_kwargs["dataset_ref"])
+            self.dataset_access = self.services.identity.known_dataset(self.actor, action,
+                                                                       self.path_kwargs["dataset_ref"])
             if self.dataset_access is not None:
                 if not self.dataset_access.public():
                     self.private_headers()
-                return
-        await self.authorize(action)
+                return None
+        return self.authorize(action)
 
     async def authorize(self, action: Action) -> None:
         """Apply the route's scope to ``action``: the server, the path's dataset or the path's session."""
@@ -309,7 +332,7 @@ class NotFoundHandler(BaseHandler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 
-    async def admit(self) -> None:
+    def admit(self) -> Awaitable[None] | None:
         raise NoRoute()
 
     async def get(self, *_: Any, **__: Any) -> None:
