@@ -137,7 +137,8 @@ def edit_layer(layer: LayerRecord) -> dict[str, Any]:
     """The local layer where the viewer draws into a database layer, in nanometres as the database."""
     return {"type": "annotation", "name": edit_layer_name(layer.name),
             "source": {"url": "local://annotations", "transform": {"outputDimensions": NANOMETRES}},
-            "tool": TOOLS[layer.spec.types[0]], "annotationColor": EDIT_COLOUR, "annotations": []}
+            "tool": TOOLS[layer.spec.types[0]], "tab": "annotations", "annotationColor": EDIT_COLOUR,
+            "annotations": []}
 
 
 def with_database_layers(state: dict[str, Any], record: SessionAnnotations, origin: str,
