@@ -173,14 +173,14 @@ def client_state(driver) -> dict:  # type: ignore[no-untyped-def,type-arg]
         driver.switch_to.default_content()
 
 
-def ctrl_click(driver, offsets: list[tuple[int, int]]) -> None:  # type: ignore[no-untyped-def]
-    """Ctrl+click (Neuroglancer's "annotate") at offsets from the centre of the slice view."""
+def ctrl_click(driver, offsets: list[tuple[int, int]], panel_index: int = 0) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl+click (Neuroglancer's "annotate") at offsets from the centre of a slice view (the first: xy)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
     driver.switch_to.frame(driver.find_element("id", "viewer"))
     try:
-        panel = driver.find_element("css selector", ".neuroglancer-rendered-data-panel")
+        panel = driver.find_elements("css selector", ".neuroglancer-rendered-data-panel")[panel_index]
         for dx, dy in offsets:
             ActionChains(driver).move_to_element_with_offset(panel, dx, dy).key_down(Keys.CONTROL).click() \
                 .key_up(Keys.CONTROL).perform()
@@ -380,6 +380,12 @@ def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore
         clicked = time.monotonic()
         assert wait_for(lambda: stored(1), 10), "the point did not reach the database"
         point_seconds = time.monotonic() - clicked
+        # A point above the volume (the grey of the xz view) is outside the layer: kept, and said why.
+        ctrl_click(browser, [(0, -150)], panel_index=1)
+        refused = wait_for(lambda: next(iter(browser.find_elements("css selector", "[data-unsaved]")), None), 15)
+        assert refused is not None
+        refusal = refused.text
+        assert "outside the layer's bounds" in refusal and stored(1)
         in_viewer(browser, '[title="Annotate bounding box"]')  # Neuroglancer's own tool button
         ctrl_click(browser, [(-70, -50), (-20, -10)])
         annotations = wait_for(lambda: stored(2), 10)
@@ -393,13 +399,14 @@ def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore
 
         def drawn_in_client() -> list | None:  # type: ignore[type-arg]
             layer = next((item for item in client_state(browser)["layers"] if item["name"] == "synapses ✎"), {})
-            return layer.get("annotations") if len(layer.get("annotations", [])) == 2 else None
+            return layer.get("annotations") if len(layer.get("annotations", [])) == 3 else None
 
         assert wait_for(drawn_in_client, 60), "the reloaded viewer lost the drawn annotations"
         token = browser.find_element("id", "viewer").get_attribute("data-token")
         report = requests.get(f"{server.url}/api/sessions/{token}/annotations", timeout=30).json()
         assert sorted(report["saved"]["synapses ✎"].values()) == [a["id"] for a in annotations]
-        assert not report["unsaved"]
+        assert [item["message"] for item in report["unsaved"]] == [refusal.removeprefix("Not saved: ")]
+        assert wait_for(lambda: next(iter(browser.find_elements("css selector", "[data-unsaved]")), None), 15)
         # Select the point in Neuroglancer's list of the edit layer; label it in the side panel.
         in_viewer(browser, ".neuroglancer-annotation-list-entry")
         chosen = wait_for(lambda: next(iter(browser.find_elements("css selector", ".annotation-form")), None), 30)
