@@ -206,6 +206,8 @@ class ViewerAnnotations:
             entry.saved[item.id] = SavedAnnotation(id=annotation_id, type=item.type, geometry=list(item.geometry),
                                                    description=item.description)
 
+        for ng_id in changes.resolved:
+            entry.saved[ng_id] = entry.saved[ng_id].model_copy(update={"error": None, "tried": None})
         for item in changes.creates:
             try:
                 created = self.store.create_many(actor, access, layer_id, [item.annotation()])

@@ -183,10 +183,9 @@ def frozen(state: dict[str, Any]) -> dict[str, Any]:
                 continue
             layers[name] = selected
         selection["layers"] = layers
-    for key in ("selectedLayer",):
-        chosen = copied.get(key)
-        if isinstance(chosen, dict) and chosen.get("layer") in view_names:
-            chosen["layer"] = view_names[chosen["layer"]]
+    chosen = copied.get("selectedLayer")
+    if isinstance(chosen, dict) and chosen.get("layer") in view_names:
+        chosen["layer"] = view_names[chosen["layer"]]
     return copied
 
 
@@ -276,9 +275,10 @@ class Changes:
     adoptions: list[tuple[Drawn, int]] = field(default_factory=list)
     changes: list[tuple[Drawn, SavedAnnotation]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)  # refused changes undone in the viewer: nothing to report
 
     def __bool__(self) -> bool:
-        return bool(self.creates or self.adoptions or self.changes or self.deletes)
+        return bool(self.creates or self.adoptions or self.changes or self.deletes or self.resolved)
 
 
 def diff(drawn: Iterable[Drawn], saved: dict[str, SavedAnnotation]) -> Changes:
@@ -302,5 +302,7 @@ def diff(drawn: Iterable[Drawn], saved: dict[str, SavedAnnotation]) -> Changes:
                 changes.creates.append(item)
         elif not item.matches(before.geometry, before.description):
             changes.changes.append((item, before))
+        elif before.error is not None:
+            changes.resolved.append(item.id)
     changes.deletes = [annotation_id for annotation_id in saved if annotation_id not in present]
     return changes

@@ -409,12 +409,20 @@ def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore
         assert wait_for(lambda: next(iter(browser.find_elements("css selector", "[data-unsaved]")), None), 15)
         # Select the point in Neuroglancer's list of the edit layer; label it in the side panel.
         in_viewer(browser, ".neuroglancer-annotation-list-entry")
-        chosen = wait_for(lambda: next(iter(browser.find_elements("css selector", ".annotation-form")), None), 30)
-        assert chosen is not None, browser.find_element("id", "selected-annotation").text
-        Select(chosen.find_element("css selector", 'select[name="label"]')).select_by_value("synapse")
-        chosen.find_element("id", "save-annotation").click()
-        labelled = wait_for(lambda: next((a for a in stored(2) or [] if a["label"] == "synapse"), None), 10)
-        assert labelled is not None, chosen.text
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def label_it() -> dict | None:  # type: ignore[type-arg]
+            try:  # the panel redraws the form when the selection or the record changes: find it afresh
+                form = next(iter(browser.find_elements("css selector", ".annotation-form")), None)
+                if form is not None:
+                    Select(form.find_element("css selector", 'select[name="label"]')).select_by_value("synapse")
+                    form.find_element("id", "save-annotation").click()
+            except StaleElementReferenceException:
+                return None
+            return next((a for a in stored(2) or [] if a["label"] == "synapse"), None)
+
+        labelled = wait_for(label_it, 30)
+        assert labelled is not None, browser.find_element("id", "selected-annotation").text
         browser.save_screenshot(str(SCREENSHOT))
         # Someone who may not read the private dataset: no page, no layer, no annotation, no precomputed source.
         browser.find_element("id", "sign-out").click()

@@ -186,6 +186,8 @@ def test_two_sessions_of_one_user_and_a_change_made_elsewhere(world: World) -> N
     world.post(first, "ann", [{**POINT, "point": [150, 200, 300]}])
     assert world.current()[0].point == [300, 200, 300]
     assert "changed elsewhere" in world.report(first, "ann").unsaved[0].message
+    world.post(first, "ann", [POINT])  # moved back where it was saved: nothing left unsaved
+    assert not world.report(first, "ann").unsaved and world.current()[0].point == [300, 200, 300]
 
 
 def test_a_stale_state_saves_nothing(world: World) -> None:
