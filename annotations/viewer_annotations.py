@@ -208,18 +208,29 @@ class ViewerAnnotations:
 
         for ng_id in changes.resolved:
             entry.saved[ng_id] = entry.saved[ng_id].model_copy(update={"error": None, "tried": None})
-        for item in changes.creates:
+        # New annotations in one write (all or none); if that is refused, one at a time to tell which and why.
+        creates = changes.creates
+        if len(creates) > 1:
             try:
-                created = self.store.create_many(actor, access, layer_id, [item.annotation()])
-            except CatalogError as error:
+                created = self.store.create_many(actor, access, layer_id, [item.annotation() for item in creates])
+            except (CatalogError, ValueError):  # one at a time below
+                pass
+            else:
+                for item, annotation_id in zip(creates, created.ids, strict=True):
+                    saved(item, annotation_id)
+                creates = []
+        for item in creates:
+            try:
+                one = self.store.create_many(actor, access, layer_id, [item.annotation()])
+            except (CatalogError, ValueError) as error:
                 failed(item, None, "not saved", error)
                 continue
-            saved(item, created.ids[0])
+            saved(item, one.ids[0])
         pending = list(changes.changes)
         for item, annotation_id in changes.adoptions:
             try:
                 current = self.store.get(actor, access, layer_id, annotation_id)
-            except CatalogError as error:
+            except (CatalogError, ValueError) as error:
                 failed(item, None, f"{annotation_id} cannot be edited", error)
                 continue
             before = SavedAnnotation(id=annotation_id, type=current.type, geometry=flat_geometry(current),
@@ -235,7 +246,7 @@ class ViewerAnnotations:
                     raise CatalogError("it was changed elsewhere since this viewer saved it; reload the page "
                                        "to edit its current version")
                 self.store.update(actor, access, layer_id, before.id, item.annotation(current))
-            except CatalogError as error:
+            except (CatalogError, ValueError) as error:
                 failed(item, before, f"{before.id} not changed", error)
                 continue
             saved(item, before.id)

@@ -260,7 +260,7 @@ def drawn_annotations(layer: dict[str, Any]) -> tuple[list[Drawn], list[str]] | 
             unreadable.append(f"annotation {item['id'][:12]}: {error}")
             continue
         description = item.get("description")
-        description = description[:MAX_DESCRIPTION] if isinstance(description, str) else ""
+        description = description.replace("\x00", "")[:MAX_DESCRIPTION] if isinstance(description, str) else ""
         seen.add(item["id"])
         found.append(Drawn(item["id"], kind, geometry, description))
     return found, unreadable
