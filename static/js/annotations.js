@@ -42,7 +42,7 @@ export async function mountAnnotations(container, dataset, token, me) {
   const status = element("p", { id: "annotation-status", role: "status", class: "error" });
   const unsavedBox = element("div", { id: "unsaved", class: "unsaved", "aria-live": "polite" });
   const details = element("div", { id: "selected-annotation" },
-    element("p", { class: "muted" }, "Double-click an annotation in the viewer to see it here."));
+    element("p", { class: "muted" }, "Ctrl+right-click an annotation in the viewer to see it here."));
   const section = element("section", { id: "annotations" }, element("h2", {}, "Annotation layers"), list);
   container.append(section);
   const report = (message) => { status.textContent = message; };
@@ -135,7 +135,7 @@ export async function mountAnnotations(container, dataset, token, me) {
     if (key === shownKey && !force) return;
     shownKey = key;
     if (!chosen) {
-      details.replaceChildren(element("p", { class: "muted" }, "Double-click an annotation in the viewer to see it here."));
+      details.replaceChildren(element("p", { class: "muted" }, "Ctrl+right-click an annotation in the viewer to see it here."));
       return;
     }
     if (!chosen.id) {
