@@ -160,6 +160,8 @@ def discover(url: str, admin_token: str) -> World:
         answer = http.post(f"{url}/api/datasets/{dataset['name']}/sessions", timeout=30)
         answer.raise_for_status()
         tokens[dataset["name"]] = answer.json()["token"]
+    codes = {name: http.post(f"{url}/api/sessions/{token}/share", timeout=30).json()["code"]
+             for name, token in tokens.items()}
     anonymous = requests.post(f"{url}/api/datasets/demo/sessions", timeout=30)
     spare_token = http.post(f"{url}/api/tokens", json={"label": "fuzz: may be revoked"}, timeout=30).json()["id"]
     statics = sorted(str(p.relative_to(STATIC_DIR)) for p in STATIC_DIR.rglob("*") if p.is_file()
@@ -182,7 +184,7 @@ def discover(url: str, admin_token: str) -> World:
                 scale_key, chunk_name = chunks[turn % len(chunks)]
                 contexts.append({
                     "dataset_ref": name, "image_name": image["name"], "scale_key": scale_key,
-                    "chunk_name": chunk_name, "key": keys[turn % len(keys)], "token": tokens[name],
+                    "chunk_name": chunk_name, "key": keys[turn % len(keys)], "token": tokens[name], "code": codes[name],
                     "account": CURATOR[0], "token_id": str(spare_token), "name": client[(turn + number) % len(client)],
                     "path": statics[(turn + number) % len(statics)],
                 })
@@ -255,7 +257,8 @@ def touches(world: World, route: str, groups: dict[str, str]) -> set[Item]:
         return {("dataset", dataset or "")}
     if route == "member":
         return {("members", dataset or "")}
-    if route in ("session", "session-display", "session-landmark-layers", "state", "action"):
+    if route in ("session", "session-display", "session-landmark-layers", "state", "action", "session-annotations",
+                 "session-share"):
         return {("session", token or "")}
     # transform, landmarks, session-register and any other: everything of the dataset (open viewers move).
     if token is not None:

@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class Matrix:
     tokens: dict[str, str]  # actor -> bearer token
     sessions: dict[tuple[str, str], str]  # (owner actor, visibility) -> viewer session token
     spline: int  # a thin-plate-spline transform of the public dataset's fluorescence
+    shared: dict[str, str] = field(default_factory=dict)  # visibility -> the code of a shared view of its dataset
 
     def headers(self, actor: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[actor]}"} if actor in self.tokens else {}
@@ -85,6 +86,9 @@ def matrix(scratch_server: Server) -> Matrix:
                                    timeout=30)
             if answer.status_code == 201:
                 made.sessions[(actor, visibility)] = answer.json()["token"]
+    for visibility in DATASETS:
+        shared = requests.post(f"{server.url}/api/sessions/{made.sessions[('admin', visibility)]}/share", timeout=30)
+        made.shared[visibility] = shared.json()["code"]
     return made
 
 
@@ -145,6 +149,7 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     "annotation-source-by-id": lambda m, v, s: (f"{_source(v)}/by_id/1", None),
     "annotation-source-related": lambda m, v, s: (f"{_source(v)}/rel_bodies/1", None),
     "warped-chunk": lambda m, v, s: (f"{_image(v)}/warped/{m.spline}/precomputed/0/0-64_0-64_0-64", None),
+    "shared-view": lambda m, v, s: (f"/v/{m.shared[v]}", None),
 }
 # Session routes: (path suffix after the token, body). The session's owner is what matters.
 SESSION_REQUESTS: dict[str, Callable[[str], tuple[str, Any]]] = {
@@ -157,11 +162,14 @@ SESSION_REQUESTS: dict[str, Callable[[str], tuple[str, Any]]] = {
     "state": lambda s: ("", REFUSED),
     "action": lambda s: ("", REFUSED),
     "credentials": lambda s: ("", REFUSED),
+    "session-annotations": lambda s: ("/annotations", None),
+    "session-share": lambda s: ("/share", None),
 }
 SESSION_PREFIX = {"session": "/api/sessions/", "session-display": "/api/sessions/",
                   "session-landmark-layers": "/api/sessions/", "session-register": "/api/sessions/",
                   "neuroglancer-client": "/v/", "events": "/events/", "state": "/state/", "action": "/action/",
-                  "credentials": "/credentials/"}
+                  "credentials": "/credentials/", "session-annotations": "/api/sessions/",
+                  "session-share": "/api/sessions/"}
 ROUTES = routes()
 
 
@@ -197,7 +205,8 @@ def send(matrix: Matrix, method: str, path: str, body: Any, actor: str) -> reque
         client.get(f"{matrix.server.url}/sign-in", timeout=10)
     stream = path.startswith("/events/")
     headers = {**matrix.headers(actor), "X-XSRFToken": client.cookies["_xsrf"]}
-    answer = client.request(method, matrix.server.url + path, json=body, headers=headers, timeout=30, stream=stream)
+    answer = client.request(method, matrix.server.url + path, json=body, headers=headers, timeout=30, stream=stream,
+                            allow_redirects=False)
     if stream:
         answer.close()  # an event stream does not end: its status and headers are what we check
     return answer
@@ -209,9 +218,10 @@ def check(answer: requests.Response, allowed: bool, readable: bool, signed_in: b
     if allowed:
         assert answer.status_code < 500, where
         assert answer.status_code not in (401, 403), f"{where}: refused {answer.status_code} {code}"
-        assert code not in ("dataset_not_found", "session_not_found"), f"{where}: {code}"
+        assert code not in ("dataset_not_found", "session_not_found", "shared_view_not_found"), f"{where}: {code}"
     elif not readable:
-        assert answer.status_code == 404 and code in ("dataset_not_found", "session_not_found"), \
+        assert answer.status_code == 404 and code in ("dataset_not_found", "session_not_found",
+                                                      "shared_view_not_found"), \
             f"{where}: {answer.status_code} {code} (a private dataset must not exist for this actor)"
     else:
         expected = 403 if signed_in else 401

@@ -173,14 +173,14 @@ def client_state(driver) -> dict:  # type: ignore[no-untyped-def,type-arg]
         driver.switch_to.default_content()
 
 
-def ctrl_click(driver, offsets: list[tuple[int, int]]) -> None:  # type: ignore[no-untyped-def]
-    """Ctrl+click (Neuroglancer's "annotate") at offsets from the centre of the slice view."""
+def ctrl_click(driver, offsets: list[tuple[int, int]], panel_index: int = 0) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl+click (Neuroglancer's "annotate") at offsets from the centre of a slice view (the first: xy)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
     driver.switch_to.frame(driver.find_element("id", "viewer"))
     try:
-        panel = driver.find_element("css selector", ".neuroglancer-rendered-data-panel")
+        panel = driver.find_elements("css selector", ".neuroglancer-rendered-data-panel")[panel_index]
         for dx, dy in offsets:
             ActionChains(driver).move_to_element_with_offset(panel, dx, dy).key_down(Keys.CONTROL).click() \
                 .key_up(Keys.CONTROL).perform()
@@ -307,3 +307,131 @@ def test_private_dataset_is_seen_only_after_signing_in(  # type: ignore[no-untyp
 
 def _dataset_id(server: Server, name: str) -> str:
     return str(server.get(f"/api/datasets/{name}", headers=server.admin).json()["id"])
+
+
+def in_viewer(driver, selector: str):  # type: ignore[no-untyped-def]
+    """Click an element of Neuroglancer's own interface inside the viewer iframe."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def click() -> bool | None:
+        try:  # Neuroglancer redraws its lists as they change: find the element again until a click lands
+            found = next(iter(driver.find_elements("css selector", selector)), None)
+            if found is None:
+                return None
+            found.click()
+            return True
+        except StaleElementReferenceException:
+            return None
+
+    driver.switch_to.frame(driver.find_element("id", "viewer"))
+    try:
+        assert wait_for(click, 30), f"the viewer shows no {selector}"
+    finally:
+        driver.switch_to.default_content()
+
+
+SCREENSHOT = Path("/tmp/lamella-viewer-annotations.png")
+
+
+def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore[no-untyped-def]
+    data_dir, browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A curator makes a layer in the side panel, draws a point and a box with Neuroglancer's tools, finds them in
+    the database and again after a reload, labels one in the side panel; an outsider sees none of it."""
+    import requests
+    from selenium.webdriver.support.ui import Select
+
+    from annotations.accounts import Accounts
+    from annotations.db import make_engine, make_sessions, sqlite_url
+    from tests.conftest import clone_data_dir, start_server, stop_server
+
+    root = clone_data_dir(data_dir[0], tmp_path_factory.mktemp("drawn"))
+    engine = make_engine(sqlite_url(root))
+    accounts = Accounts(make_sessions(engine))
+    accounts.create("olga", "annotator", password="olga-password-1")  # a member of nothing
+    olga = {"Authorization": f"Bearer {accounts.create_token('olga')[0]}"}
+    engine.dispose()
+    server = start_server(root)
+    admin = {"Authorization": f"Bearer {data_dir[1].admin_token}"}
+    layers = f"{server.url}/api/datasets/embargoed/annotation-layers"
+    try:
+        sign_in(browser, server, *CURATOR, then="/datasets/embargoed")
+        form = wait_for(lambda: next(iter(browser.find_elements("css selector", ".new-layer summary")), None), 30)
+        assert form is not None, browser.find_element("id", "status").text
+        form.click()
+        browser.find_element("id", "new-layer-name").send_keys("synapses")
+        browser.find_element("css selector", '#new-layer input[value="axis_aligned_bounding_box"]').click()
+        browser.find_element("id", "new-layer-labels").send_keys("synapse, vesicle")
+        browser.find_element("id", "create-layer").click()
+        draw = wait_for(lambda: next(iter(browser.find_elements("css selector", '[data-draw="point"]')), None), 30)
+        assert draw is not None, browser.find_element("id", "annotation-status").text
+        [layer] = requests.get(layers, headers=admin, timeout=30).json()["layers"]
+        assert layer["spec"]["types"] == ["point", "axis_aligned_bounding_box"]
+        saved = f"{layers}/{layer['id']}/annotations"
+
+        def stored(count: int) -> list[dict] | None:  # type: ignore[type-arg]
+            found = requests.get(saved, headers=admin, timeout=30).json()["annotations"]
+            return found if len(found) == count else None
+
+        draw.click()  # the side panel's tool choice: the edit layer with Neuroglancer's point tool
+        assert wait_for(lambda: True if any(item["name"] == "synapses ✎" for item in client_state(browser)["layers"])
+                        else None, 60)
+        ctrl_click(browser, [(40, 30)])
+        clicked = time.monotonic()
+        assert wait_for(lambda: stored(1), 10), "the point did not reach the database"
+        point_seconds = time.monotonic() - clicked
+        # A point above the volume (the grey of the xz view) is outside the layer: kept, and said why.
+        ctrl_click(browser, [(0, -150)], panel_index=1)
+        refused = wait_for(lambda: next(iter(browser.find_elements("css selector", "[data-unsaved]")), None), 15)
+        assert refused is not None
+        refusal = refused.text
+        assert "outside the layer's bounds" in refusal and stored(1)
+        in_viewer(browser, '[title="Annotate bounding box"]')  # Neuroglancer's own tool button
+        ctrl_click(browser, [(-70, -50), (-20, -10)])
+        annotations = wait_for(lambda: stored(2), 10)
+        assert annotations is not None, "the box did not reach the database"
+        assert [a["type"] for a in annotations] == ["point", "axis_aligned_bounding_box"]
+        assert {a["author"] for a in annotations} == {CURATOR[0]}
+        assert point_seconds < 3, f"saved {point_seconds:.1f} s after the click"
+        # A reload: the same session, its edit layer and the saved annotations are still there.
+        browser.refresh()
+        assert wait_for(lambda: next(iter(browser.find_elements("css selector", "[data-draw]")), None), 30)
+
+        def drawn_in_client() -> list | None:  # type: ignore[type-arg]
+            layer = next((item for item in client_state(browser)["layers"] if item["name"] == "synapses ✎"), {})
+            return layer.get("annotations") if len(layer.get("annotations", [])) == 3 else None
+
+        assert wait_for(drawn_in_client, 60), "the reloaded viewer lost the drawn annotations"
+        token = browser.find_element("id", "viewer").get_attribute("data-token")
+        report = requests.get(f"{server.url}/api/sessions/{token}/annotations", timeout=30).json()
+        assert sorted(report["saved"]["synapses ✎"].values()) == [a["id"] for a in annotations]
+        assert [item["message"] for item in report["unsaved"]] == [refusal.removeprefix("Not saved: ")]
+        assert wait_for(lambda: next(iter(browser.find_elements("css selector", "[data-unsaved]")), None), 15)
+        # Select the point in Neuroglancer's list of the edit layer; label it in the side panel.
+        in_viewer(browser, ".neuroglancer-annotation-list-entry")
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def label_it() -> dict | None:  # type: ignore[type-arg]
+            try:  # the panel redraws the form when the selection or the record changes: find it afresh
+                form = next(iter(browser.find_elements("css selector", ".annotation-form")), None)
+                if form is not None:
+                    Select(form.find_element("css selector", 'select[name="label"]')).select_by_value("synapse")
+                    form.find_element("id", "save-annotation").click()
+            except StaleElementReferenceException:
+                return None
+            return next((a for a in stored(2) or [] if a["label"] == "synapse"), None)
+
+        labelled = wait_for(label_it, 30)
+        assert labelled is not None, browser.find_element("id", "selected-annotation").text
+        browser.save_screenshot(str(SCREENSHOT))
+        # Someone who may not read the private dataset: no page, no layer, no annotation, no precomputed source.
+        browser.find_element("id", "sign-out").click()
+        assert wait_for(lambda: next(iter(browser.find_elements("id", "sign-in-link")), None), 30)
+        sign_in(browser, server, "olga", "olga-password-1", then="/")
+        browser.get(f"{server.url}/datasets/embargoed")
+        assert '"status":404' in browser.page_source.replace(" ", "")
+        source = f"{layers}/{layer['id']}/precomputed/point/current"
+        for path in (layers, saved, f"{saved}/{labelled['id']}", f"{source}/info", f"{source}/by_id/{labelled['id']}"):
+            assert requests.get(path, headers=olga, timeout=30).status_code == 404, path
+    finally:
+        stop_server(server)

@@ -121,7 +121,9 @@ def path_values(server: Server) -> dict[str, str]:
                          json={"annotations": [{"type": "point", "point": middle, "label": "synapse"}]})
     annotation = {"layer_id": str(layer["id"]), "annotation_id": str(made.json()["ids"][0]), "kind": "point",
                   "view": "current", "level": "0", "cell": "0_0_0", "relationship": "bodies", "segment": "1"}
-    return {**annotation, "dataset_ref": "demo", "image_name": "em", "token": new_session(server),
+    token = new_session(server)
+    code = requests.post(f"{server.url}/api/sessions/{token}/share", timeout=10).json()["code"]
+    return {**annotation, "dataset_ref": "demo", "image_name": "em", "token": token, "code": code,
             "transform_id": str(transform["id"]), "token_id": str(token_id), "account": "admin", "scale_key": "0",
             "chunk_name": "0-64_0-64_0-64", "key": "zarr.json", "name": "index.html", "path": "css/lamella.css"}
 
@@ -336,7 +338,7 @@ def test_head_answers_as_get_without_a_body(scratch_server: Server, values: dict
                                             route) -> None:  # type: ignore[no-untyped-def]
     url = scratch_server.url + concrete(route.pattern, values)
     headers = scratch_server.admin if who == "admin" else {}
-    get = requests.get(url, headers=headers, timeout=10)
+    get = requests.get(url, headers=headers, timeout=10, allow_redirects=False)  # HEAD does not follow either
     head = requests.head(url, headers=headers, timeout=10)
     assert head.status_code == get.status_code and head.content == b""
     assert {k: v for k, v in head.headers.items() if k not in VARYING} == \

@@ -71,6 +71,7 @@ phases.fuzzing.extra-data-sources.responses = false
 dataset_ref = "correlative"
 image_name = "fluorescence"
 token = "{session}"
+code = "{code}"
 transform_id = "{spline}"
 scale_key = "0"
 chunk_name = "0-64_0-64_0-56"
@@ -99,6 +100,11 @@ checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403
 # A precomputed annotation source names a layer, one of its types and a view in its one spelling.
 include-path-regex = "/annotation-layers/[^/]+/precomputed/"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 429]
+
+[[operations]]
+# A shared view's link answers with a redirect to its dataset's page.
+include-path-regex = "^/v/[^/]+$"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 401, 403, 404, 429]
 
 [[operations]]
 include-path-regex = "^/(state/|api/sessions/[^/]+$)"
@@ -137,9 +143,11 @@ def run_schemathesis(server: Server, tmp_path: Path, *headers: str,
               "reference": np.random.default_rng(4).uniform(0, 3000, (8, 3)).tolist(), "fit": "tps"},
     ).json()["transform"]["id"]
     session = requests.post(f"{server.url}/api/datasets/correlative/sessions", headers=admin, timeout=30)
+    shared = requests.post(f"{server.url}/api/sessions/{session.json()['token']}/share", timeout=30)
     throwaway = requests.post(f"{server.url}/api/tokens", headers=admin, json={"label": "schemathesis"}, timeout=30)
     config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG.format(session=session.json()["token"], spline=spline, scratch=scratch,
+    config.write_text(CONFIG.format(session=session.json()["token"], code=shared.json()["code"], spline=spline,
+                                    scratch=scratch,
                                     token_id=throwaway.json()["id"]))
     command = [
         SCHEMATHESIS, "--config-file", str(config), "run", f"{server.url}/api/openapi.json",

@@ -79,6 +79,8 @@ def test_every_route_declares_a_rule_for_each_method(route) -> None:  # type: ig
         assert "(?P<dataset_ref>" in route.pattern
     if route.rule.scope == "session":
         assert "(?P<token>" in route.pattern
+    if route.rule.scope == "shared":
+        assert "(?P<code>" in route.pattern
     for flag in route.rule.escalations:
         assert route.rule.methods, f"{route.name}: escalation {flag} on a rule without methods"
 

@@ -8,7 +8,18 @@ from typing import Any
 
 from tornado.web import Application, url
 
-from viewer.handlers import accounts, annotations, api, correlation, curation, data, docs, pages, state_sync
+from viewer.handlers import (
+    accounts,
+    annotations,
+    api,
+    correlation,
+    curation,
+    data,
+    docs,
+    pages,
+    session_annotations,
+    state_sync,
+)
 from viewer.handlers.base import NotFoundHandler
 from viewer.rules import (
     ANNOTATE,
@@ -25,6 +36,7 @@ from viewer.rules import (
     dataset,
     server,
     session,
+    shared,
 )
 from viewer.services import Services
 
@@ -33,6 +45,7 @@ NAME = r"[A-Za-z0-9_\-]{1,64}"
 DATASET = rf"(?P<dataset_ref>{NAME})"
 IMAGE = rf"(?P<image_name>{NAME})"
 TOKEN = rf"(?P<token>{NAME})"
+SHARE_CODE = r"(?P<code>[A-Za-z0-9_\-]{8,32})"  # annotations.shared_views.CODE
 ID = r"[1-9][0-9]{0,9}"  # canonical decimal: one spelling per id
 TRANSFORM = rf"(?P<transform_id>{ID})"
 TOKEN_ID = rf"(?P<token_id>{ID})"
@@ -142,6 +155,12 @@ def routes() -> list[Route]:
               session(POST=READ), "session-landmark-layers"),
         Route(rf"/api/sessions/{TOKEN}/register", correlation.SessionRegisterHandler, session(fit, POST=READ),
               "session-register"),
+        # The session's database annotation layers (its edit layers save what is drawn), and shared views.
+        Route(rf"/api/sessions/{TOKEN}/annotations", session_annotations.SessionAnnotationsHandler,
+              session(GET=READ, POST=READ), "session-annotations"),
+        Route(rf"/api/sessions/{TOKEN}/share", session_annotations.SessionShareHandler, session(POST=READ),
+              "session-share"),
+        Route(rf"/v/{SHARE_CODE}", session_annotations.SharedViewHandler, shared(GET=READ), "shared-view"),
         # Neuroglancer's Python-integration client and its state-sync protocol. Its POSTs carry no XSRF
         # header (the client is Neuroglancer's own): the unguessable session token is their credential.
         Route(rf"/v/{TOKEN}/(?P<name>[^/]{{0,255}})", pages.NeuroglancerClientHandler, session(GET=READ),

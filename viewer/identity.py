@@ -19,7 +19,7 @@ from tornado.httputil import HTTPServerRequest
 
 from annotations.access import ANONYMOUS, Action, Actor, DatasetAccess, require
 from annotations.accounts import Accounts, Credential
-from annotations.errors import DatasetNotFound, NotAuthenticated, SessionNotFound
+from annotations.errors import DatasetNotFound, NotAuthenticated, SessionNotFound, SharedViewNotFound
 
 ACCESS_CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 20_000
@@ -85,16 +85,18 @@ class Identity:
     """Resolves each request's actor and checks it against route rules (cached per process)."""
 
     def __init__(self, accounts: Accounts, access: Any, viewer_sessions: Any, call: Call,
-                 ttl: float = ACCESS_CACHE_SECONDS) -> None:
+                 ttl: float = ACCESS_CACHE_SECONDS, shared_views: Any = None) -> None:
         self.accounts = accounts
         self.access = access
         self.viewer_sessions = viewer_sessions
+        self.shared_views = shared_views
         self.call = call
         self.ttl = ttl
         self._credentials = _Cache(ttl)
         self._datasets = _Cache(ttl)
         self._sessions = _Cache(ttl)
         self._owners = _Cache(ttl)
+        self._shared = _Cache(ttl)
 
     def known_actor(self, request: HTTPServerRequest) -> Actor | None:
         """The actor without a database lookup or a coroutine, when that is possible: no credential, or a bearer
@@ -174,9 +176,19 @@ class Identity:
             raise SessionNotFound(f"no viewer session {token!r}") from None
         return SessionAccess(token, owner, access)
 
+    async def shared_view(self, actor: Actor, action: Action, code: str) -> DatasetAccess:
+        """The dataset of a shared view once ``actor`` may do ``action`` to it. A view of a dataset the actor
+        may not read is not found, as one that does not exist (the code confirms nothing)."""
+        dataset_id = await self._shared.get(code, lambda: self.call(self.shared_views.dataset_of, code),
+                                            (SharedViewNotFound,))
+        try:
+            return await self.dataset(actor, action, dataset_id)
+        except DatasetNotFound:
+            raise SharedViewNotFound(f"no shared view {code!r}") from None
+
     def forget(self) -> None:
         """Drop every cached decision of this process (after a change made through it)."""
-        for cache in (self._credentials, self._datasets, self._sessions, self._owners):
+        for cache in (self._credentials, self._datasets, self._sessions, self._owners, self._shared):
             cache.clear()
 
 

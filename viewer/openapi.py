@@ -27,7 +27,8 @@ SECURITY_SCHEMES = {
 }
 TAGS = {"pages": "Pages", "docs": "API description", "accounts": "Accounts", "api": "Datasets",
         "curation": "Curation", "data": "Pixels",
-        "annotations": "Annotations", "correlation": "Correlation", "state_sync": "Neuroglancer state sync"}
+        "annotations": "Annotations", "session_annotations": "Annotations in the viewer",
+        "correlation": "Correlation", "state_sync": "Neuroglancer state sync"}
 
 
 def package_version() -> str:
@@ -58,6 +59,9 @@ def access_note(rule: Rule, action: Action) -> str:
     if rule.scope == "session":
         note = (f"Access: the viewer-session token is the credential; the session acts with the {action} rights "
                 "of the account that opened it.")
+    elif rule.scope == "shared":
+        note = (f"Access: {action} the dataset of the shared view (a private dataset's views are 404 for anyone "
+                "who may not read it).")
     elif action in DATASET_ACTIONS:
         note = f"Access: {action} the dataset (a private dataset is 404 for anyone who may not read it)."
     else:

@@ -1,11 +1,11 @@
 """Access rules that route table entries declare: what each method of a route asks of the actor.
 
-A rule names a scope (the whole server, the dataset in the path, or the viewer session whose token
-is in the path), the action each HTTP method performs (HEAD follows GET; OPTIONS is the CORS
-preflight and needs nothing), body flags that need more (a landmark fit that also saves needs
-``curate``), whether XSRF protection applies to cookie-authenticated writes, and how large a
-request body may be. ``annotations.access`` decides; the base handler applies the rule before a
-request body is read.
+A rule names a scope (the whole server, the dataset in the path, the viewer session whose token
+is in the path, or the dataset of the shared view whose code is in the path), the action each HTTP
+method performs (HEAD follows GET; OPTIONS is the CORS preflight and needs nothing), body flags that
+need more (a landmark fit that also saves needs ``curate``), whether XSRF protection applies to
+cookie-authenticated writes, and how large a request body may be. ``annotations.access`` decides; the
+base handler applies the rule before a request body is read.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ MiB = 1024 * KiB
 DEFAULT_BODY_LIMIT = 64 * KiB
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-Scope = Literal["server", "dataset", "session"]
+Scope = Literal["server", "dataset", "session", "shared"]
 Xsrf = Literal["cookie", "always", "exempt"]
 
 
@@ -69,6 +69,11 @@ def dataset(escalations: Mapping[str, Action] | None = None, body_limit: int = D
 def session(escalations: Mapping[str, Action] | None = None, xsrf: Xsrf = "cookie",
             body_limit: int = DEFAULT_BODY_LIMIT, **methods: Action) -> Rule:
     return Rule("session", methods, escalations or {}, xsrf=xsrf, body_limit=body_limit)
+
+
+def shared(body_limit: int = DEFAULT_BODY_LIMIT, **methods: Action) -> Rule:
+    """The dataset of the shared view whose code is in the path: a private one is 404 for non-readers."""
+    return Rule("shared", methods, body_limit=body_limit)
 
 
 READ, ANNOTATE, CURATE = Action.READ, Action.ANNOTATE, Action.CURATE

@@ -18,7 +18,9 @@ from annotations.annotation_source import AnnotationSource
 from annotations.annotation_store import AnnotationStore
 from annotations.catalog import Catalog, DatasetRecord, ImageRecord
 from annotations.db import make_engine, make_sessions
+from annotations.shared_views import SharedViews
 from annotations.transforms import TransformRecord, Transforms
+from annotations.viewer_annotations import ViewerAnnotations
 from annotations.viewer_sessions import ViewerSessions
 from tiling.errors import InvalidTransform
 from tiling.omezarr import make_context, open_volume
@@ -169,10 +171,15 @@ class Services:
     session_watch: SessionWatch = field(init=False)
     correlation: Correlation = field(init=False)
     identity: Identity = field(init=False)
+    shared_views: SharedViews = field(init=False)
+    viewer_annotations: ViewerAnnotations = field(init=False)
 
     def __post_init__(self) -> None:
         self.correlation = Correlation(self.catalog, self.transforms)
-        self.identity = Identity(self.accounts, self.access, self.viewer_sessions, self.call)
+        self.shared_views = SharedViews(self.viewer_sessions.sessions)
+        self.viewer_annotations = ViewerAnnotations(self.viewer_sessions, self.annotations, self.shared_views)
+        self.identity = Identity(self.accounts, self.access, self.viewer_sessions, self.call,
+                                 shared_views=self.shared_views)
         self.images = ImageRegistry(
             self.settings,
             lambda ref, name: self.call(self.catalog.get_image, ref, name),

@@ -1,4 +1,5 @@
 // The dataset page: metadata beside an embedded Neuroglancer whose state the server owns.
+import { mountAnnotations } from "./annotations.js";
 import { element, getJSON, mountAccount } from "./api.js";
 import { mountOverlayControls } from "./overlay.js";
 
@@ -44,7 +45,14 @@ try {
   // with the rights of whoever opened it, so each account (and anonymous) has its own.
   const key = `lamella-session-${dataset.id}-${me.signed_in ? me.name : ""}`;
   let token = sessionStorage.getItem(key);
-  if (token) {
+  // A shared view (/v/{code} redirects here with ?view=): a new session of this reader from its frozen copy.
+  const view = new URLSearchParams(location.search).get("view");
+  if (view) {
+    ({ token } = await getJSON(`/api/datasets/${dataset.id}/sessions?view=${encodeURIComponent(view)}`,
+      { method: "POST" }));
+    sessionStorage.setItem(key, token);
+    history.replaceState(null, "", location.pathname);
+  } else if (token) {
     const alive = await fetch(`/api/sessions/${token}`).then((r) => r.ok, () => false);
     if (!alive) token = null;
   }
@@ -57,6 +65,21 @@ try {
   frame.src = `/v/${token}/`;
   document.getElementById("viewer-link").href = frame.src;  // the session's own address, to share
   document.getElementById("share").hidden = false;
+  const copy = document.getElementById("copy-link");
+  const shown = document.getElementById("shared-link");
+  copy.addEventListener("click", async () => {
+    try {
+      const { url } = await getJSON(`/api/sessions/${token}/share`, { method: "POST" });
+      shown.value = url;
+      shown.hidden = false;
+      shown.select();
+      await navigator.clipboard?.writeText(url).then(() => { copy.textContent = "Link copied"; }, () => {});
+    } catch (error) {
+      status.textContent = `Could not share this view: ${error.message}`;
+    }
+  });
+  mountAnnotations(document.getElementById("annotation-panel"), dataset, token, me)
+    .catch((error) => { status.textContent = `Annotation layers unavailable: ${error.message}`; });
   // The viewer works without the side controls: report their failure, not the dataset's.
   mountOverlayControls(document.getElementById("controls"), dataset, token)
     .catch((error) => { status.textContent = `Overlay controls unavailable: ${error.message}`; });

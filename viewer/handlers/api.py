@@ -7,12 +7,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from annotations.access import Action, Actor, DatasetAccess, may
 from annotations.catalog import DatasetChanges, DatasetRecord, ImageRecord, NewDataset
 from annotations.names import NAME
+from annotations.shared_views import CODE as SHARE_CODE_PATTERN
 from viewer.apidoc import RELEASE_DATE_IS_PRIVATE, op
 from viewer.bodies import Day, Text
 from viewer.handlers.base import BaseHandler
 from viewer.state import DEFAULT_CONFIG, dataset_state, image_base_url
+
+SHARE_CODE = f"^{SHARE_CODE_PATTERN.pattern}$"
 
 
 def origin_of(handler: BaseHandler) -> str:
@@ -63,6 +67,20 @@ class DatasetOut(BaseModel):
     created_at: datetime
     url: str
     images: list[ImageOut]
+    can: DatasetRights | None = None  # the actor's rights (in the answer about one dataset)
+
+
+class DatasetRights(BaseModel):
+    """What the asking actor may do to the dataset (``annotations.access`` decides)."""
+
+    annotate: bool  # create layers, add and change its own annotations
+    curate: bool  # change anyone's annotations, metadata, members
+
+
+def rights(actor: Actor, access: DatasetAccess | None) -> DatasetRights | None:
+    if access is None:
+        return None
+    return DatasetRights(annotate=may(actor, Action.ANNOTATE, access), curate=may(actor, Action.CURATE, access))
 
 
 class DatasetsOut(BaseModel):
@@ -88,7 +106,7 @@ def image_json(origin: str, dataset: DatasetRecord, image: ImageRecord) -> Image
     )  # fmt: skip
 
 
-def dataset_json(origin: str, dataset: DatasetRecord) -> DatasetOut:
+def dataset_json(origin: str, dataset: DatasetRecord, can: DatasetRights | None = None) -> DatasetOut:
     reference = dataset.reference()
     return DatasetOut(
         id=dataset.id, name=dataset.name, title=dataset.title, description=dataset.description,
@@ -96,6 +114,7 @@ def dataset_json(origin: str, dataset: DatasetRecord) -> DatasetOut:
         reference_image=reference.name if reference else None, visibility=dataset.visibility,
         release_date=dataset.release_date, public=dataset.public, created_at=dataset.created_at,
         url=f"{origin}/datasets/{dataset.id}", images=[image_json(origin, dataset, image) for image in dataset.images],
+        can=can,
     )  # fmt: skip
 
 
@@ -143,7 +162,7 @@ class DatasetHandler(BaseHandler):
     @op(summary="A dataset: metadata, visibility and images", response=DatasetOut)
     async def get(self, dataset_ref: str) -> None:
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
-        self.write_json(dataset_json(origin_of(self), dataset))
+        self.write_json(dataset_json(origin_of(self), dataset, rights(self.actor, self.dataset_access)))
 
     @op(summary="Change a dataset's title, description, licence, accession or reference image",
         body=DatasetChangesBody, response=DatasetOut)
@@ -186,15 +205,23 @@ class GenerationOut(BaseModel):
     generation: str
 
 
+class SessionQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    view: str | None = Field(None, pattern=SHARE_CODE, description="start from this shared view of the dataset")
+
+
 class DatasetSessionsHandler(BaseHandler):
-    @op(summary="Open a viewer session on the dataset, owned by (and acting with the rights of) the actor",
-        response=SessionCreatedOut, status=201)
+    @op(summary="Open a viewer session on the dataset (or from one of its shared views), owned by (and acting "
+                "with the rights of) the actor", query=SessionQuery, response=SessionCreatedOut, status=201)
     async def post(self, dataset_ref: str) -> None:
+        query: SessionQuery = self.query()
         dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
         transforms = await self.services.call(self.services.correlation.current_transforms, dataset)
         state = dataset_state(origin_of(self), dataset, transforms)
         session = await self.services.call(
-            self.services.viewer_sessions.create, dataset.id, state, DEFAULT_CONFIG, self.actor.account_id
+            self.services.viewer_annotations.open_session, self.actor, self.dataset_access, origin_of(self), state,
+            DEFAULT_CONFIG, query.view,
         )
         self.write_json(SessionCreatedOut(token=session.token, viewer_url=f"/v/{session.token}/", state=session.state),
                         201)
@@ -221,7 +248,8 @@ class SessionHandler(BaseHandler):
     async def put(self, token: str) -> None:
         body: SessionStateBody = await self.parse_body()
         new_generation = await self.services.call(
-            self.services.viewer_sessions.set_state, token, body.state, expected=body.generation
+            self.services.viewer_annotations.receive, token, self.owner, self.dataset_access, body.state,
+            expected=body.generation,
         )
         self.services.session_watch.changed(token)
         self.write_json(GenerationOut(token=token, generation=new_generation))

@@ -155,13 +155,15 @@ class BaseHandler(RequestHandler):
         return self.authorize(action)
 
     async def authorize(self, action: Action) -> None:
-        """Apply the route's scope to ``action``: the server, the path's dataset or the path's session."""
+        """Apply the route's scope to ``action``: the server, the path's dataset, session or shared view."""
         identity = self.services.identity
         scope = self.rule.scope
         if scope == "server":
             require(self.actor, action)
         elif scope == "dataset":
             self.dataset_access = await identity.dataset(self.actor, action, self.path_kwargs["dataset_ref"])
+        elif scope == "shared":
+            self.dataset_access = await identity.shared_view(self.actor, action, self.path_kwargs["code"])
         else:
             self.session_access = await identity.session(self.path_kwargs["token"], action)
             self.dataset_access = self.session_access.dataset

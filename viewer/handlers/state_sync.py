@@ -119,9 +119,9 @@ class SetStateHandler(BaseHandler):
         body=StateMessage, response=GenerationAnswer)
     async def post(self, token: str) -> None:
         message: StateMessage = await self.parse_body()
-        try:
+        try:  # edit layers' changes are saved to the database layers as the session's owner
             generation = await self.services.call(
-                self.services.viewer_sessions.set_state, token, message.s,
+                self.services.viewer_annotations.receive, token, self.owner, self.dataset_access, message.s,
                 generation=f"{message.c}/{message.g}", expected=message.pg,
             )  # fmt: skip
         except StaleGeneration as stale:

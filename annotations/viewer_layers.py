@@ -1,0 +1,308 @@
+"""Annotation layers of the database in a Neuroglancer viewer state, and what a viewer drew into them.
+
+Each database layer appears twice in a session's state:
+
+- its *view layer* (named as the layer): a Neuroglancer annotation layer whose sources are the layer's
+  precomputed annotation sources, one per annotation type, so that a layer of millions of annotations is
+  read cell by cell and the state never carries them;
+- for an owner who may annotate, its *edit layer* (``"<name> ✎"``): a local annotation layer in nanometres
+  (the database's space) where Neuroglancer's own tools draw, move and delete.
+
+What the session last saved of each edit layer is kept in the state itself, under ``RECORD_KEY``
+(``SessionAnnotations``): the Neuroglancer annotation id of each drawn annotation and the database id it was
+saved as, with the geometry and description saved. Neuroglancer ignores the key and posts states without
+it; the server carries it from the stored state into each new one, so every server process reads the same
+record. An existing annotation taken into an edit layer for editing has the id ``db-<database id>``.
+
+Pure code: no database, no web framework.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+from annotations.annotation_store import AnnotationRecord, LayerRecord
+from annotations.layer_specs import GEOMETRY_FIELDS, RANK, AnnotationIn
+
+RECORD_KEY = "lamella"
+EDIT_SUFFIX = " ✎"
+NANOMETRES = {axis: [1e-9, "m"] for axis in "xyz"}
+EDIT_COLOUR = "#ffd000"
+VIEW_COLOUR = "#ff6ad5"
+TOOLS = {"point": "annotatePoint", "line": "annotateLine", "axis_aligned_bounding_box": "annotateBoundingBox",
+         "ellipsoid": "annotateSphere", "polyline": "annotatePolyline"}
+# Neuroglancer's JSON names of each type's geometry, in the order of ``layer_specs.GEOMETRY_FIELDS``.
+NG_GEOMETRY = {"point": ("point",), "line": ("pointA", "pointB"), "axis_aligned_bounding_box": ("pointA", "pointB"),
+               "ellipsoid": ("center", "radii"), "polyline": ("points",)}
+COPY_ID = re.compile(r"db-([1-9][0-9]{0,9})")
+MAX_PROBLEMS = 20
+MAX_DESCRIPTION = 10_000
+
+
+def edit_layer_name(name: str) -> str:
+    return name + EDIT_SUFFIX
+
+
+def copy_id(annotation_id: int) -> str:
+    """The Neuroglancer id of an existing annotation taken into an edit layer."""
+    return f"db-{annotation_id}"
+
+
+# The record kept in the state
+
+
+class SavedAnnotation(BaseModel):
+    """What a session last saved of one annotation it drew (or took for editing)."""
+
+    id: int | None = None  # the database id; None: never saved (its creation failed)
+    type: str
+    geometry: list[float]  # flat, nm, float32-exact, as saved (or as tried, when never saved)
+    description: str = ""
+    error: str | None = None  # why the last attempt failed (shown until a later change saves)
+    tried: list[float] | None = None  # the geometry and description of that failed attempt: not tried again
+    tried_description: str = ""  # until the annotation changes
+
+
+class EditLayerRecord(BaseModel):
+    layer_id: int
+    saved: dict[str, SavedAnnotation] = Field(default_factory=dict)  # Neuroglancer id -> what was saved
+
+
+class Problem(BaseModel):
+    """A change drawn in the viewer that could not be saved, as the side panel shows it."""
+
+    seq: int
+    at: datetime
+    layer: str
+    message: str
+
+
+class SessionAnnotations(BaseModel):
+    """The record under ``RECORD_KEY``: edit layers by their name in the state, and recent problems."""
+
+    edit_layers: dict[str, EditLayerRecord] = Field(default_factory=dict)
+    problems: list[Problem] = Field(default_factory=list)
+    seq: int = 0
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> SessionAnnotations:
+        """The record of a stored state (an empty one if it has none, or one that cannot be read)."""
+        try:
+            return cls.model_validate(state.get(RECORD_KEY) or {})
+        except ValidationError:
+            return cls()
+
+    def report(self, layer: str, message: str, at: datetime) -> None:
+        self.seq += 1
+        self.problems = [*self.problems, Problem(seq=self.seq, at=at, layer=layer, message=message)][-MAX_PROBLEMS:]
+
+    def database_id(self, layer_name: str, annotation_id: str) -> int | None:
+        """The database id behind an annotation of an edit layer (None: not saved)."""
+        record = self.edit_layers.get(layer_name)
+        saved = record.saved.get(annotation_id) if record is not None else None
+        return saved.id if saved is not None else None
+
+
+def with_record(state: dict[str, Any], record: SessionAnnotations) -> dict[str, Any]:
+    """``state`` (not copied) carrying ``record``: whatever a client sent under the key is replaced."""
+    state[RECORD_KEY] = record.model_dump(mode="json")
+    return state
+
+
+# Layers of a state
+
+
+def source_url(origin: str, dataset_id: int, layer_id: int, kind: str) -> str:
+    return f"precomputed://{origin}/api/datasets/{dataset_id}/annotation-layers/{layer_id}/precomputed/{kind}/current"
+
+
+def view_layer(origin: str, layer: LayerRecord) -> dict[str, Any]:
+    """The read-only layer of a database layer: its precomputed sources, one per type."""
+    colours = [label.color for label in layer.spec.labels if label.color]
+    return {"type": "annotation", "name": layer.name,
+            "source": [source_url(origin, layer.dataset_id, layer.id, kind) for kind in layer.spec.types],
+            "annotationColor": colours[0] if colours else VIEW_COLOUR}
+
+
+def edit_layer(layer: LayerRecord) -> dict[str, Any]:
+    """The local layer where the viewer draws into a database layer, in nanometres as the database."""
+    return {"type": "annotation", "name": edit_layer_name(layer.name),
+            "source": {"url": "local://annotations", "transform": {"outputDimensions": NANOMETRES}},
+            "tool": TOOLS[layer.spec.types[0]], "tab": "annotations", "annotationColor": EDIT_COLOUR,
+            "annotations": []}
+
+
+def with_database_layers(state: dict[str, Any], record: SessionAnnotations, origin: str,
+                         layers: Sequence[LayerRecord], editable: bool) -> tuple[dict[str, Any], bool]:
+    """``state`` (a copy) with a view layer for each database layer it lacks and, when ``editable``, an edit
+    layer (``record`` learns it). Returns (state, whether anything was added)."""
+    new_state = copy.deepcopy(state)
+    present = {layer.get("name") for layer in new_state.get("layers", []) if isinstance(layer, dict)}
+    tracked = {entry.layer_id for entry in record.edit_layers.values()}
+    added = False
+    for layer in layers:
+        if layer.name not in present:
+            new_state.setdefault("layers", []).append(view_layer(origin, layer))
+            present.add(layer.name)
+            added = True
+        name = edit_layer_name(layer.name)
+        if editable and layer.id not in tracked and name not in present:
+            new_state.setdefault("layers", []).append(edit_layer(layer))
+            record.edit_layers[name] = EditLayerRecord(layer_id=layer.id)
+            present.add(name)
+            added = True
+    return new_state, added
+
+
+def frozen(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a session's state to share: without its edit layers and record (they are the session's own);
+    a selected annotation of an edit layer becomes the same annotation of its view layer."""
+    record = SessionAnnotations.of(state)
+    view_names = {name: name.removesuffix(EDIT_SUFFIX) for name in record.edit_layers}
+    copied = copy.deepcopy({key: value for key, value in state.items() if key != RECORD_KEY})
+    copied["layers"] = [layer for layer in copied.get("layers", [])
+                        if not (isinstance(layer, dict) and layer.get("name") in view_names)]
+    selection = copied.get("selection")
+    if isinstance(selection, dict) and isinstance(selection.get("layers"), dict):
+        layers = {}
+        for name, selected in selection["layers"].items():
+            if name in view_names:
+                annotation = selected.get("annotationId") if isinstance(selected, dict) else None
+                saved = record.database_id(name, annotation) if isinstance(annotation, str) else None
+                if saved is not None:
+                    layers[view_names[name]] = {"annotationId": str(saved), "annotationSource": 0}
+                continue
+            layers[name] = selected
+        selection["layers"] = layers
+    chosen = copied.get("selectedLayer")
+    if isinstance(chosen, dict) and chosen.get("layer") in view_names:
+        chosen["layer"] = view_names[chosen["layer"]]
+    return copied
+
+
+# What the viewer drew
+
+
+@dataclass(frozen=True, slots=True)
+class Drawn:
+    """One annotation of an edit layer as the viewer posted it: float32-exact geometry in nm."""
+
+    id: str
+    type: str
+    geometry: tuple[float, ...]
+    description: str
+
+    def matches(self, geometry: Sequence[float] | None, description: str | None = None) -> bool:
+        return geometry is not None and tuple(geometry) == self.geometry and (
+            description is None or description == self.description)
+
+    def annotation(self, current: AnnotationRecord | None = None) -> AnnotationIn:
+        """As the store takes it; label, properties and segments of ``current`` are kept."""
+        values = list(self.geometry)
+        if self.type == "polyline":
+            geometry: dict[str, Any] = {"points": [values[i:i + RANK] for i in range(0, len(values), RANK)]}
+        else:
+            geometry = {name: values[i * RANK:(i + 1) * RANK] for i, name in enumerate(GEOMETRY_FIELDS[self.type])}
+        kept: dict[str, Any] = {}
+        if current is not None:
+            kept = {"label": current.label, "properties": current.properties, "segments": current.segments}
+        return AnnotationIn.model_validate({"type": self.type, **geometry, "description": self.description, **kept})
+
+
+def _float32(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{where} is not a finite number")
+    return float(np.float32(value))
+
+
+def _geometry(kind: str, item: dict[str, Any]) -> tuple[float, ...]:
+    names = NG_GEOMETRY[kind]
+    points = item.get("points") if kind == "polyline" else [item.get(name) for name in names]
+    if not isinstance(points, list) or not points:
+        raise ValueError(f"a {kind} without its {' and '.join(names)}")
+    values: list[float] = []
+    for point in points:
+        if not isinstance(point, list) or len(point) != RANK:
+            raise ValueError(f"a {kind} whose coordinates are not x, y, z")
+        values += [_float32(v, "a coordinate") for v in point]
+    return tuple(values)
+
+
+def drawn_annotations(layer: dict[str, Any]) -> tuple[list[Drawn], list[str]] | None:
+    """The annotations of an edit layer as posted, and what could not be read; None when the layer carries no
+    annotation list (then nothing of it may be taken as deleted)."""
+    items = layer.get("annotations")
+    if not isinstance(items, list):
+        return None
+    found: list[Drawn] = []
+    unreadable: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or item["id"] in seen:
+            unreadable.append("an annotation without a usable id")
+            continue
+        kind = item.get("type")
+        if kind not in TOOLS:
+            unreadable.append(f"annotation {item['id'][:12]}: unknown type {str(kind)[:40]!r}")
+            continue
+        try:
+            geometry = _geometry(kind, item)
+        except ValueError as error:
+            unreadable.append(f"annotation {item['id'][:12]}: {error}")
+            continue
+        description = item.get("description")
+        description = description.replace("\x00", "")[:MAX_DESCRIPTION] if isinstance(description, str) else ""
+        seen.add(item["id"])
+        found.append(Drawn(item["id"], kind, geometry, description))
+    return found, unreadable
+
+
+@dataclass
+class Changes:
+    """What saving an edit layer takes: new annotations, existing ones taken for editing (``db-<id>``), changed
+    ones (with what was saved before) and removed ones (their Neuroglancer ids)."""
+
+    creates: list[Drawn] = field(default_factory=list)
+    adoptions: list[tuple[Drawn, int]] = field(default_factory=list)
+    changes: list[tuple[Drawn, SavedAnnotation]] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)  # refused changes undone in the viewer: nothing to report
+
+    def __bool__(self) -> bool:
+        return bool(self.creates or self.adoptions or self.changes or self.deletes or self.resolved)
+
+
+def diff(drawn: Iterable[Drawn], saved: dict[str, SavedAnnotation]) -> Changes:
+    """What changed between an edit layer as drawn and what the session saved of it.
+
+    A failed attempt is not repeated until the annotation changes again (a coordinate outside the layer stays
+    outside until it is moved).
+    """
+    changes = Changes()
+    present: set[str] = set()
+    for item in drawn:
+        present.add(item.id)
+        before = saved.get(item.id)
+        match = COPY_ID.fullmatch(item.id)
+        if before is not None and before.tried is not None and item.matches(before.tried, before.tried_description):
+            continue
+        if before is None or before.id is None:
+            if match is not None:
+                changes.adoptions.append((item, int(match.group(1))))
+            else:
+                changes.creates.append(item)
+        elif not item.matches(before.geometry, before.description):
+            changes.changes.append((item, before))
+        elif before.error is not None:
+            changes.resolved.append(item.id)
+    changes.deletes = [annotation_id for annotation_id in saved if annotation_id not in present]
+    return changes
