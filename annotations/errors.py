@@ -116,3 +116,8 @@ class InvalidView(CatalogError, ValueError):
 class BatchTooLarge(CatalogError, ValueError):
     """More annotations in one request than a bulk write takes."""
 
+
+
+class InvalidImport(CatalogError, ValueError):
+    """An import file that cannot be read or does not fit its layer; the message names the line or item and
+    the field."""
