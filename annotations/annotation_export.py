@@ -23,7 +23,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from annotations.access import Action, Actor, DatasetAccess, require
-from annotations.annotation_folders import BATCH, LayerSnapshot, folder_files
+from annotations.annotation_folders import (
+    GEOMETRY,
+    PROPERTIES,
+    SEGMENTS,
+    LayerSnapshot,
+    batched_rows,
+    folder_files,
+    loads,
+)
 from annotations.annotation_store import geometry_fields, load_layer, view_clause
 from annotations.archives import tar_stream, zip_stream
 from annotations.catalog import as_utc
@@ -155,11 +163,13 @@ def _coalesced(pieces: Iterator[bytes], size: int = CHUNK) -> Iterator[bytes]:
 def _versions(session: Session, layer: LayerSnapshot) -> Iterator[Any]:
     """The view's annotations in id order, a batch at a time."""
     V = AnnotationVersion
-    statement = (select(V.annotation_id, V.kind, V.geometry, V.label, V.description, V.properties, V.segments,
-                        V.author, V.valid_from)
-                 .where(V.layer_id == layer.layer_id, view_clause(layer.view)).order_by(V.annotation_id)
-                 .execution_options(yield_per=BATCH))
-    yield from session.execute(statement)
+    statement = (select(V.annotation_id, V.kind, GEOMETRY, V.label, V.description, PROPERTIES, SEGMENTS, V.author,
+                        V.valid_from)
+                 .where(V.layer_id == layer.layer_id, view_clause(layer.view)).order_by(V.annotation_id))
+    for annotation_id, kind, geometry, label, description, properties, segments, author, valid_from in \
+            batched_rows(session, statement):
+        yield annotation_id, kind, loads(geometry), label, description, loads(properties), loads(segments), author, \
+            valid_from
 
 
 # CSV

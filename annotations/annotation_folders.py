@@ -22,13 +22,17 @@ against pass 1's.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+import numpy as np
+import orjson
+from sqlalchemy import Select, Text, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from annotations.annotation_encoding import BY_ID_KEY, Entry, Layout, relationship_key, spatial_key
@@ -43,6 +47,18 @@ Cut = tuple[float, int]  # (sample key, annotation id)
 BATCH = 2000  # rows fetched at a time (server-side cursors on PostgreSQL)
 NEAR = 1e-6  # of a finest cell: a coordinate this close to a cell boundary is placed by the exact test
 _AXIS_BITS = 20  # cell coordinates packed in one int key (grids are at most 2**18 per axis)
+
+
+# JSON columns as their stored text, parsed here (several times faster than the ORM's per-value json.loads).
+GEOMETRY = cast(AnnotationVersion.geometry, Text)
+PROPERTIES = cast(AnnotationVersion.properties, Text)
+SEGMENTS = cast(AnnotationVersion.segments, Text)
+loads = orjson.loads
+
+
+def batched_rows(session: Session, statement: Select[Any]) -> Iterator[Any]:
+    """The rows of ``statement`` a batch at a time (a server-side cursor on PostgreSQL), without the ORM."""
+    yield from session.connection().execute(statement.execution_options(yield_per=BATCH))
 
 
 class ExportInconsistent(RuntimeError):
@@ -85,6 +101,7 @@ class _Placement:
 
     arrived: dict[int, int] = field(default_factory=dict)
     cuts: dict[int, Cut] = field(default_factory=dict)
+    mixed: set[int] = field(default_factory=set)  # cells holding an annotation that meets several cells
 
 
 def _cell_key(level: int, coords: Sequence[int]) -> int:
@@ -111,10 +128,6 @@ class _Source:
         V = AnnotationVersion
         return select(*columns).where(V.layer_id == self.layer.layer_id, V.kind == self.kind,
                                       view_clause(self.layer.view))
-
-    @staticmethod
-    def _rows(session: Session, statement: Select[Any]) -> Iterator[Any]:
-        yield from session.execute(statement.execution_options(yield_per=BATCH))
 
     def record_size(self, values: int) -> int:
         """Bytes of one encoded annotation with ``values`` coordinates."""
@@ -145,98 +158,161 @@ class _Source:
         cells = [c for c in range(first, last + 1) if high >= origin + c * size and low <= origin + (c + 1) * size]
         return cells[0], cells[-1]
 
+    @functools.cached_property
+    def _shifts(self) -> list[tuple[int, int, int]]:
+        """Per level, how far a finest cell coordinate shifts right to give that level's."""
+        finest = self.plan.finest.bits
+        return [tuple(f - b for f, b in zip(finest, level.bits, strict=True))  # type: ignore[misc]
+                for level in self.plan.levels]
+
+    def _simple_cells(self, boxes: np.ndarray) -> list[list[int]]:
+        """Per bounding box (rows of x0 y0 z0 x1 y1 z1), the one finest cell it lies in, away from its
+        boundaries (it then meets exactly one cell of every level: that cell's ancestor); [-1, -1, -1] for a box
+        that meets more than one, or lies near a boundary, where the exact closed-interval test decides."""
+        if not len(boxes):
+            return []
+        extent = self.plan.chunk_size(0)
+        bits = self.plan.finest.bits
+        origin = np.array(self.plan.lower * 2)
+        scale = np.array([(1 << b) / e for b, e in zip(bits, extent, strict=True)] * 2)
+        grid = np.array([1 << b for b in bits] * 2)
+        position = (boxes - origin) * scale
+        index = np.floor(position)
+        fraction = position - index
+        simple = ((fraction >= NEAR) & (fraction <= 1 - NEAR) & (index >= 0) & (index < grid)).all(axis=1)
+        simple &= (index[:, :3] == index[:, 3:]).all(axis=1)
+        cells = index[:, :3].astype(np.int64)
+        cells[~simple] = -1
+        return cells.tolist()  # type: ignore[no-any-return]
+
+    def _boxes(self, session: Session, statement: Select[Any], box_at: int) -> Iterator[tuple[Any, list[int]]]:
+        """The rows of ``statement`` with the finest cell of each (see ``_simple_cells``); the bounding box is
+        the six columns from ``box_at``."""
+        result = session.connection().execute(statement.execution_options(yield_per=BATCH))
+        for batch in result.partitions():
+            boxes = np.array([row[box_at:box_at + 6] for row in batch], dtype=np.float64).reshape(-1, 6)
+            yield from zip(batch, self._simple_cells(boxes), strict=True)
+            time.sleep(0)  # a server's event loop gets the interpreter between batches
+
     def place(self, session: Session) -> _Placement:
         """Pass 1 (see the module's note)."""
         V = AnnotationVersion
-        plan, limit = self.plan, self.plan.limit
-        finest = len(plan.levels) - 1
-        finest_bits = plan.finest.bits
-        extent = plan.chunk_size(0)
-        scale = [(1 << b) / e for b, e in zip(finest_bits, extent, strict=True)]
-        grid = [1 << b for b in finest_bits]
-        shifts = [[f - b for f, b in zip(finest_bits, level.bits, strict=True)] for level in plan.levels]
-        steps = [[0, 0, 0]] + [[b - a for a, b in zip(above.bits, level.bits, strict=True)]
-                               for above, level in zip(plan.levels, plan.levels[1:], strict=False)]
+        limit, finest = self.plan.limit, len(self.plan.levels) - 1
+        shifts = self._shifts
         placement = _Placement()
         arrived, cuts = placement.arrived, placement.cuts
         statement = self._selected(V.sample_key, V.annotation_id, V.x0, V.y0, V.z0, V.x1, V.y1, V.z1) \
             .order_by(V.sample_key, V.annotation_id)
-        for key, annotation_id, *box in self._rows(session, statement):
-            ranges = self._finest_ranges(box, scale, grid)
-            if ranges is None:  # near a boundary: each level's cells by the exact test
-                per_level = [[self._met(level, box[a], box[a + 3], a) for a in range(3)]
-                             for level in range(finest + 1)]
-            else:
-                per_level = [[(r[0] >> s, r[1] >> s) for r, s in zip(ranges, shift, strict=True)]
-                             for shift in shifts]
-            pending = [(0, (0, 0, 0))]
-            while pending:
-                level, coords = pending.pop()
-                cell = _cell_key(level, coords)
+        for row, (i, j, k) in self._boxes(session, statement, 2):
+            key, annotation_id = row[0], row[1]
+            if i < 0:
+                self._place_box(placement, key, annotation_id, row[2:8])
+                continue
+            for level, (si, sj, sk) in enumerate(shifts):  # the hot loop: one cell per level
+                cell = (((level << _AXIS_BITS | i >> si) << _AXIS_BITS | j >> sj) << _AXIS_BITS) | k >> sk
                 count = arrived.get(cell, 0)
                 arrived[cell] = count + 1
                 if count < limit or level == finest:
-                    continue
+                    break
                 if count == limit:
                     cuts[cell] = (key, annotation_id)
-                below, step = per_level[level + 1], steps[level + 1]
-                spans = [range(max(c << d, r[0]), min(((c + 1) << d) - 1, r[1]) + 1)
-                         for c, d, r in zip(coords, step, below, strict=True)]
-                pending.extend((level + 1, (i, j, k)) for i in spans[0] for j in spans[1] for k in spans[2])
         return placement
 
-    def _finest_ranges(self, box: Sequence[float], scale: Sequence[float],
-                       grid: Sequence[int]) -> list[tuple[int, int]] | None:
-        """The finest cells ``box`` meets per axis, or None when a side lies near a cell boundary (there the
-        closed-interval test decides, and rounding must not)."""
-        ranges = []
-        for axis in range(3):
-            origin = self.plan.lower[axis]
-            found = []
-            for value in (box[axis], box[axis + 3]):
-                position = (value - origin) * scale[axis]
-                index = math.floor(position)
-                fraction = position - index
-                if fraction < NEAR or fraction > 1 - NEAR or not 0 <= index < grid[axis]:
-                    return None
-                found.append(index)
-            ranges.append((found[0], found[1]))
-        return ranges
+    def _place_box(self, placement: _Placement, key: float, annotation_id: int, box: Sequence[float]) -> None:
+        """Pass 1 for a box that meets several cells (or lies near a boundary): down every cell it meets."""
+        plan, limit = self.plan, self.plan.limit
+        finest = len(plan.levels) - 1
+        per_level = [[self._met(level, box[a], box[a + 3], a) for a in range(3)] for level in range(finest + 1)]
+        pending = [(0, (0, 0, 0))]
+        while pending:
+            level, coords = pending.pop()
+            cell = _cell_key(level, coords)
+            count = placement.arrived.get(cell, 0)
+            placement.arrived[cell] = count + 1
+            if count < limit or level == finest:
+                placement.mixed.add(cell)
+                continue
+            if count == limit:
+                placement.cuts[cell] = (key, annotation_id)
+            below = per_level[level + 1]
+            step = [b - a for a, b in zip(plan.levels[level].bits, plan.levels[level + 1].bits, strict=True)]
+            spans = [range(max(c << d, r[0]), min(((c + 1) << d) - 1, r[1]) + 1)
+                     for c, d, r in zip(coords, step, below, strict=True)]
+            pending.extend((level + 1, (i, j, k)) for i in spans[0] for j in spans[1] for k in spans[2])
 
     def spatial_files(self, session: Session) -> Iterator[tuple[str, bytes]]:
-        """Every cell that holds annotations, coarse to fine (pass 2)."""
+        """Every cell that holds annotations (pass 2). The annotations that lie in one finest cell come in the
+        order of their anchor's cell code, in which every cell of every level is one run: a cell is written
+        when its run ends. Cells that also hold an annotation meeting several cells are read on their own."""
+        V = AnnotationVersion
         placement = self.place(session)
-        limit, finest = self.plan.limit, len(self.plan.levels) - 1
-        for cell in sorted(placement.arrived):
+        shifts = self._shifts
+        written: set[int] = set()
+        runs: list[tuple[int, list[Any]] | None] = [None] * len(shifts)
+        statement = self._selected(V.sample_key, V.annotation_id, V.x0, V.y0, V.z0, V.x1, V.y1, V.z1, GEOMETRY,
+                                   V.label, PROPERTIES).order_by(V.cell)
+        for row, (i, j, k) in self._boxes(session, statement, 2):
+            if i < 0:
+                continue  # it is in mixed cells only, read below
+            key_id = (row[0], row[1])
+            for level, (si, sj, sk) in enumerate(shifts):  # the cell that holds it: the first whose cut is past it
+                cell = (((level << _AXIS_BITS | i >> si) << _AXIS_BITS | j >> sj) << _AXIS_BITS) | k >> sk
+                cut = placement.cuts.get(cell)
+                if cut is None or key_id < cut:
+                    break
+            if cell in placement.mixed:
+                continue
+            run = runs[level]
+            if run is None or run[0] != cell:
+                if run is not None:
+                    yield self._cell_file(run[0], run[1], placement, written)
+                run = runs[level] = (cell, [])
+            run[1].append(row)
+        for run in runs:
+            if run is not None:
+                yield self._cell_file(run[0], run[1], placement, written)
+        for cell in sorted(placement.mixed):
             level, coords = _cell_of(cell)
-            count = placement.arrived[cell]
-            held = count if level == finest else min(count, limit)
             start: Cut = (0.0, 0)
             if level > 0:
                 start = placement.cuts[_cell_key(level - 1, self.plan.parent(CellKey(level, coords)).coords)]
-            entries = list(self._cell_entries(session, level, coords, start, placement.cuts.get(cell)))
-            if len(entries) != held:
-                raise ExportInconsistent(f"spatial cell {level}/{coords} read {len(entries)} annotations, "
-                                         f"placed {held}")
-            yield f"{spatial_key(level)}/{coords[0]}_{coords[1]}_{coords[2]}", self.layout.encode_list(entries)
+            rows = self._cell_rows(session, level, coords, start, placement.cuts.get(cell))
+            yield self._cell_file(cell, rows, placement, written)
+        missing = set(placement.arrived) - written
+        if missing:
+            raise ExportInconsistent(f"{len(missing)} spatial cells holding annotations were not read back")
 
-    def _cell_entries(self, session: Session, level: int, coords: Sequence[int], start: Cut,
-                      end: Cut | None) -> Iterator[Entry]:
+    def _cell_file(self, cell: int, rows: list[Any], placement: _Placement, written: set[int]) -> tuple[str, bytes]:
+        """One cell's file from its rows (key, id, box, geometry, label, properties), checked against pass 1."""
+        level, coords = _cell_of(cell)
+        count = placement.arrived[cell]
+        held = count if level == len(self.plan.levels) - 1 else min(count, self.plan.limit)
+        if len(rows) != held or cell in written:
+            raise ExportInconsistent(f"spatial cell {level}/{coords} read {len(rows)} annotations"
+                                     f"{' again' if cell in written else ''}, placed {held}")
+        written.add(cell)
+        rows.sort(key=lambda row: (row[0], row[1]))  # a random order (the keys are random)
+        entries = [Entry(row[1], loads(row[8]), row[9], loads(row[10]), {}) for row in rows]
+        return f"{spatial_key(level)}/{coords[0]}_{coords[1]}_{coords[2]}", self.layout.encode_list(entries)
+
+    def _cell_rows(self, session: Session, level: int, coords: Sequence[int], start: Cut,
+                   end: Cut | None) -> list[Any]:
+        """A cell's annotations read on their own: those meeting it with (key, id) in [start, end), by one index
+        range scan per range of anchor codes around the cell (SQLite uses no index for a disjunction of them)."""
         V = AnnotationVersion
         lower, upper = self.bounds(level, coords)
         margin = self.layer.margin
         ranges = self.plan.ranges_covering([v - margin for v in lower], [v + margin for v in upper])
-        statement = self._selected(V.annotation_id, V.geometry, V.label, V.properties).where(
-            or_(*[V.cell.between(low, high) for low, high in ranges]),
+        statement = self._selected(V.sample_key, V.annotation_id, V.x0, V.y0, V.z0, V.x1, V.y1, V.z1, GEOMETRY,
+                                   V.label, PROPERTIES).where(
             V.x1 >= lower[0], V.x0 <= upper[0], V.y1 >= lower[1], V.y0 <= upper[1], V.z1 >= lower[2],
             V.z0 <= upper[2],
             or_(V.sample_key > start[0], and_(V.sample_key == start[0], V.annotation_id >= start[1])))
         if end is not None:
             statement = statement.where(or_(V.sample_key < end[0],
                                             and_(V.sample_key == end[0], V.annotation_id < end[1])))
-        for annotation_id, geometry, label, properties in self._rows(
-                session, statement.order_by(V.sample_key, V.annotation_id)):
-            yield Entry(annotation_id, geometry, label, properties, {})
+        return [row for low, high in ranges
+                for row in batched_rows(session, statement.where(V.cell.between(low, high)))]
 
     # by_id
 
@@ -249,11 +325,11 @@ class _Source:
         if self._fixed_size is None:
             columns.append(self._size_column())
         if relationships:
-            columns.append(V.segments)
-        for row in self._rows(session, self._selected(*columns).order_by(V.annotation_id)):
+            columns.append(SEGMENTS)
+        for row in batched_rows(session, self._selected(*columns).order_by(V.annotation_id)):
             size = self._fixed_size if self._fixed_size is not None else self.record_size(row[1])
             if relationships:
-                segments = row[-1]
+                segments = loads(row[-1])
                 size += sum(4 + 8 * len(segments.get(name, ())) for name in relationships)
             sizer.add(row[0], size)
         return sizer.spec()
@@ -261,10 +337,11 @@ class _Source:
     def by_id_files(self, session: Session, spec: ShardSpec) -> Iterator[tuple[str, bytes]]:
         V = AnnotationVersion
         writer = ShardWriter(spec)
-        statement = self._selected(V.annotation_id, V.geometry, V.label, V.properties, V.segments) \
+        statement = self._selected(V.annotation_id, GEOMETRY, V.label, PROPERTIES, SEGMENTS) \
             .order_by(V.annotation_id)
-        for row in self._rows(session, statement):
-            for name, shard in writer.add(row[0], self.layout.encode_by_id(Entry(*row))):
+        for annotation_id, geometry, label, properties, segments in batched_rows(session, statement):
+            entry = Entry(annotation_id, loads(geometry), label, loads(properties), loads(segments))
+            for name, shard in writer.add(annotation_id, self.layout.encode_by_id(entry)):
                 yield f"{BY_ID_KEY}/{name}", shard
         for name, shard in writer.finish():
             yield f"{BY_ID_KEY}/{name}", shard
@@ -281,7 +358,7 @@ class _Source:
         sizer = ShardSizer()
         size_column = self._size_column()
         statement = self._related(index, *([size_column] if size_column is not None else []))
-        for row in self._rows(session, statement):
+        for row in batched_rows(session, statement):
             size = self._fixed_size if self._fixed_size is not None else self.record_size(row[1])
             sizer.add(row[0], size + 8)
         return sizer.spec()
@@ -292,15 +369,15 @@ class _Source:
         writer = ShardWriter(spec)
         segment: int | None = None
         entries: list[Entry] = []
-        statement = self._related(index, V.annotation_id, V.geometry, V.label, V.properties)
-        rows = self._rows(session, statement)
+        statement = self._related(index, V.annotation_id, GEOMETRY, V.label, PROPERTIES)
+        rows = batched_rows(session, statement)
         for segment_id, annotation_id, geometry, label, properties in rows:
             if segment_id != segment:
                 if segment is not None:
                     for name, shard in writer.add(segment, self.layout.encode_list(entries)):
                         yield f"{folder}/{name}", shard
                 segment, entries = segment_id, []
-            entries.append(Entry(annotation_id, geometry, label, properties, {}))
+            entries.append(Entry(annotation_id, loads(geometry), label, loads(properties), {}))
         if segment is not None:
             for name, shard in writer.add(segment, self.layout.encode_list(entries)):
                 yield f"{folder}/{name}", shard

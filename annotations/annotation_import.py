@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import re
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, get_args
 
@@ -85,6 +86,8 @@ def parse_annotations(data: bytes, fmt: str, layer: LayerRecord) -> list[Annotat
         except InvalidAnnotation as error:
             raise InvalidImport(f"{where}: {error}") from None
         items.append(item)
+        if len(items) % 2000 == 0:
+            time.sleep(0)  # a server's other threads (its event loop) get the interpreter between slices
     if not items:
         raise InvalidImport("the file holds no annotations")
     return items
