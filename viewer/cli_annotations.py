@@ -86,16 +86,20 @@ def export(dataset: str, layer: str, fmt: str, output: Path | None, author: str 
             sys.stdout.buffer.flush()
             return
         target = output or Path(chunks.filename)
-        partial = target.with_name(target.name + ".part")
+        # A file is written beside its name and renamed when whole; anything else (a pipe, /dev/null) directly.
+        regular = not target.exists() or target.is_file()
+        partial = target.with_name(target.name + ".part") if regular else target
         size = 0
         try:
             with partial.open("wb") as file:
                 for chunk in chunks:
                     file.write(chunk)
                     size += len(chunk)
-            os.replace(partial, target)
+            if regular:
+                os.replace(partial, target)
         finally:
-            partial.unlink(missing_ok=True)
+            if regular:
+                partial.unlink(missing_ok=True)
     click.echo(f"exported layer {record.name!r} of {access.name!r} as {fmt} to {target} ({size} bytes)", err=True)
 
 
