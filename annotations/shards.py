@@ -15,6 +15,7 @@ chunk, sizes).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 
 MINISHARD_KEY_BITS = 8  # about 256 chunks in one minishard (an index of 6 KiB), where keys are dense
 MAX_MINISHARD_BITS = 14  # a shard index of at most 256 KiB
-SHARD_BYTES = 8 << 20  # what a shard may hold, when the keys allow it
+SHARD_BYTES = 4 << 20  # what a shard may hold, when the keys allow it
 MIN_SHARD_KEY_BITS = 8  # the narrowest shard covers 256 keys
 MAX_SHARD_KEY_BITS = 40
 _WIDTHS = tuple(range(MIN_SHARD_KEY_BITS, MAX_SHARD_KEY_BITS + 1))  # shard widths considered (log2 keys)
@@ -114,13 +115,19 @@ def _minishard_bits(width: int, chunks: int) -> int:
 
 
 class ShardWriter:
-    """Chunks in ascending key order in, finished shard files out (``(file name, bytes)``)."""
+    """Chunks in ascending key order in, finished shard files out (``(file name, bytes)``). A shard is encoded as
+    its chunks arrive: what is held is its bytes so far and two numbers per chunk of the current minishard."""
 
     def __init__(self, spec: ShardSpec) -> None:
         self.spec = spec
-        self._shard = -1
-        self._chunks: list[tuple[int, bytes]] = []
         self._last = -1
+        self._shard = -1
+        self._body = bytearray()  # the shard after its index: chunks, and the finished minishards' indexes
+        self._index = np.zeros((1 << spec.minishard_bits, 2), dtype="<u8")
+        self._minishard = -1
+        self._first = 0  # where the current minishard's first chunk starts in the body
+        self._keys = array("Q")
+        self._sizes = array("Q")
 
     def add(self, key: int, data: bytes) -> Iterator[tuple[str, bytes]]:
         """Add one chunk; yields the previous shard when this key starts a new one."""
@@ -131,36 +138,35 @@ class ShardWriter:
         if shard != self._shard:
             yield from self.finish()
             self._shard = shard
-        self._chunks.append((key, data))
+        minishard = self.spec.minishard_of(key)
+        if minishard != self._minishard:
+            self._close_minishard()
+            self._minishard, self._first = minishard, len(self._body)
+        self._keys.append(key)
+        self._sizes.append(len(data))
+        self._body += data
+
+    def _close_minishard(self) -> None:
+        """Append the current minishard's index: keys delta-encoded, its first chunk's start (the others follow
+        each other: 0 past the previous end), sizes."""
+        if not self._keys:
+            return
+        table = np.zeros((3, len(self._keys)), dtype="<u8")
+        table[0] = np.diff(np.frombuffer(self._keys, dtype=np.uint64), prepend=np.uint64(0))
+        table[1, 0] = self._first
+        table[2] = np.frombuffer(self._sizes, dtype=np.uint64)
+        start = len(self._body)
+        self._body += table.tobytes()
+        self._index[self._minishard] = (start, len(self._body))
+        self._keys, self._sizes = array("Q"), array("Q")
 
     def finish(self) -> Iterator[tuple[str, bytes]]:
         """The shard being filled, if any."""
-        if self._chunks:
-            yield self.spec.file_name(self.spec.shard_of(self._chunks[0][0])), encode_shard(self.spec, self._chunks)
-            self._chunks = []
-
-
-def encode_shard(spec: ShardSpec, chunks: list[tuple[int, bytes]]) -> bytes:
-    """One shard file of ``chunks`` (ascending keys, all of one shard)."""
-    minishards = 1 << spec.minishard_bits
-    index = np.zeros((minishards, 2), dtype="<u8")
-    body = bytearray()
-    start = 0
-    while start < len(chunks):
-        minishard = spec.minishard_of(chunks[start][0])
-        end = start
-        while end < len(chunks) and spec.minishard_of(chunks[end][0]) == minishard:
-            end += 1
-        keys, sizes = [], []
-        for key, data in chunks[start:end]:
-            keys.append(key)
-            sizes.append(len(data))
-            body += data
-        table = np.zeros((3, end - start), dtype="<u8")
-        table[0] = np.diff(np.asarray(keys, dtype=np.uint64), prepend=np.uint64(0))
-        table[1, 0] = len(body) - sum(sizes)  # chunks follow each other: later starts are 0 past the prior end
-        table[2] = sizes
-        index[minishard] = (len(body), len(body) + table.nbytes)
-        body += table.tobytes()
-        start = end
-    return index.tobytes() + bytes(body)
+        self._close_minishard()
+        if self._body:
+            name = self.spec.file_name(self.spec.shard_of(self._shard << self.spec.key_bits))
+            data = self._index.tobytes() + self._body
+            self._body = bytearray()
+            self._index[:] = 0
+            yield name, data
+        self._minishard = -1
