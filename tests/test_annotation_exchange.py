@@ -108,6 +108,14 @@ def filled(site: Site, name: str, per_type: int = 24, seed: int = 13) -> tuple[i
         items = [item(rng, kind) for kind in GEOMETRY for _ in range(per_type // 2)]
         answer = site.call("POST", path(layer_id) + "/annotations", actor, json={"annotations": items})
         assert answer.status_code == 201, answer.text
+    # On cell boundaries and the layer's bounds, and across the whole layer: the cases rounding could decide.
+    edges = [{"type": "point", "point": p, "label": "synapse"} for p in ([0, 0, 0], UPPER, [64, 64, 32], [32, 96, 16])]
+    edges += [{"type": "line", "point_a": [0, 0, 0], "point_b": UPPER, "segments": {"bodies": [0, 7]}},
+              {"type": "ellipsoid", "center": [64, 64, 32], "radii": [64, 64, 32], "description": "everywhere"},
+              {"type": "axis_aligned_bounding_box", "point_a": [16, 16, 8], "point_b": [16, 80, 8]},
+              {"type": "polyline", "points": [[0, 0, 0], [64, 0, 0], [64, 64, 0], [128, 128, 64]]}]
+    answer = site.call("POST", path(layer_id) + "/annotations", "curator", json={"annotations": edges})
+    assert answer.status_code == 201, answer.text
     first, second = listing(site, layer_id)[:2]
     assert site.call("PUT", f"{path(layer_id)}/annotations/{first['id']}", "curator",
                      json=item(rng, first["type"])).status_code == 200
@@ -150,7 +158,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_csv_and_neuroglancer_json_round_trip_a_layer(site: Site, tmp_path: Path) -> None:
     original, _ = filled(site, "original")
     records = listing(site, original)
-    assert {r["type"] for r in records} == set(GEOMETRY) and len(records) == 5 * 24 - 1
+    assert {r["type"] for r in records} == set(GEOMETRY) and len(records) == 5 * 24 + 8 - 1
     for fmt, media in (("csv", "text/csv; charset=utf-8"), ("ng-json", "application/json")):
         data = export(site, original, fmt)
         assert site.call("GET", path(original) + "/export", params={"format": fmt}).headers["Content-Type"] == media
