@@ -343,12 +343,13 @@ class AnnotationStore:
 
     # Annotations
 
-    def create_many(self, actor: Actor, access: DatasetAccess, layer_id: int,
-                    items: Sequence[AnnotationIn]) -> CreatedRecord:
-        """Add ``items`` to the layer, all or none (annotators of the dataset). Checked before anything is written."""
+    def create_many(self, actor: Actor, access: DatasetAccess, layer_id: int, items: Sequence[AnnotationIn],
+                    max_batch: int | None = MAX_BATCH) -> CreatedRecord:
+        """Add ``items`` to the layer, all or none (annotators of the dataset). Checked before anything is written.
+        ``max_batch``: how many one call may add (None: no bound; an import sets its own)."""
         require(actor, Action.ANNOTATE, access)
-        if len(items) > MAX_BATCH:
-            raise BatchTooLarge(f"at most {MAX_BATCH} annotations in one request, not {len(items)}")
+        if max_batch is not None and len(items) > max_batch:
+            raise BatchTooLarge(f"at most {max_batch} annotations in one request, not {len(items)}")
         with self.sessions() as session:
             layer = layer_record(load_layer(session, access, layer_id))
         checked = [self._check(layer, item, index=i if len(items) > 1 else None) for i, item in enumerate(items)]

@@ -116,10 +116,12 @@ class InvalidView(CatalogError, ValueError):
 class BatchTooLarge(CatalogError, ValueError):
     """More annotations in one request than a bulk write takes."""
 
-
-
 class SharedViewNotFound(CatalogError, KeyError):
     """No shared view with that code (or its dataset may not be read)."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "shared view not found"
+
+class InvalidImport(CatalogError, ValueError):
+    """An import file that cannot be read or does not fit its layer; the message names the line or item and
+    the field."""

@@ -22,7 +22,7 @@ import zarr
 from tests.conftest import LAMELLA, ROOT, SHARED_DATA, Server, shared_file, start_server, stop_server
 
 COMMANDS = ["serve", "add", "import", "demo", "init-db", "datasets", "check", "register", "user", "token", "member",
-            "visibility"]
+            "visibility", "annotations"]
 
 
 def lamella(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -97,6 +97,11 @@ include-path-regex = "/annotation-layers(/[^/]+(/annotations(/[^/]+)?)?)?$"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 409, 429]
 
 [[operations]]
+# An import file must fit its layer (types, bounds, labels, property types), which no schema of a file says.
+include-path-regex = "/annotation-layers/[^/]+/import$"
+checks.positive_data_acceptance.expected-statuses = ["2XX", 400, 401, 403, 404, 429]
+
+[[operations]]
 # A precomputed annotation source names a layer, one of its types and a view in its one spelling.
 include-path-regex = "/annotation-layers/[^/]+/precomputed/"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 429]

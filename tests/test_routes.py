@@ -30,6 +30,8 @@ CASES = [
      {"layer_id": "7", "annotation_id": "12"}),
     ("/api/datasets/demo/annotation-layers/7/annotations/12/history", annotations.AnnotationHistoryHandler,
      {"annotation_id": "12"}),
+    ("/api/datasets/demo/annotation-layers/7/export", annotations.AnnotationExportHandler, {"layer_id": "7"}),
+    ("/api/datasets/demo/annotation-layers/7/import", annotations.AnnotationImportHandler, {"layer_id": "7"}),
     ("/api/datasets/demo/annotation-layers/7/precomputed/point/current/info",
      annotations.AnnotationSourceInfoHandler, {"layer_id": "7", "kind": "point", "view": "current"}),
     ("/api/datasets/demo/annotation-layers/7/precomputed/polyline/author=ann,label=syn/spatial2/1_0_3",

@@ -27,6 +27,7 @@ class Op:
 
     ``response`` is a model, a JSON schema (for documents we pass through, such as a viewer
     state), or None for an empty answer; ``content`` is the success answer's media type (or types).
+    ``raw_body``: the media types (and schemas) of a body the handler reads as a file (an import).
     """
 
     summary: str = ""
@@ -36,6 +37,7 @@ class Op:
     status: int = 200
     content: str | tuple[str, ...] | dict[str, dict[str, Any]] = "application/json"  # dict: a schema per type
     also: dict[int, str] = field(default_factory=dict)  # other successes: status -> description
+    raw_body: dict[str, dict[str, Any]] | None = None  # a body that is a file, not a JSON model: media type -> schema
 
 
 def op(**kwargs: Any) -> Callable[[F], F]:

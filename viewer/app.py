@@ -64,6 +64,7 @@ STATE_BODY = 4 * MiB  # a viewer state (Neuroglancer's own, or PUT through the A
 TRANSFORM_BODY = 4 * MiB  # a transform file (matrices, landmark lists, eC-CLEM XML)
 LANDMARKS_BODY = 1 * MiB  # up to 2000 landmark pairs
 ANNOTATIONS_BODY = 64 * MiB  # a bulk create: 100,000 annotations with labels and properties
+IMPORT_BODY = 256 * MiB  # an import file (all or none): 250,000 annotations, polylines of many points among them
 ANNOTATION_BODY = 1 * MiB  # one annotation (a polyline of up to 10,000 points)
 LAYER_BODY = 1 * MiB  # a layer's declaration (up to 1,000 labels, 32 properties with enums)
 METADATA_BODY = 512 * KiB  # a dataset's title and description (20,000 characters, escaped)
@@ -129,6 +130,9 @@ def routes() -> list[Route]:
               dataset(GET=READ, PATCH=ANNOTATE, DELETE=CURATE, body_limit=LAYER_BODY), "annotation-layer"),
         Route(rf"{LAYER_BASE}/annotations", annotations.AnnotationsHandler,
               dataset(GET=READ, POST=ANNOTATE, body_limit=ANNOTATIONS_BODY), "annotations"),
+        Route(rf"{LAYER_BASE}/export", annotations.AnnotationExportHandler, dataset(GET=READ), "annotation-export"),
+        Route(rf"{LAYER_BASE}/import", annotations.AnnotationImportHandler,
+              dataset(POST=ANNOTATE, body_limit=IMPORT_BODY), "annotation-import"),
         Route(ANNOTATION_BASE, annotations.AnnotationHandler,
               dataset(GET=READ, PUT=ANNOTATE, DELETE=ANNOTATE, body_limit=ANNOTATION_BODY), "annotation"),
         Route(rf"{ANNOTATION_BASE}/history", annotations.AnnotationHistoryHandler, dataset(GET=READ),

@@ -22,6 +22,7 @@ from annotations.errors import CatalogError
 from tiling.errors import TilingError
 from tiling.pyramid import PyramidOptions
 from viewer.cli_access import COMMANDS, new_dataset, with_new_dataset
+from viewer.cli_annotations import annotations
 from viewer.cli_base import fail, open_catalog, open_database, open_sessions, with_common
 from viewer.config import Settings, SettingsError, bound_remote_stalls
 
@@ -385,7 +386,7 @@ def check(repair: bool, **options: Any) -> None:
         fail(f"{broken} image(s) cannot be served")
 
 
-for command in COMMANDS:
+for command in [*COMMANDS, annotations]:
     main.add_command(command)
 
 

@@ -138,6 +138,12 @@ def document(routes: list[Any]) -> dict[str, Any]:
                 "content": {"application/json": {"schema": schema_of(declared.body)}},
                 "description": f"JSON, at most {route.rule.body_limit} bytes",
             }
+        elif declared.raw_body is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {media: {"schema": schema} for media, schema in declared.raw_body.items()},
+                "description": f"a file, at most {route.rule.body_limit} bytes",
+            }
         paths.setdefault(path, {})[method.lower()] = entry
     return {
         "openapi": "3.1.0",

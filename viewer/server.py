@@ -316,10 +316,11 @@ def _is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
 
 def http_server(app: Application, settings: Settings) -> tornado.httpserver.HTTPServer:
     """The server every process runs. Handlers that take bodies bound them per route before reading them;
-    the body of any other request is read whole first, up to the largest route limit. Slow senders are
-    cut off (a request line and headers within ``header_timeout_seconds``, a body within
-    ``body_timeout_seconds``)."""
-    largest = max(route.rule.body_limit for route in routes())
+    the body of any other request is read whole first, up to the largest limit of those routes (not the
+    largest of all: an import's 256 MiB would be buffered for any GET). Slow senders are cut off (a request
+    line and headers within ``header_timeout_seconds``, a body within ``body_timeout_seconds``)."""
+    largest = max(route.rule.body_limit for route in routes()
+                  if not getattr(route.handler, "_stream_request_body", False))
     return LamellaHTTPServer(app, trusted=settings.proxy_networks(), max_body_size=largest, max_buffer_size=64 << 20,
                              max_header_size=HEAD_LIMIT, idle_connection_timeout=settings.header_timeout_seconds,
                              body_timeout=settings.body_timeout_seconds)

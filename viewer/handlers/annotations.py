@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from tornado.iostream import StreamClosedError
 
+from annotations.annotation_export import ExportFormat, export_layer
+from annotations.annotation_import import ImportFormat, import_annotations
 from annotations.annotation_source import SourceFile
 from annotations.annotation_store import (
     MAX_BATCH,
@@ -22,6 +25,7 @@ from annotations.annotation_store import (
 )
 from annotations.errors import BatchTooLarge
 from annotations.layer_specs import AnnotationIn
+from annotations.views import View
 from viewer import bodies
 from viewer.apidoc import ANY_JSON, BINARY, op
 from viewer.errors import BadRequest
@@ -52,6 +56,35 @@ class AsOfQuery(BaseModel):
 
 class HistoryOut(BaseModel):
     versions: list[VersionRecord]
+
+
+class ExportQuery(BaseModel):
+    """An export's format, and which annotations: by author, label, update time [since, until), as of a time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: ExportFormat = Field(description="csv, ng-json (Neuroglancer annotation JSON), or static precomputed "
+                                             "annotation folders in a zip or tar archive")
+    author: str | None = Field(None, max_length=64)
+    label: str | None = Field(None, max_length=64)
+    since: Moment | None = None
+    until: Moment | None = None
+    as_of: Moment | None = None
+
+    @property
+    def view(self) -> View:
+        return View(as_of=self.as_of, author=self.author, label=self.label, since=self.since, until=self.until)
+
+
+class ImportQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: ImportFormat = Field(description="csv or ng-json (Neuroglancer annotation JSON); the body is the file")
+
+
+EXPORT_TYPES = {"text/csv": {"type": "string"}, "application/json": ANY_JSON, "application/zip": BINARY,
+                "application/x-tar": BINARY}
+IMPORT_TYPES = {"text/csv": {"type": "string"}, "application/json": ANY_JSON}
 
 
 class AnnotationLayersHandler(BaseHandler):
@@ -115,6 +148,40 @@ class AnnotationsHandler(BaseHandler):
                                             "annotations")
             created = await self.services.call(self.services.annotations.create_many, self.actor,
                                                self.dataset_access, int(layer_id), items)
+        self.write_json(created, 201)
+
+
+class AnnotationExportHandler(BaseHandler):
+    @op(summary="Export a layer as CSV, Neuroglancer annotation JSON or static precomputed annotation folders (zip, "
+                "tar), streamed", query=ExportQuery, response=BINARY, content=EXPORT_TYPES)
+    async def get(self, dataset_ref: str, layer_id: str) -> None:
+        query: ExportQuery = self.query()
+        services = self.services
+        export = await services.call(export_layer, services.annotations.sessions, self.actor, self.dataset_access,
+                                     int(layer_id), query.format, query.view, services.settings.annotation_cell_limit)
+        try:
+            self.set_header("Content-Type", export.content_type)
+            self.set_header("Content-Disposition", f'attachment; filename="{export.filename}"')
+            self.set_header("Cache-Control", "no-store")
+            # Chunk by chunk from the database threads; each flush waits for the client (memory stays flat).
+            while self.request.method != "HEAD" and (chunk := await services.call(next, export, None)) is not None:
+                self.write(chunk)
+                await self.flush()
+        except StreamClosedError:
+            return  # the client went away
+        finally:
+            await services.call(export.close)
+        self.finish()
+
+
+class AnnotationImportHandler(BaseHandler):
+    @op(summary="Import a CSV or Neuroglancer annotation JSON file into a layer: checked whole, then all or none "
+                "(annotators)", query=ImportQuery, response=CreatedRecord, status=201, raw_body=IMPORT_TYPES)
+    async def post(self, dataset_ref: str, layer_id: str) -> None:
+        query: ImportQuery = self.query()
+        with bodies.collection_paused():
+            created = await self.services.call(import_annotations, self.services.annotations, self.actor,
+                                               self.dataset_access, int(layer_id), self.body, query.format)
         self.write_json(created, 201)
 
 
