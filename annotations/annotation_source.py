@@ -3,18 +3,24 @@ source per annotation type and view (``annotations.views``), with ``info``, a mu
 ``by_id`` and relationships by segment id. Answers are bytes with an ETag bound to the layer's generation.
 
 Spatial subsampling (upstream ``annotations.md``, "Spatial index"): a cell lists the annotations whose
-bounding box meets it, so a long line is in every cell it crosses. Each annotation keeps a random key in
-[0, 1) for all its versions. Coarse to fine, a cell serves those of its annotations whose (key, id) lies in
-[start, cut): ``start`` is its parent's cut (0 at level 0), ``cut`` the (limit + 1)-th smallest (key, id) at
-or past ``start`` among the cell's annotations, so a cell holds at most ``limit``; the finest level serves all
-that remain. Along every chain of cells from the coarsest to a finest cell an annotation meets, it is so
-served exactly once, and each cell holds a uniform random subsample of what its coarser cells left.
+bounding box meets it, so a long line is in every cell it crosses; above the finest level a cell holds at
+most the layer's ``cell_limit``; coarse to fine, each cell holds a random subsample of what its coarser cells
+left, and along every chain of cells from the coarsest to a finest cell an annotation meets, it is served
+exactly once. Each annotation keeps a random sample key in [0, 1) for all its versions.
+
+The ``current`` view is kept in the database as writes happen (``annotations.spatial_index`` decides,
+``annotations.spatial_rows`` stores): a cell is read as stored records. Filtered views are computed per
+request: a cell serves those of its annotations whose (key, id) lies in [start, cut): ``start`` is its
+parent's cut (0 at level 0), ``cut`` the (limit + 1)-th smallest (key, id) at or past ``start`` among the
+cell's annotations in the view; the finest level serves all that remain. Cut-offs are cached per layer
+generation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,15 +31,17 @@ from cachetools import LRUCache
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from annotations import spatial_rows
 from annotations.access import Action, Actor, DatasetAccess, require
 from annotations.annotation_encoding import Entry, Layout
 from annotations.annotation_store import load_layer, view_clause
-from annotations.cells import DEFAULT_LIMIT, CellKey, LevelPlan
+from annotations.cells import CellKey, LevelPlan
 from annotations.errors import AnnotationNotFound, InvalidView
 from annotations.layer_specs import MAX_SEGMENT_ID, LayerSpec
 from annotations.models import AnnotationLayer, AnnotationSegment, AnnotationVersion
 from annotations.views import View
 
+CURRENT = View()
 Cut = tuple[float, int]  # (sample key, annotation id)
 FIRST: Cut = (0.0, 0)
 ENTRY_COLUMNS = (AnnotationVersion.annotation_id, AnnotationVersion.geometry, AnnotationVersion.label,
@@ -72,9 +80,8 @@ class _Source:
 class AnnotationSource:
     """The precomputed annotation service (blocking; the web layer runs it in its database threads)."""
 
-    def __init__(self, sessions: sessionmaker[Session], limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
-        self.limit = limit  # annotations per cell above the finest level
         self._cuts: LRUCache[tuple[Any, ...], Cut | None] = LRUCache(CUT_CACHE)
         self._lock = threading.Lock()
 
@@ -94,6 +101,11 @@ class AnnotationSource:
             etag = source.etag(f"spatial{level}/{key}")
             if if_none_match == etag:
                 return SourceFile(b"", "application/octet-stream", etag)
+            if source.view == CURRENT:
+                records, ids = spatial_rows.read_cell(session.connection(), source.layer_id, source.kind, level,
+                                                      source.plan.level_code(key))
+                body = b"".join((struct.pack("<Q", len(ids)), *records, struct.pack(f"<{len(ids)}Q", *ids)))
+                return SourceFile(body, "application/octet-stream", etag)
             bounds = self._bounds(session, source, key)
             entries: list[Entry] = []
             if bounds is not None:
@@ -152,7 +164,7 @@ class AnnotationSource:
             else:
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             row = load_layer(session, access, layer_id)
-            yield session, _source(row, kind, view, self.limit)
+            yield session, _source(row, kind, view)
 
     @staticmethod
     def _selected(source: _Source) -> Select[Any]:
@@ -206,13 +218,13 @@ class AnnotationSource:
         return cut
 
 
-def _source(row: AnnotationLayer, kind: str, view: View, limit: int) -> _Source:
+def _source(row: AnnotationLayer, kind: str, view: View) -> _Source:
     spec = LayerSpec.model_validate(row.spec)
     if kind not in spec.types:
         raise InvalidView(f"layer {row.id} holds {', '.join(spec.types)}, not {kind}")
     lower = [float(v) for v in row.lower_bound]
     upper = [float(v) for v in row.upper_bound]
-    plan = LevelPlan.for_bounds(tuple(lower), tuple(upper), limit)
+    plan = LevelPlan.for_bounds(tuple(lower), tuple(upper), row.cell_limit)
     return _Source(row.id, row.generation, kind, view, Layout.of(spec, kind), plan, lower, upper,
                    row.max_extent)
 
