@@ -302,12 +302,14 @@ class AnnotationCellEntry(Base):
     type's position in ``layer_specs.ANNOTATION_TYPES``; ``cell`` the cell's first finest Morton code.
 
     Kept with the current versions in the same transactions (``annotations.spatial_index`` says which
-    annotations each cell serves); without a rowid on SQLite, so a cell's rows are stored together.
+    annotations each cell serves); without a rowid on SQLite, so a cell's rows are stored together. Derived
+    data without foreign keys (PostgreSQL checks each key of each row by a trigger, doubling a bulk insert):
+    deleting a layer deletes its entries and counts (``annotations.spatial_rows.forget``).
     """
 
     __tablename__ = "annotation_cell_entries"
     __table_args__ = {"sqlite_with_rowid": False}
-    layer_id: Mapped[int] = mapped_column(ForeignKey("annotation_layers.id", ondelete="CASCADE"), primary_key=True)
+    layer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     cell: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -322,7 +324,7 @@ class AnnotationCellCount(Base):
 
     __tablename__ = "annotation_cell_counts"
     __table_args__ = {"sqlite_with_rowid": False}
-    layer_id: Mapped[int] = mapped_column(ForeignKey("annotation_layers.id", ondelete="CASCADE"), primary_key=True)
+    layer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     cell: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)

@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import Connection
 
 from annotations.annotation_encoding import Entry, Layout
-from annotations.bulk_rows import insert_rows, json_text, new_ids, stored
+from annotations.bulk_rows import dialect_of, insert_rows, json_text, new_ids, stored
 from annotations.cells import LevelPlan
 from annotations.layer_specs import CheckedAnnotation, LayerSpec
 from annotations.models import Annotation, AnnotationSegment, AnnotationVersion
@@ -65,12 +65,10 @@ class NewAnnotations:
               author: str, now: datetime) -> list[int]:
         """Insert the annotations, their versions, segments and index entries; returns their ids in order."""
         n = len(self.items)
-        ids = new_ids(connection, Annotation.__table__, n)
-        version_ids = new_ids(connection, AnnotationVersion.__table__, n)
+        ids, version_ids = new_ids(connection, (Annotation.__table__, AnnotationVersion.__table__), n)
         when = stored(connection, AnnotationVersion.__table__.c.valid_from, now)
-        created = stored(connection, Annotation.__table__.c.created_at, now)
-        insert_rows(connection, Annotation.__table__, ("id", "layer_id", "created_by", "created_at"),
-                    [(annotation_id, layer_id, author_id, created) for annotation_id in ids])
+        insert_identities(connection, ids, layer_id, author_id, stored(connection, Annotation.__table__.c.created_at,
+                                                                       now))
         no = stored(connection, AnnotationVersion.__table__.c.deleted, False)
         keys = self.keys.tolist()
         low, high = self.lower.tolist(), self.upper.tolist()
@@ -90,6 +88,19 @@ class NewAnnotations:
                 (keys[i] for i in rows), (ids[i] for i in rows), [self.records[i] for i in rows],
                 [low[i] for i in rows], [high[i] for i in rows]))
         return ids
+
+
+def insert_identities(connection: Connection, ids: list[int], layer_id: int, author_id: int | None,
+                      created: Any) -> None:
+    """The ``annotations`` rows: on PostgreSQL made by the server from the array of ids."""
+    if dialect_of(connection) == "postgresql":
+        raw = connection.connection.driver_connection
+        with raw.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.execute("INSERT INTO annotations (id, layer_id, created_by, created_at) "
+                           "SELECT unnest(%s::int[]), %s, %s, %s", (ids, layer_id, author_id, created))
+        return
+    insert_rows(connection, Annotation.__table__, ("id", "layer_id", "created_by", "created_at"),
+                [(annotation_id, layer_id, author_id, created) for annotation_id in ids])
 
 
 def encode(spec: LayerSpec, items: Sequence[CheckedAnnotation]) -> list[bytes]:

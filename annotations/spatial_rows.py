@@ -11,6 +11,7 @@ Statements go to the driver directly (``annotations.bulk_rows``): cells are read
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,17 +38,65 @@ def _raw(connection: Connection) -> Any:
     return connection.connection.driver_connection
 
 
-def read_cell(connection: Connection, layer_id: int, kind: str, level: int, cell: int) -> tuple[list[bytes], list[int]]:
-    """The records and ids one cell serves, in (key, id) order."""
+@dataclass(frozen=True, slots=True)
+class LayerFacts:
+    """What serving a stored cell needs of its layer row (JSON columns as their stored text)."""
+
+    id: int
+    dataset_id: int
+    generation: int
+    spec: str
+    lower_bound: str
+    upper_bound: str
+    cell_limit: int
+    max_extent: float
+
+
+_FACTS = ("l.id, l.dataset_id, l.generation, CAST(l.spec AS TEXT), CAST(l.lower_bound AS TEXT), "
+          "CAST(l.upper_bound AS TEXT), l.cell_limit, l.max_extent")
+
+
+def layer_facts(connection: Connection, layer_id: int) -> LayerFacts | None:
     cursor = _raw(connection).cursor()
     try:
-        cursor.execute(sql(connection, "SELECT record, annotation_id FROM annotation_cell_entries "
-                                        "WHERE layer_id = ? AND kind = ? AND level = ? AND cell = ?"),
+        cursor.execute(sql(connection, f"SELECT {_FACTS} FROM annotation_layers AS l WHERE l.id = ?"), (layer_id,))
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return None if row is None else LayerFacts(*row)
+
+
+def read_cell(connection: Connection, layer_id: int, kind: str, level: int,
+              cell: int) -> tuple[LayerFacts | None, int, bytes, bytes]:
+    """The layer's row and, as of the same moment, how many annotations one cell serves, their records and
+    their ids (uint64, little-endian), in one order. PostgreSQL: one statement (call it outside a
+    transaction: one round trip); SQLite: two in one read transaction."""
+    postgresql = dialect_of(connection) == "postgresql"
+    cursor = _raw(connection).cursor(binary=True) if postgresql else _raw(connection).cursor()
+    try:
+        if postgresql:
+            # Both aggregates take the rows in one order (any: a cell's order does not matter, only that its
+            # records and ids agree), so neither sorts.
+            cursor.execute(
+                f"SELECT {_FACTS}, c.n, c.records, c.ids FROM annotation_layers AS l LEFT JOIN LATERAL ("
+                " SELECT count(*) AS n, string_agg(record, ''::bytea) AS records, array_agg(annotation_id) AS ids"
+                " FROM annotation_cell_entries WHERE layer_id = l.id AND kind = %s AND level = %s AND cell = %s)"
+                " AS c ON true WHERE l.id = %s", (KIND[kind], level, cell, layer_id))
+            row = cursor.fetchone()
+            if row is None:
+                return None, 0, b"", b""
+            return (LayerFacts(*row[:8]), row[8], bytes(row[9] or b""),
+                    np.array(row[10] or [], dtype="<u8").tobytes())
+        connection.exec_driver_sql("BEGIN")  # one read transaction (pysqlite would begin only at a write)
+        facts = layer_facts(connection, layer_id)
+        cursor.execute("SELECT record, annotation_id FROM annotation_cell_entries "
+                       "WHERE layer_id = ? AND kind = ? AND level = ? AND cell = ?",
                        (layer_id, KIND[kind], level, cell))
         rows = cursor.fetchall()
     finally:
         cursor.close()
-    return [bytes(record) for record, _ in rows], [annotation_id for _, annotation_id in rows]
+    return (facts, len(rows), b"".join(record for record, _ in rows),
+            np.fromiter((annotation_id for _, annotation_id in rows), dtype="<u8", count=len(rows)).tobytes())
 
 
 class StoredCells:
@@ -125,16 +174,36 @@ class StoredCells:
 def store(connection: Connection, layer_id: int, kind: str, changes: Changes) -> None:
     """Write ``changes`` to the index: removed entries, added entries (in key order), new counts."""
     code = KIND[kind]
-    execute_many(connection, "DELETE FROM annotation_cell_entries WHERE layer_id = ? AND kind = ? AND level = ? "
-                             "AND cell = ? AND sample_key = ? AND annotation_id = ?",
-                 [(layer_id, code, *removed) for removed in changes.removed])
+    removed = changes.removed
+    counts = sorted(changes.counts.items())
+    if dialect_of(connection) == "postgresql":  # one statement each, not one a row
+        cursor = _raw(connection).cursor()
+        try:
+            if removed:
+                cursor.execute(
+                    "DELETE FROM annotation_cell_entries AS e USING unnest(%s::smallint[], %s::bigint[], "
+                    "%s::float8[], %s::int[]) AS d(level, cell, sample_key, annotation_id) WHERE e.layer_id = %s "
+                    "AND e.kind = %s AND e.level = d.level AND e.cell = d.cell AND e.sample_key = d.sample_key "
+                    "AND e.annotation_id = d.annotation_id", (*map(list, zip(*removed, strict=True)), layer_id, code))
+            if counts:
+                cursor.execute(
+                    "INSERT INTO annotation_cell_counts (layer_id, kind, level, cell, count, max_key) SELECT %s, %s, "
+                    "* FROM unnest(%s::smallint[], %s::bigint[], %s::int[], %s::float8[]) ON CONFLICT (layer_id, "
+                    "kind, level, cell) DO UPDATE SET count = excluded.count, max_key = excluded.max_key",
+                    (layer_id, code, [level for (level, _), _ in counts], [cell for (_, cell), _ in counts],
+                     [now.count for _, now in counts], [now.max_key for _, now in counts]))
+        finally:
+            cursor.close()
+    else:
+        execute_many(connection, "DELETE FROM annotation_cell_entries WHERE layer_id = ? AND kind = ? AND level = ? "
+                                 "AND cell = ? AND sample_key = ? AND annotation_id = ?",
+                     [(layer_id, code, *row) for row in removed])
+        execute_many(connection, "INSERT INTO annotation_cell_counts (layer_id, kind, level, cell, count, max_key) "
+                                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (layer_id, kind, level, cell) "
+                                 "DO UPDATE SET count = excluded.count, max_key = excluded.max_key",
+                     [(layer_id, code, level, cell, now.count, now.max_key) for (level, cell), now in counts])
     added = sorted(changes.added, key=lambda row: row[:4])
     insert_rows(connection, ENTRIES, ENTRY_COLUMNS, [(layer_id, code, *row) for row in added])
-    execute_many(connection, "INSERT INTO annotation_cell_counts (layer_id, kind, level, cell, count, max_key) "
-                             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (layer_id, kind, level, cell) "
-                             "DO UPDATE SET count = excluded.count, max_key = excluded.max_key",
-                 [(layer_id, code, level, cell, now.count, now.max_key)
-                  for (level, cell), now in sorted(changes.counts.items())])
 
 
 def place_batch(connection: Connection, layer_id: int, kind: str, plan: LevelPlan, layout: Layout,
@@ -188,6 +257,12 @@ def replace_record(connection: Connection, layer_id: int, kind: str, plan: Level
                   (record, layer_id, KIND[kind], key, annotation_id), lower, upper) is not None
 
 
+def forget(connection: Connection, layer_id: int) -> None:
+    """Delete a layer's index (before the layer itself: the index has no foreign key to cascade along)."""
+    execute_many(connection, "DELETE FROM annotation_cell_entries WHERE layer_id = ?", [(layer_id,)])
+    execute_many(connection, "DELETE FROM annotation_cell_counts WHERE layer_id = ?", [(layer_id,)])
+
+
 def _current_rows(connection: Connection, layer_id: int, kind: str, after: int, limit: int) -> list[Any]:
     V = AnnotationVersion
     return connection.execute(
@@ -201,8 +276,7 @@ def _current_rows(connection: Connection, layer_id: int, kind: str, after: int, 
 def rebuild(connection: Connection, layer_id: int) -> None:
     """The layer's index made anew from its current versions (for layers written before it was kept)."""
     layer = connection.execute(select(AnnotationLayer).where(AnnotationLayer.id == layer_id)).one()
-    execute_many(connection, "DELETE FROM annotation_cell_entries WHERE layer_id = ?", [(layer_id,)])
-    execute_many(connection, "DELETE FROM annotation_cell_counts WHERE layer_id = ?", [(layer_id,)])
+    forget(connection, layer_id)
     spec = LayerSpec.model_validate(layer.spec)
     plan = LevelPlan.for_bounds(tuple(float(v) for v in layer.lower_bound),
                                 tuple(float(v) for v in layer.upper_bound), layer.cell_limit)

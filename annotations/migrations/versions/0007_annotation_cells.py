@@ -16,8 +16,7 @@ down_revision = "0006"
 
 
 def _layer_id() -> sa.Column:
-    return sa.Column("layer_id", sa.Integer, sa.ForeignKey("annotation_layers.id", ondelete="CASCADE"),
-                     primary_key=True)
+    return sa.Column("layer_id", sa.Integer, primary_key=True, autoincrement=False)  # derived rows: no foreign key
 
 
 def upgrade() -> None:
