@@ -7,10 +7,13 @@ layer that declares several types is served as one source per type. Coordinates 
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from annotations.cells import LevelPlan
 from annotations.layer_specs import LABEL_PROPERTY, PROPERTY_TYPES, LayerSpec
@@ -21,6 +24,8 @@ BY_ID_KEY = "by_id"
 NANOMETRE = [1e-9, "m"]
 # Little-endian struct codes of the numeric property types (values were checked against their ranges on write).
 _STRUCT = {"uint32": "<I", "int32": "<i", "float32": "<f", "uint16": "<H", "int16": "<h", "uint8": "<B", "int8": "<b"}
+# Floats of one annotation's geometry, by type (a polyline's vary).
+GEOMETRY_SIZE = {"point": 3, "line": 6, "axis_aligned_bounding_box": 6, "ellipsoid": 6}
 
 
 def spatial_key(level: int) -> str:
@@ -128,6 +133,74 @@ class Layout:
             width = 3 if field.type == "rgb" else 4
             return bytes.fromhex(value[1:]) if isinstance(value, str) else bytes(width)
         return struct.pack(_STRUCT[field.type], value)
+
+    @functools.cached_property
+    def _record_dtype(self) -> np.dtype:
+        """The record of a fixed-size type as a NumPy structured type (the layout ``encode`` writes)."""
+        names, formats, offsets = ["geometry"], [("<f4", (GEOMETRY_SIZE[self.kind],))], [0]
+        position = start = 4 * GEOMETRY_SIZE[self.kind]
+        for i, field in enumerate(self.properties):
+            position += -(position - start) % field.alignment
+            names.append(f"p{i}")
+            dtype, count, _, _ = PROPERTY_TYPES[field.type]
+            formats.append((dtype, (count,)) if count > 1 else dtype)  # type: ignore[arg-type]
+            offsets.append(position)
+            position += np.dtype(dtype).itemsize * count
+        position += -(position - start) % 4
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": position})
+
+    def encode_many(self, geometry: np.ndarray, labels: Sequence[str | None],
+                    properties: Sequence[Mapping[str, Any]]) -> list[bytes]:
+        """``encode`` of many annotations of a fixed-size type (not polyline) at once: ``geometry`` is n rows of
+        float32-exact values, ``labels`` and ``properties`` as in ``Entry``."""
+        records = np.zeros(len(labels), dtype=self._record_dtype)
+        records["geometry"] = geometry
+        for i, field in enumerate(self.properties):
+            if field.id == LABEL_PROPERTY and self.labels:
+                number = {label: n for n, label in enumerate(self.labels, 1)}
+                records[f"p{i}"] = [0 if label is None else number[label] for label in labels]
+            elif field.type in ("rgb", "rgba"):
+                blank = bytes(3 if field.type == "rgb" else 4)
+                colours = b"".join(bytes.fromhex(value[1:]) if isinstance(value := p.get(field.id), str) else blank
+                                   for p in properties)
+                records[f"p{i}"] = np.frombuffer(colours, dtype=np.uint8).reshape(len(labels), -1)
+            elif any(field.id in p for p in properties):
+                records[f"p{i}"] = [p.get(field.id, 0) for p in properties]
+        size = records.dtype.itemsize
+        data = records.tobytes()
+        return [data[i:i + size] for i in range(0, len(data), size)]
+
+    def bounds(self, record: bytes) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """The bounding box (lower, upper corners) of an encoded annotation: what the spatial index files it by."""
+        if self.kind == "polyline":
+            (count,) = struct.unpack_from("<I", record)
+            values = np.frombuffer(record, dtype="<f4", count=3 * count, offset=4).astype(np.float64).reshape(-1, 3)
+            return tuple(values.min(axis=0).tolist()), tuple(values.max(axis=0).tolist())  # type: ignore[return-value]
+        values = [float(v) for v in struct.unpack_from(f"<{GEOMETRY_SIZE[self.kind]}f", record)]
+        if self.kind == "point":
+            point = tuple(values)
+            return point, point  # type: ignore[return-value]
+        first, second = values[:3], values[3:]
+        if self.kind == "ellipsoid":
+            return (tuple(c - r for c, r in zip(first, second, strict=True)),  # type: ignore[return-value]
+                    tuple(c + r for c, r in zip(first, second, strict=True)))
+        return (tuple(min(a, b) for a, b in zip(first, second, strict=True)),  # type: ignore[return-value]
+                tuple(max(a, b) for a, b in zip(first, second, strict=True)))
+
+    def bounds_many(self, records: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """``bounds`` of many records: lower and upper corners, n x 3 each."""
+        if self.kind == "polyline" or not records:
+            boxes = [self.bounds(record) for record in records]
+            return (np.array([low for low, _ in boxes], dtype=np.float64).reshape(-1, 3),
+                    np.array([high for _, high in boxes], dtype=np.float64).reshape(-1, 3))
+        size = 4 * GEOMETRY_SIZE[self.kind]
+        values = np.frombuffer(b"".join(record[:size] for record in records), dtype="<f4")
+        values = values.astype(np.float64).reshape(len(records), -1, 3)
+        if self.kind == "point":
+            return values[:, 0], values[:, 0].copy()
+        if self.kind == "ellipsoid":
+            return values[:, 0] - values[:, 1], values[:, 0] + values[:, 1]
+        return values.min(axis=1), values.max(axis=1)
 
     def encode_list(self, entries: Sequence[Entry]) -> bytes:
         """Several annotations (a spatial cell, a relationship entry): uint64 count, the annotations, their ids."""

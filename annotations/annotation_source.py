@@ -3,18 +3,25 @@ source per annotation type and view (``annotations.views``), with ``info``, a mu
 ``by_id`` and relationships by segment id. Answers are bytes with an ETag bound to the layer's generation.
 
 Spatial subsampling (upstream ``annotations.md``, "Spatial index"): a cell lists the annotations whose
-bounding box meets it, so a long line is in every cell it crosses. Each annotation keeps a random key in
-[0, 1) for all its versions. Coarse to fine, a cell serves those of its annotations whose (key, id) lies in
-[start, cut): ``start`` is its parent's cut (0 at level 0), ``cut`` the (limit + 1)-th smallest (key, id) at
-or past ``start`` among the cell's annotations, so a cell holds at most ``limit``; the finest level serves all
-that remain. Along every chain of cells from the coarsest to a finest cell an annotation meets, it is so
-served exactly once, and each cell holds a uniform random subsample of what its coarser cells left.
+bounding box meets it, so a long line is in every cell it crosses; above the finest level a cell holds at
+most the layer's ``cell_limit``; coarse to fine, each cell holds a random subsample of what its coarser cells
+left, and along every chain of cells from the coarsest to a finest cell an annotation meets, it is served
+exactly once. Each annotation keeps a random sample key in [0, 1) for all its versions.
+
+The ``current`` view is kept in the database as writes happen (``annotations.spatial_index`` decides,
+``annotations.spatial_rows`` stores): a cell is read as stored records. Filtered views are computed per
+request: a cell serves those of its annotations whose (key, id) lies in [start, cut): ``start`` is its
+parent's cut (0 at level 0), ``cut`` the (limit + 1)-th smallest (key, id) at or past ``start`` among the
+cell's annotations in the view; the finest level serves all that remain. Cut-offs are cached per layer
+generation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,20 +32,24 @@ from cachetools import LRUCache
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from annotations import spatial_rows
 from annotations.access import Action, Actor, DatasetAccess, require
 from annotations.annotation_encoding import Entry, Layout
 from annotations.annotation_store import load_layer, view_clause
-from annotations.cells import DEFAULT_LIMIT, CellKey, LevelPlan
-from annotations.errors import AnnotationNotFound, InvalidView
+from annotations.cells import CellKey, LevelPlan
+from annotations.errors import AnnotationNotFound, InvalidView, LayerNotFound
 from annotations.layer_specs import MAX_SEGMENT_ID, LayerSpec
 from annotations.models import AnnotationLayer, AnnotationSegment, AnnotationVersion
 from annotations.views import View
 
+CURRENT = View()
+CURRENT_TEXT = str(CURRENT)
 Cut = tuple[float, int]  # (sample key, annotation id)
 FIRST: Cut = (0.0, 0)
 ENTRY_COLUMNS = (AnnotationVersion.annotation_id, AnnotationVersion.geometry, AnnotationVersion.label,
                  AnnotationVersion.properties, AnnotationVersion.segments)  # in Entry's order
 CUT_CACHE = 65_536  # cell cut-offs kept (per layer generation, type, view and cell)
+SOURCE_CACHE = 1024  # parsed layer declarations kept (per layer, declaration and type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +83,11 @@ class _Source:
 class AnnotationSource:
     """The precomputed annotation service (blocking; the web layer runs it in its database threads)."""
 
-    def __init__(self, sessions: sessionmaker[Session], limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
-        self.limit = limit  # annotations per cell above the finest level
         self._cuts: LRUCache[tuple[Any, ...], Cut | None] = LRUCache(CUT_CACHE)
+        self._sources: LRUCache[tuple[Any, ...], _Source] = LRUCache(SOURCE_CACHE)
+        self._facts: LRUCache[int, spatial_rows.LayerFacts] = LRUCache(SOURCE_CACHE)  # layer rows as last seen
         self._lock = threading.Lock()
 
     def info(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, view: str) -> SourceFile:
@@ -89,6 +101,8 @@ class AnnotationSource:
              cell: str, if_none_match: str | None = None) -> SourceFile:
         """The spatial-index cell ``cell`` (``i_j_k``) of ``level``: its subsample (see the module's note). When
         its ETag is ``if_none_match`` the body is left empty (the client has it: the answer is 304)."""
+        if view == CURRENT_TEXT:
+            return self._stored_cell(actor, access, layer_id, kind, level, cell, if_none_match)
         with self._reading(actor, access, layer_id, kind, view) as (session, source):
             key = CellKey.parse(source.plan, level, cell)
             etag = source.etag(f"spatial{level}/{key}")
@@ -140,6 +154,56 @@ class AnnotationSource:
 
     # Helpers
 
+    def _stored_cell(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, level: int, cell: str,
+                     if_none_match: str | None) -> SourceFile:
+        """A cell of the current view, as stored (``annotations.spatial_rows``): read with its layer's row as
+        of one moment, on a plain connection (no ORM; on PostgreSQL one statement, outside a transaction). The
+        cell's code comes from the layer's levels as last seen (bounds and limit never change); a layer row
+        that says otherwise (SQLite reuses a deleted layer's id) makes it read again."""
+        require(actor, Action.READ, access)
+        if not 0 < layer_id < 2**31:
+            raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
+        engine = self.sessions.kw["bind"]
+        with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            with self._lock:
+                seen = self._facts.get(layer_id)
+            for _ in range(2):
+                facts = seen or spatial_rows.layer_facts(connection, layer_id)
+                if facts is None or facts.dataset_id != access.id:
+                    raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
+                key = CellKey.parse(self._source_of(facts, kind).plan, level, cell)
+                now, count, records, ids = spatial_rows.read_cell(connection, layer_id, kind, level,
+                                                                  self._source_of(facts, kind).plan.level_code(key))
+                if now is None or now.dataset_id != access.id:
+                    raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
+                with self._lock:
+                    self._facts[layer_id] = now
+                if (now.lower_bound, now.upper_bound, now.cell_limit) == \
+                        (facts.lower_bound, facts.upper_bound, facts.cell_limit):
+                    break
+                connection.rollback()
+                seen = now
+        etag = self._source_of(now, kind).etag(f"spatial{level}/{key}")
+        if if_none_match == etag:
+            return SourceFile(b"", "application/octet-stream", etag)
+        return SourceFile(b"".join((struct.pack("<Q", count), records, ids)), "application/octet-stream", etag)
+
+    def _source_of(self, facts: spatial_rows.LayerFacts, kind: str) -> _Source:
+        """The current view's source of a layer, parsed once per stored declaration (generation aside)."""
+        cache_key = (facts.id, facts.spec, facts.lower_bound, facts.upper_bound, facts.cell_limit, kind)
+        with self._lock:
+            found = self._sources.get(cache_key)
+        if found is None:
+            row = AnnotationLayer(id=facts.id, spec=json.loads(facts.spec), lower_bound=json.loads(facts.lower_bound),
+                                  upper_bound=json.loads(facts.upper_bound), cell_limit=facts.cell_limit,
+                                  generation=0, max_extent=0.0)
+            found = _source(row, kind, CURRENT)
+            with self._lock:
+                self._sources[cache_key] = found
+        return dataclasses.replace(found, generation=facts.generation, margin=facts.max_extent)
+
     @contextmanager
     def _reading(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str,
                  view_text: str) -> Iterator[tuple[Session, _Source]]:
@@ -152,7 +216,7 @@ class AnnotationSource:
             else:
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             row = load_layer(session, access, layer_id)
-            yield session, _source(row, kind, view, self.limit)
+            yield session, _source(row, kind, view)
 
     @staticmethod
     def _selected(source: _Source) -> Select[Any]:
@@ -206,13 +270,13 @@ class AnnotationSource:
         return cut
 
 
-def _source(row: AnnotationLayer, kind: str, view: View, limit: int) -> _Source:
+def _source(row: AnnotationLayer, kind: str, view: View) -> _Source:
     spec = LayerSpec.model_validate(row.spec)
     if kind not in spec.types:
         raise InvalidView(f"layer {row.id} holds {', '.join(spec.types)}, not {kind}")
     lower = [float(v) for v in row.lower_bound]
     upper = [float(v) for v in row.upper_bound]
-    plan = LevelPlan.for_bounds(tuple(lower), tuple(upper), limit)
+    plan = LevelPlan.for_bounds(tuple(lower), tuple(upper), row.cell_limit)
     return _Source(row.id, row.generation, kind, view, Layout.of(spec, kind), plan, lower, upper,
                    row.max_extent)
 

@@ -4,13 +4,13 @@ Rows of ``annotation_versions`` are only added: an edit closes the current versi
 one, a delete closes it and adds a tombstone. A layer can so be read as of any past time. Each write is one
 transaction that first takes the layer's write lock (``BEGIN IMMEDIATE`` on SQLite; on PostgreSQL the row
 lock of bumping the layer's generation), so that concurrent writers of one layer take turns and an
-acknowledged write is committed. Every method takes the actor first and decides through
+acknowledged write is committed. The spatial index of the current annotations (``annotations.spatial_rows``)
+changes in the same transaction as the versions. Every method takes the actor first and decides through
 ``annotations.access`` only; records out, never ORM rows.
 """
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,9 +22,11 @@ from sqlalchemy import Select, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from annotations import spatial_rows
 from annotations.access import Action, Actor, DatasetAccess, require, require_maker_or_curator
+from annotations.annotation_encoding import Entry, Layout
 from annotations.catalog import UtcDatetime, as_utc
-from annotations.cells import LevelPlan
+from annotations.cells import DEFAULT_LIMIT, LevelPlan
 from annotations.errors import (
     AnnotationNotFound,
     BatchTooLarge,
@@ -41,6 +43,7 @@ from annotations.layer_specs import (
     LayerSpec,
     as_float32,
     check_annotation,
+    check_annotations,
 )
 from annotations.models import (
     Annotation,
@@ -52,6 +55,8 @@ from annotations.models import (
     utcnow,
 )
 from annotations.names import check_name
+from annotations.new_annotations import NewAnnotations, segment_rows
+from annotations.spatial_index import Batch
 from annotations.views import View
 
 MAX_BATCH = 100_000  # annotations in one bulk create
@@ -244,6 +249,20 @@ def view_clause(view: View) -> Any:
     return and_(*clauses)
 
 
+def _plan(row: AnnotationLayer) -> LevelPlan:
+    """The layer's spatial index levels, by its bounds and cell limit."""
+    return LevelPlan.for_bounds(tuple(float(v) for v in row.lower_bound), tuple(float(v) for v in row.upper_bound),
+                                row.cell_limit)
+
+
+def _lower(version: AnnotationVersion) -> tuple[float, float, float]:
+    return version.x0, version.y0, version.z0
+
+
+def _upper(version: AnnotationVersion) -> tuple[float, float, float]:
+    return version.x1, version.y1, version.z1
+
+
 def load_layer(session: Session, access: DatasetAccess, layer_id: int, lock: bool = False) -> AnnotationLayer:
     """The layer of this dataset; with ``lock``, bump its generation first (PostgreSQL's row lock: writers of
     one layer take turns). Raises LayerNotFound."""
@@ -262,9 +281,9 @@ def load_layer(session: Session, access: DatasetAccess, layer_id: int, lock: boo
 class AnnotationStore:
     """The annotation service (blocking; the web layer runs it in its database threads)."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], cell_limit: int = DEFAULT_LIMIT) -> None:
         self.sessions = sessions
-        self._random = random.SystemRandom()
+        self.cell_limit = cell_limit  # of the spatial index of layers made from now on
 
     # Layers
 
@@ -280,9 +299,11 @@ class AnnotationStore:
                 spec = LayerSpec.model_validate(layer.model_dump(include=set(LayerSpec.model_fields)))
                 row = AnnotationLayer(dataset_id=access.id, name=layer.name, description=layer.description,
                                       spec=spec.model_dump(), lower_bound=lower, upper_bound=upper, generation=0,
-                                      max_extent=0.0, created_by=actor.account_id, created_at=now, updated_at=now)
+                                      max_extent=0.0, cell_limit=self.cell_limit, created_by=actor.account_id,
+                                      created_at=now, updated_at=now)
                 session.add(row)
                 session.flush()
+                spatial_rows.forget(session.connection(), row.id)  # of a deleted layer whose id SQLite reuses
                 return layer_record(row)
         except IntegrityError:
             raise NameTaken(f"the dataset already has a layer named {layer.name!r}") from None
@@ -330,6 +351,10 @@ class AnnotationStore:
                 row.spec = new.model_dump()
                 row.updated_at = utcnow()
                 session.flush()
+                for kind in old.types:  # records laid out anew where properties or labels change their layout
+                    layout = Layout.of(new, kind)
+                    if layout.properties != Layout.of(old, kind).properties:
+                        spatial_rows.reencode(session.connection(), layer_id, kind, layout)
                 return layer_record(row)
         except IntegrityError:
             raise NameTaken(f"the dataset already has a layer named {changes.name!r}") from None
@@ -338,7 +363,9 @@ class AnnotationStore:
         """Remove a layer with its annotations and their history (curators)."""
         require(actor, Action.CURATE, access)
         with self._writing() as session:
-            session.delete(load_layer(session, access, layer_id, lock=True))
+            row = load_layer(session, access, layer_id, lock=True)
+            spatial_rows.forget(session.connection(), layer_id)
+            session.delete(row)
         return True
 
     # Annotations
@@ -351,24 +378,19 @@ class AnnotationStore:
         if max_batch is not None and len(items) > max_batch:
             raise BatchTooLarge(f"at most {max_batch} annotations in one request, not {len(items)}")
         with self.sessions() as session:
-            layer = layer_record(load_layer(session, access, layer_id))
-        checked = [self._check(layer, item, index=i if len(items) > 1 else None) for i, item in enumerate(items)]
-        plan = LevelPlan.for_bounds(tuple(layer.lower_bound), tuple(layer.upper_bound))
-        author = actor.name or ""
+            row = load_layer(session, access, layer_id)
+            layer, plan = layer_record(row), _plan(row)
+        checked = self._check_many(layer, items)
+        new = NewAnnotations.prepare(layer.spec.model_dump(), plan, checked)
         with self._writing() as session:
             row = load_layer(session, access, layer_id, lock=True)
-            now = utcnow()
+            if row.spec != new.spec:  # the layer's declaration grew meanwhile: records are laid out anew
+                new = NewAnnotations.prepare(row.spec, plan, checked, new.keys)
             ids: list[int] = []
             if checked:
-                row.max_extent = max(row.max_extent, *(item.extent for item in checked))
-                ids = list(session.scalars(
-                    insert(Annotation).returning(Annotation.id, sort_by_parameter_order=True),
-                    [{"layer_id": layer_id, "created_by": actor.account_id, "created_at": now} for _ in checked],
-                ))
-                draw = self._random.random
-                rows = [self._version_row(plan, layer_id, annotation_id, item, actor, author, now, draw())
-                        for annotation_id, item in zip(ids, checked, strict=True)]
-                self._insert_versions(session, layer, rows, checked)
+                row.max_extent = max(row.max_extent, *new.extents)
+                ids = new.write(session.connection(), layer_id, LayerSpec.model_validate(row.spec).relationships,
+                                actor.account_id, actor.name or "", utcnow())
         return CreatedRecord(layer_id=layer_id, count=len(ids), ids=ids)
 
     def get(self, actor: Actor, access: DatasetAccess, layer_id: int, annotation_id: int,
@@ -393,26 +415,27 @@ class AnnotationStore:
         with self.sessions() as session:
             layer = layer_record(load_layer(session, access, layer_id))
         checked = self._check(layer, item)
-        plan = LevelPlan.for_bounds(tuple(layer.lower_bound), tuple(layer.upper_bound))
         with self._writing() as session:
             layer_row = load_layer(session, access, layer_id, lock=True)
             layer_row.max_extent = max(layer_row.max_extent, checked.extent)
             current, created_at = self._current_for_change(session, actor, access, layer_id, annotation_id)
             now = utcnow()
             current.valid_to = now
+            plan, spec = _plan(layer_row), LayerSpec.model_validate(layer_row.spec)
             row = self._version_row(plan, layer_id, annotation_id, checked, actor, actor.name or "", now,
                                     current.sample_key)
             version = AnnotationVersion(**row)
             session.add(version)
             session.flush()
-            self._insert_segments(session, layer, [version.id], [checked])
+            self._insert_segments(session, layer_row.id, spec.relationships, [version.id], [checked])
+            self._index_change(session.connection(), plan, spec, current, checked)
             return _record(version, created_at)
 
     def delete(self, actor: Actor, access: DatasetAccess, layer_id: int, annotation_id: int) -> DeletedRecord:
         """Mark an annotation deleted (its creator, or a curator); its history stays."""
         require(actor, Action.ANNOTATE, access)
         with self._writing() as session:
-            load_layer(session, access, layer_id, lock=True)
+            layer_row = load_layer(session, access, layer_id, lock=True)
             current, _ = self._current_for_change(session, actor, access, layer_id, annotation_id)
             now = utcnow()
             current.valid_to = now
@@ -420,6 +443,9 @@ class AnnotationStore:
             columns.update(deleted=True, valid_from=now, valid_to=None, author=actor.name or "",
                            author_id=actor.account_id)
             session.add(AnnotationVersion(**columns))
+            spatial_rows.remove(session.connection(), layer_id, current.kind, _plan(layer_row),
+                                Layout.of(LayerSpec.model_validate(layer_row.spec), current.kind), current.sample_key,
+                                annotation_id, _lower(current), _upper(current))
         return DeletedRecord(id=annotation_id, deleted_at=now)
 
     def history(self, actor: Actor, access: DatasetAccess, layer_id: int, annotation_id: int) -> list[VersionRecord]:
@@ -445,14 +471,17 @@ class AnnotationStore:
         with self.sessions() as session:
             row = load_layer(session, access, layer_id)
             layer, margin = layer_record(row), row.max_extent
+            box = query.box()
+            # With a box, the id is hidden from the planners behind "+ 0": else they walk the whole layer in id
+            # order (the id index) instead of looking up the box's cells (the cell index) and sorting those.
+            by_id: Any = V.annotation_id if box is None else V.annotation_id + 0
             statement: Select[Any] = (
                 select(V, Annotation.created_at).join(Annotation, Annotation.id == V.annotation_id)
-                .where(V.layer_id == layer_id, view_clause(query.view), V.annotation_id > query.after)
+                .where(V.layer_id == layer_id, view_clause(query.view), by_id > query.after)
             )
-            box = query.box()
             if box is not None:
                 statement = statement.where(*self._box_clauses(layer, margin, *box))
-            rows = session.execute(statement.order_by(V.annotation_id).limit(query.limit + 1)).all()
+            rows = session.execute(statement.order_by(by_id).limit(query.limit + 1)).all()
         records = [_record(v, created) for v, created in rows[:query.limit]]
         more = len(rows) > query.limit
         return AnnotationPage(annotations=records, next_after=records[-1].id if more else None)
@@ -501,6 +530,30 @@ class AnnotationStore:
             if name not in labels:
                 raise InvalidLayer(f"a relationship names a label image of the dataset; {name[:64]!r} is not one")
 
+    def _check_many(self, layer: LayerRecord, items: Sequence[AnnotationIn]) -> list[CheckedAnnotation]:
+        """``items`` checked against the layer; the error of the first item with one names its index."""
+        try:
+            return check_annotations(layer.spec, layer.lower_bound, layer.upper_bound, items)
+        except InvalidAnnotation:
+            return [self._check(layer, item, index=i if len(items) > 1 else None) for i, item in enumerate(items)]
+
+    @staticmethod
+    def _index_change(connection: Any, plan: LevelPlan, spec: LayerSpec, current: AnnotationVersion,
+                      checked: CheckedAnnotation) -> None:
+        """The spatial index after an edit: the record replaced where the annotation stays in its cells (same
+        type and bounding box), else taken out and placed anew (with its own sample key)."""
+        layout = Layout.of(spec, checked.kind)
+        record = layout.encode(Entry(current.annotation_id, checked.geometry, checked.label, checked.properties, {}))
+        lower, upper = _lower(current), _upper(current)
+        if current.kind == checked.kind and (lower, upper) == (checked.lower, checked.upper) and \
+                spatial_rows.replace_record(connection, current.layer_id, current.kind, plan, current.sample_key,
+                                            current.annotation_id, lower, upper, record):
+            return
+        spatial_rows.remove(connection, current.layer_id, current.kind, plan, Layout.of(spec, current.kind),
+                            current.sample_key, current.annotation_id, lower, upper)
+        spatial_rows.place_batch(connection, current.layer_id, checked.kind, plan, layout, Batch.of(
+            [current.sample_key], [current.annotation_id], [record], [checked.lower], [checked.upper]))
+
     @staticmethod
     def _check(layer: LayerRecord, item: AnnotationIn, index: int | None = None) -> CheckedAnnotation:
         try:
@@ -523,22 +576,13 @@ class AnnotationStore:
             "valid_from": now, "valid_to": None,
         }
 
-    def _insert_versions(self, session: Session, layer: LayerRecord, rows: list[dict[str, Any]],
-                         checked: list[CheckedAnnotation]) -> None:
-        if not any(item.segments for item in checked):
-            session.execute(insert(AnnotationVersion), rows)
-            return
-        version_ids = list(session.scalars(
-            insert(AnnotationVersion).returning(AnnotationVersion.id, sort_by_parameter_order=True), rows))
-        self._insert_segments(session, layer, version_ids, checked)
-
     @staticmethod
-    def _insert_segments(session: Session, layer: LayerRecord, version_ids: list[int],
+    def _insert_segments(session: Session, layer_id: int, relationships: Sequence[str], version_ids: list[int],
                          checked: list[CheckedAnnotation]) -> None:
-        order = {name: i for i, name in enumerate(layer.spec.relationships)}
-        segments = [{"version_id": version_id, "relationship": order[name], "segment_id": segment, "layer_id": layer.id}
-                    for version_id, item in zip(version_ids, checked, strict=True)
-                    for name, ids in item.segments.items() for segment in ids]
+        segments = [{"version_id": version_id, "relationship": relationship, "segment_id": segment,
+                     "layer_id": layer}
+                    for version_id, relationship, segment, layer in segment_rows(layer_id, relationships, version_ids,
+                                                                                 checked)]
         if segments:
             session.execute(insert(AnnotationSegment), segments)
 

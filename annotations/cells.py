@@ -8,6 +8,11 @@ stay roughly cubic, and ``grid_shape * chunk_size = upper_bound - lower_bound`` 
 Every stored annotation carries the Morton code of the finest cell holding its anchor. Code bits are laid
 out so that the bits a coarser level drops are the lowest ones: each cell of every level is then one
 contiguous range of codes, which a B-tree index on (layer, code) answers on SQLite and PostgreSQL alike.
+A cell of any level is named in the database by its first finest code (``level_code``).
+
+A cell is a closed box, as the format's cells are: an annotation meets every cell its bounding box touches,
+so a point on a boundary between cells meets them all (``cells_met``). The vectorised forms take NumPy arrays
+of many annotations at once and compute exactly what the scalar forms do.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from annotations.errors import InvalidView
 
@@ -174,6 +181,57 @@ class LevelPlan:
             else:
                 merged.append((low, high))
         return merged
+
+    def level_code(self, cell: CellKey) -> int:
+        """The cell's name in the database: its first finest code (unique within its level)."""
+        return self.code_range(cell)[0]
+
+    def child_codes(self, level: int, code: int) -> list[int]:
+        """The level codes of the cells of ``level + 1`` inside the cell of ``level`` named ``code``: its code
+        range split evenly (the bits a finer level adds are the highest it keeps)."""
+        total, here, there = sum(self.finest.bits), sum(self.levels[level].bits), sum(self.levels[level + 1].bits)
+        step = 1 << (total - there)
+        return [code + k * step for k in range(1 << (there - here))]
+
+    # Vectorised forms (NumPy arrays of many annotations)
+
+    def codes(self, finest: np.ndarray) -> np.ndarray:
+        """``code`` of each row of finest-level cell coordinates (n x 3 integers)."""
+        finest = np.asarray(finest, dtype=np.int64).reshape(-1, 3)
+        out = np.zeros(len(finest), dtype=np.int64)
+        for position, (axis, bit) in enumerate(self._schedule):
+            out |= ((finest[:, axis] >> bit) & 1) << position
+        return out
+
+    def finest_codes(self, points: np.ndarray) -> np.ndarray:
+        """``code_of`` each row of ``points`` (n x 3, nm)."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        finest = len(self.levels) - 1
+        size = np.array(self.chunk_size(finest))
+        grid = np.array(self.finest.grid_shape)
+        coords = np.floor((points - np.array(self.lower)) / size)
+        return self.codes(np.clip(coords, 0, grid - 1).astype(np.int64))
+
+    def level_codes(self, level: int, coords: np.ndarray) -> np.ndarray:
+        """``level_code`` of each row of cell coordinates of ``level`` (n x 3)."""
+        shift = np.array([f - o for f, o in zip(self.finest.bits, self.levels[level].bits, strict=True)])
+        return self.codes(np.asarray(coords, dtype=np.int64).reshape(-1, 3) << shift)
+
+    def cells_met(self, level: int, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first and last cell coordinates of ``level`` (n x 3 each, inclusive) that each bounding box
+        [lower, upper] meets: cell c spans [origin + c·size, origin + c·size + size], closed."""
+        lower = np.asarray(lower, dtype=np.float64).reshape(-1, 3)
+        upper = np.asarray(upper, dtype=np.float64).reshape(-1, 3)
+        size = np.array(self.chunk_size(level))
+        origin = np.array(self.lower)
+        grid = np.array(self.levels[level].grid_shape)
+        # The conditions are monotonic in c: step from just outside to the first (last) cell that holds.
+        first = np.floor((lower - origin) / size).astype(np.int64) - 2
+        last = np.floor((upper - origin) / size).astype(np.int64) + 2
+        for _ in range(4):
+            first = np.where(origin + first * size + size >= lower, first, first + 1)
+            last = np.where(origin + last * size <= upper, last, last - 1)
+        return np.clip(first, 0, grid - 1), np.clip(last, 0, grid - 1)
 
     def all_cells(self, level: int) -> Iterator[CellKey]:
         grid = self.levels[level].grid_shape

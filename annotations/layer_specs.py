@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -245,6 +246,11 @@ def check_annotation(spec: LayerSpec, lower_bound: list[float], upper_bound: lis
     for prop in spec.properties:
         if prop.id not in properties and prop.default is not None:
             properties[prop.id] = check_property_value(prop, prop.default)
+    return CheckedAnnotation(item.type, tuple(geometry), lower, upper, item.label, item.description,  # type: ignore[arg-type]
+                             properties, _segments(spec, item))
+
+
+def _segments(spec: LayerSpec, item: AnnotationIn) -> dict[str, list[int]]:
     segments: dict[str, list[int]] = {}
     for name, ids in item.segments.items():
         if name not in spec.relationships:
@@ -254,8 +260,115 @@ def check_annotation(spec: LayerSpec, lower_bound: list[float], upper_bound: lis
         if any(not 0 <= i <= MAX_SEGMENT_ID for i in ids):
             raise InvalidAnnotation(f"segment ids of {name!r} must lie in [0, 2^63)")
         segments[name] = sorted(set(ids))
-    return CheckedAnnotation(item.type, tuple(geometry), lower, upper, item.label, item.description,  # type: ignore[arg-type]
-                             properties, segments)
+    return segments
+
+
+class _Unusual(Exception):
+    """The batch path met something it leaves to ``check_annotation`` (which also words any error)."""
+
+
+def check_annotations(spec: LayerSpec, lower_bound: list[float], upper_bound: list[float],
+                      items: Sequence[AnnotationIn]) -> list[CheckedAnnotation]:
+    """``check_annotation`` of each item, with the same results, a batch at a time: coordinates are checked
+    and rounded to float32 a column at a time. Anything unusual (above all, anything wrong) is left to
+    ``check_annotation`` item by item, so errors are the same, for the first item with one.
+
+    Raises InvalidAnnotation (from ``check_annotation``); the caller says which item.
+    """
+    try:
+        return _check_batch(spec, lower_bound, upper_bound, items)
+    except (_Unusual, InvalidAnnotation):  # the first item with an error may come before this one
+        return [check_annotation(spec, lower_bound, upper_bound, item) for item in items]
+
+
+_FIXED = {"point": ("point",), "line": ("point_a", "point_b"), "axis_aligned_bounding_box": ("point_a", "point_b"),
+          "ellipsoid": ("center", "radii")}
+_OTHERS = {kind: tuple(n for n in ("point", "point_a", "point_b", "center", "radii", "points") if n not in names)
+           for kind, names in _FIXED.items()}
+
+
+def _check_batch(spec: LayerSpec, lower_bound: list[float], upper_bound: list[float],
+                 items: Sequence[AnnotationIn]) -> list[CheckedAnnotation]:
+    types, labels = set(spec.types), {label.id for label in spec.labels}
+    props = {prop.id: prop for prop in spec.properties}
+    defaults = {prop.id: check_property_value(prop, prop.default) for prop in spec.properties
+                if prop.default is not None}
+    coordinates: dict[str, list[Any]] = {kind: [] for kind in _FIXED}
+    where: dict[str, list[int]] = {kind: [] for kind in _FIXED}
+    properties: list[dict[str, Any]] = []
+    segments: list[dict[str, list[int]]] = []
+    polylines: dict[int, CheckedAnnotation] = {}
+    floats: list[tuple[dict[str, Any], str, float]] = []  # float32 properties, rounded a column at a time
+    for index, item in enumerate(items):
+        given = item.__dict__  # the model's fields
+        kind = given["type"]
+        label = given["label"]
+        if kind not in types or (label is not None and label not in labels):
+            raise _Unusual
+        if kind == "polyline":
+            polylines[index] = check_annotation(spec, lower_bound, upper_bound, item)
+            properties.append(polylines[index].properties)
+            segments.append(polylines[index].segments)
+            continue
+        for name in _OTHERS[kind]:
+            if given[name] is not None:
+                raise _Unusual
+        values = coordinates[kind]
+        for name in _FIXED[kind]:
+            point = given[name]
+            if point is None or len(point) != RANK:
+                raise _Unusual
+            values.extend(point)
+        where[kind].append(index)
+        checked: dict[str, Any] = {}
+        for name, value in given["properties"].items():
+            prop = props.get(name)
+            if prop is None:
+                raise _Unusual
+            if prop.type == "float32" and type(value) is float and -FLOAT32_MAX <= value <= FLOAT32_MAX and \
+                    prop.enum_values is None:
+                checked[name] = value
+                floats.append((checked, name, value))
+            else:
+                checked[name] = check_property_value(prop, value)
+        if defaults:
+            checked.update((k, v) for k, v in defaults.items() if k not in checked)
+        properties.append(checked)
+        segments.append(_segments(spec, item) if given["segments"] else {})
+    if floats:
+        rounded = np.array([value for _, _, value in floats], dtype=np.float32).tolist()
+        for (checked, name, _), value in zip(floats, rounded, strict=True):
+            checked[name] = value
+    out: list[CheckedAnnotation | None] = [None] * len(items)
+    for index, checked_polyline in polylines.items():
+        out[index] = checked_polyline
+    low, high = np.array(lower_bound, dtype=np.float64), np.array(upper_bound, dtype=np.float64)
+    for kind, values in coordinates.items():
+        if not values:
+            continue
+        try:
+            given = np.array(values, dtype=np.float64).reshape(len(where[kind]), -1, RANK)
+        except (OverflowError, TypeError, ValueError):
+            raise _Unusual from None
+        if not np.all(np.isfinite(given)) or np.any(np.abs(given) > FLOAT32_MAX):
+            raise _Unusual
+        rounded = given.astype(np.float32).astype(np.float64)
+        placed = rounded[:, :1] if kind == "ellipsoid" else rounded  # an ellipsoid's radii are no place
+        if np.any(placed < low) or np.any(placed > high):
+            raise _Unusual
+        if kind == "ellipsoid":
+            if np.any(rounded[:, 1] < 0):
+                raise _Unusual
+            lower, upper = rounded[:, 0] - rounded[:, 1], rounded[:, 0] + rounded[:, 1]
+        else:
+            lower, upper = rounded.min(axis=1), rounded.max(axis=1)
+        flat = rounded.reshape(len(where[kind]), -1).tolist()
+        for index, geometry, low_corner, high_corner in zip(where[kind], flat, lower.tolist(), upper.tolist(),
+                                                             strict=True):
+            item = items[index]
+            out[index] = CheckedAnnotation(kind, tuple(geometry), tuple(low_corner), tuple(high_corner),  # type: ignore[arg-type]
+                                           item.label, item.description, properties[index], segments[index])
+    return out  # type: ignore[return-value]
 
 
 def check_property_value(spec: PropertySpec, value: Any, enum: bool = True) -> Any:

@@ -15,6 +15,8 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -203,7 +205,9 @@ class AnnotationLayer(Base):
 
     ``spec`` holds the layer's annotation types, labels, typed properties and relationships (see
     ``annotations.layer_specs.LayerSpec``); ``generation`` grows with every write to the layer, so that
-    derived values (spatial-index cell counts) can be cached per generation.
+    derived values (spatial-index cell cut-offs of filtered views) can be cached per generation.
+    ``cell_limit`` is the most annotations a spatial-index cell above the finest level serves, fixed when
+    the layer is made (``AnnotationCellEntry`` rows are placed by it).
     """
 
     __tablename__ = "annotation_layers"
@@ -219,6 +223,7 @@ class AnnotationLayer(Base):
     # The largest half side of any annotation ever stored (never lowered): how far a bounding-box look-up
     # widens its cell ranges, since annotations are filed by the centre of their bounding box.
     max_extent: Mapped[float] = mapped_column(Float, default=0.0)
+    cell_limit: Mapped[int] = mapped_column(Integer, default=2000, server_default="2000")
     created_by: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -243,12 +248,13 @@ class AnnotationVersion(Base):
 
     ``cell`` is the Morton code of the finest spatial-index cell holding the annotation's anchor (the
     centre of its bounding box), ``sample_key`` its fixed random key in [0, 1); the bounding box columns and
-    ``extent`` (the largest half side) serve bounding-box queries.
+    ``extent`` (the largest half side) serve bounding-box queries, of the current versions and as of a time
+    (``ix_annotation_versions_cell``).
     """
 
     __tablename__ = "annotation_versions"
     __table_args__ = (
-        Index("ix_annotation_versions_current_cell", "layer_id", "valid_to", "cell"),
+        Index("ix_annotation_versions_cell", "layer_id", "cell", "valid_to", "valid_from"),
         Index("ix_annotation_versions_annotation", "annotation_id", "valid_from"),
         Index("ix_annotation_versions_layer_time", "layer_id", "valid_from"),
     )
@@ -287,6 +293,43 @@ class AnnotationSegment(Base):
     relationship: Mapped[int] = mapped_column(Integer, primary_key=True)
     segment_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     layer_id: Mapped[int] = mapped_column(ForeignKey("annotation_layers.id", ondelete="CASCADE"))
+
+
+class AnnotationCellEntry(Base):
+    """One annotation served by one spatial-index cell of the layer's ``current`` precomputed source, with its
+    encoded record (geometry and properties as the format lays them out): a cell is one range of the primary
+    key, read in key order and sent as stored (``annotations.spatial_rows``). ``kind`` is the annotation
+    type's position in ``layer_specs.ANNOTATION_TYPES``; ``cell`` the cell's first finest Morton code.
+
+    Kept with the current versions in the same transactions (``annotations.spatial_index`` says which
+    annotations each cell serves); without a rowid on SQLite, so a cell's rows are stored together. Derived
+    data without foreign keys (PostgreSQL checks each key of each row by a trigger, doubling a bulk insert):
+    deleting a layer deletes its entries and counts (``annotations.spatial_rows.forget``).
+    """
+
+    __tablename__ = "annotation_cell_entries"
+    __table_args__ = {"sqlite_with_rowid": False}
+    layer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    cell: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sample_key: Mapped[float] = mapped_column(Float, primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    record: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AnnotationCellCount(Base):
+    """How many annotations a spatial-index cell above the finest level serves, and a bound no key of them
+    exceeds (``spatial_index.CellCount``): placing reads these instead of counting a cell's entries."""
+
+    __tablename__ = "annotation_cell_counts"
+    __table_args__ = {"sqlite_with_rowid": False}
+    layer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    cell: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer)
+    max_key: Mapped[float] = mapped_column(Float)
 
 
 class SharedView(Base):

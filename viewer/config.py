@@ -64,7 +64,8 @@ class Settings:
     )
     annotation_cell_limit: int = field(
         default=2000, metadata={"help": "annotations per spatial-index cell of a precomputed annotation source "
-                                        "above its finest level (a random subsample)"},
+                                        "above its finest level (a random subsample), for layers made from now on "
+                                        "(a layer keeps the limit it was made with)"},
     )
     trusted_proxies: str = field(
         default="127.0.0.1,::1",

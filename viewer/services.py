@@ -202,8 +202,8 @@ class Services:
             transforms=Transforms(sessions),
             accounts=Accounts(sessions),
             access=Access(sessions),
-            annotations=AnnotationStore(sessions),
-            annotation_source=AnnotationSource(sessions, settings.annotation_cell_limit),
+            annotations=AnnotationStore(sessions, settings.annotation_cell_limit),
+            annotation_source=AnnotationSource(sessions),
         )
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

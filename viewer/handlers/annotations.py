@@ -138,7 +138,8 @@ class AnnotationsHandler(BaseHandler):
         response=CreatedRecord, status=201)
     async def post(self, dataset_ref: str, layer_id: str) -> None:
         with bodies.collection_paused():
-            value = await self.json_body(BULK_VALUES)
+            value = await asyncio.to_thread(bodies.parse_list, self.body, "annotations",
+                                            max_values=BULK_VALUES)
             if not (isinstance(value, dict) and set(value) == {"annotations"}
                     and isinstance(value["annotations"], list)):
                 raise BadRequest('the body must be {"annotations": [ … ]} (at most 100,000 annotations)')
