@@ -256,6 +256,7 @@ class AnnotationVersion(Base):
     __table_args__ = (
         Index("ix_annotation_versions_cell", "layer_id", "cell", "valid_to", "valid_from"),
         Index("ix_annotation_versions_annotation", "annotation_id", "valid_from"),
+        Index("ix_annotation_versions_layer_order", "layer_id", "annotation_id"),
         Index("ix_annotation_versions_layer_time", "layer_id", "valid_from"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

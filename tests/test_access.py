@@ -142,6 +142,10 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
                                     REFUSED if s == "POST" else None),
     "annotation": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/annotation-layers/999999/annotations/1",
                                    REFUSED if s == "PUT" else None),
+    "annotation-export": lambda m, v, s: (
+        f"/api/datasets/{DATASETS[v]}/annotation-layers/999999/export?format=csv", None),
+    "annotation-import": lambda m, v, s: (
+        f"/api/datasets/{DATASETS[v]}/annotation-layers/999999/import?format=csv", REFUSED),
     "annotation-history": lambda m, v, s: (
         f"/api/datasets/{DATASETS[v]}/annotation-layers/999999/annotations/1/history", None),
     "annotation-source-info": lambda m, v, s: (f"{_source(v)}/info", None),

@@ -398,6 +398,7 @@ def test_exports_and_imports_follow_access(site: Site) -> None:
 
 POINTS = 300_000
 SMALL = 3_000
+SQLITE_PAGE_CACHE_MIB = 64  # PRAGMA cache_size of every connection (annotations.db)
 
 
 @pytest.fixture(scope="module")
@@ -439,7 +440,9 @@ def peak_export_mib(url: str, layer: str, fmt: str, output: Path) -> float:
 def test_memory_stays_flat_while_a_large_layer_streams_out(large_layers: str, fmt: str, tmp_path: Path) -> None:
     """Exporting 300,000 points takes about the memory of exporting 3,000 (measured here: 4 to 20 MiB more, the
     precomputed formats holding one 4 MiB shard and SQLite sorting): far less than the layer's rows would take
-    read at once (some 150 MiB as Python tuples), whatever the format."""
+    read at once (some 150 MiB as Python tuples), whatever the format. SQLite's page cache of the export's
+    connection (64 MiB at most, ``annotations.db``) fills while the large layer is read: bounded, whatever the
+    layer's size, so it is allowed for."""
     small = peak_export_mib(large_layers, "small", fmt, tmp_path / "small")
     started = time.perf_counter()
     large = peak_export_mib(large_layers, "large", fmt, tmp_path / "large")
@@ -447,7 +450,7 @@ def test_memory_stays_flat_while_a_large_layer_streams_out(large_layers: str, fm
     written = (tmp_path / "large").stat().st_size / 2**20
     print(f"\n{fmt}: peak {small:.0f} MiB for {SMALL} points, {large:.0f} MiB for {POINTS} ({written:.0f} MiB written "
           f"in {elapsed:.0f} s)")
-    assert large - small < 32
+    assert large - small < 32 + SQLITE_PAGE_CACHE_MIB
 
 
 @pytest.mark.parametrize("keys", [[*sorted(random.Random(1).sample(range(1, 2**40), 3000)), 2**64 - 1],

@@ -45,6 +45,8 @@ def upgrade() -> None:
     op.drop_index("ix_annotation_versions_current_cell", "annotation_versions")
     op.create_index("ix_annotation_versions_cell", "annotation_versions",
                     ["layer_id", "cell", "valid_to", "valid_from"])
+    # A layer's annotations in id order (listings, exports) without sorting the layer.
+    op.create_index("ix_annotation_versions_layer_order", "annotation_versions", ["layer_id", "annotation_id"])
 
     from annotations.spatial_rows import rebuild
 
@@ -54,6 +56,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_annotation_versions_layer_order", "annotation_versions")
     op.drop_index("ix_annotation_versions_cell", "annotation_versions")
     op.create_index("ix_annotation_versions_current_cell", "annotation_versions", ["layer_id", "valid_to", "cell"])
     op.drop_table("annotation_cell_counts")
