@@ -35,6 +35,7 @@ from annotations.errors import (
     LayerNotFound,
     NameTaken,
 )
+from annotations.gradual import release
 from annotations.layer_specs import (
     GEOMETRY_FIELDS,
     RANK,
@@ -391,6 +392,8 @@ class AnnotationStore:
                 row.max_extent = max(row.max_extent, *new.extents)
                 ids = new.write(session.connection(), layer_id, LayerSpec.model_validate(row.spec).relationships,
                                 actor.account_id, actor.name or "", utcnow())
+        new.release()
+        release(checked)
         return CreatedRecord(layer_id=layer_id, count=len(ids), ids=ids)
 
     def get(self, actor: Actor, access: DatasetAccess, layer_id: int, annotation_id: int,

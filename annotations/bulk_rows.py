@@ -9,11 +9,15 @@ models as any other.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 from sqlalchemy import Column, Connection, Table
+
+from annotations.gradual import SLICE
 
 
 def dialect_of(connection: Connection) -> str:
@@ -54,9 +58,11 @@ def insert_rows(connection: Connection, table: Table, columns: Sequence[str], ro
                 copy.write_row(row)
         return
     marks = ", ".join("?" for _ in columns)
-    rows = rows if isinstance(rows, list) else list(rows)
-    if rows:
-        connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)  # type: ignore[arg-type]
+    statement = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"
+    rows = iter(rows)
+    while part := list(itertools.islice(rows, SLICE)):  # a slice at a time: see ``annotations.gradual``
+        connection.exec_driver_sql(statement, part)  # type: ignore[arg-type]
+        time.sleep(0)
 
 
 def new_ids(connection: Connection, tables: Sequence[Table], count: int) -> list[list[int]]:

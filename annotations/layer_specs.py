@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 from annotations.errors import InvalidAnnotation
+from annotations.gradual import array
 from annotations.names import NoNulSchema
 
 AnnotationType = Literal["point", "line", "axis_aligned_bounding_box", "ellipsoid", "polyline"]
@@ -336,7 +337,7 @@ def _check_batch(spec: LayerSpec, lower_bound: list[float], upper_bound: list[fl
         properties.append(checked)
         segments.append(_segments(spec, item) if given["segments"] else {})
     if floats:
-        rounded = np.array([value for _, _, value in floats], dtype=np.float32).tolist()
+        rounded = array([value for _, _, value in floats], np.float32).tolist()
         for (checked, name, _), value in zip(floats, rounded, strict=True):
             checked[name] = value
     out: list[CheckedAnnotation | None] = [None] * len(items)
@@ -347,7 +348,7 @@ def _check_batch(spec: LayerSpec, lower_bound: list[float], upper_bound: list[fl
         if not values:
             continue
         try:
-            given = np.array(values, dtype=np.float64).reshape(len(where[kind]), -1, RANK)
+            given = array(values, np.float64).reshape(len(where[kind]), -1, RANK)
         except (OverflowError, TypeError, ValueError):
             raise _Unusual from None
         if not np.all(np.isfinite(given)) or np.any(np.abs(given) > FLOAT32_MAX):

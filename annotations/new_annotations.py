@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 from annotations.annotation_encoding import Entry, Layout
 from annotations.bulk_rows import dialect_of, insert_rows, json_text, new_ids, stored
 from annotations.cells import LevelPlan
+from annotations.gradual import array, release
 from annotations.layer_specs import CheckedAnnotation, LayerSpec
 from annotations.models import Annotation, AnnotationSegment, AnnotationVersion
 from annotations.spatial_index import Batch
@@ -52,8 +53,8 @@ class NewAnnotations:
         """Everything but ids; ``keys``: given sample keys (a moved annotation keeps its own), else new ones."""
         n = len(items)
         keys = np.random.default_rng().random(n) if keys is None else keys
-        lower = np.array([item.lower for item in items], dtype=np.float64).reshape(n, 3)
-        upper = np.array([item.upper for item in items], dtype=np.float64).reshape(n, 3)
+        lower = array([item.lower for item in items], np.float64, 3)
+        upper = array([item.upper for item in items], np.float64, 3)
         codes = plan.finest_codes((lower + upper) / 2).tolist() if n else []
         extents = ((upper - lower) / 2).max(axis=1).tolist() if n else []
         return cls(spec, plan, items, keys, codes, lower, upper, extents, encode(LayerSpec.model_validate(spec), items),
@@ -87,7 +88,12 @@ class NewAnnotations:
             place_batch(connection, layer_id, kind, self.plan, Layout.of(spec, kind), Batch.of(
                 (keys[i] for i in rows), (ids[i] for i in rows), [self.records[i] for i in rows],
                 [low[i] for i in rows], [high[i] for i in rows]))
+        release(low, high)
         return ids
+
+    def release(self) -> None:
+        """Free what was prepared, a slice at a time (``annotations.gradual``)."""
+        release(self.records, self.geometry, self.properties, self.segments, self.codes, self.extents)
 
 
 def insert_identities(connection: Connection, ids: list[int], layer_id: int, author_id: int | None,
@@ -115,7 +121,7 @@ def encode(spec: LayerSpec, items: Sequence[CheckedAnnotation]) -> list[bytes]:
             for i in rows:
                 records[i] = layout.encode(Entry(0, items[i].geometry, items[i].label, items[i].properties, {}))
             continue
-        encoded = layout.encode_many(np.array([items[i].geometry for i in rows], dtype=np.float32),
+        encoded = layout.encode_many(array([items[i].geometry for i in rows], np.float32, len(items[rows[0]].geometry)),
                                      [items[i].label for i in rows], [items[i].properties for i in rows])
         for i, record in zip(rows, encoded, strict=True):
             records[i] = record

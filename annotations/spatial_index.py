@@ -40,6 +40,7 @@ from typing import Protocol
 import numpy as np
 
 from annotations.cells import LevelPlan
+from annotations.gradual import array
 
 Boxes = Callable[[list[bytes]], tuple[np.ndarray, np.ndarray]]  # records -> their bounding boxes (n x 3 each)
 Incumbent = tuple[float, int, bytes]  # sample key, annotation id, record
@@ -86,8 +87,7 @@ class Batch:
     def of(cls, keys: Iterable[float], ids: Iterable[int], records: Iterable[bytes], lower: Iterable[Iterable[float]],
            upper: Iterable[Iterable[float]]) -> Batch:
         batch = cls(np.fromiter(keys, dtype=np.float64), np.fromiter(ids, dtype=np.int64), list(records),
-                    np.array(list(lower), dtype=np.float64).reshape(-1, 3),
-                    np.array(list(upper), dtype=np.float64).reshape(-1, 3))
+                    array(list(lower), np.float64, 3), array(list(upper), np.float64, 3))
         return batch.take(np.lexsort((batch.ids, batch.keys)))
 
     def __len__(self) -> int:
@@ -209,8 +209,14 @@ def _level(plan: LevelPlan, level: int, state: CellState, pending: Batch, met: M
         incumbents = largest.get(int(cells[i]), [])
         records = {annotation_id: (key, record) for key, annotation_id, record in incumbents}
         rows = members[i]
-        union = sorted([(key, annotation_id, -1) for key, annotation_id, _ in incumbents]
-                       + list(zip(keys[rows].tolist(), ids[rows].tolist(), rows, strict=True)), reverse=True)
+        # The union of incumbents (row -1) and contenders, largest (key, id) first, sorted by NumPy (a sort of
+        # 100,000 tuples would hold the interpreter lock for 100 ms: ``annotations.gradual``).
+        union_keys = np.concatenate([np.array([k for k, _, _ in incumbents], dtype=np.float64), keys[rows]])
+        union_ids = np.concatenate([np.array([a for _, a, _ in incumbents], dtype=np.int64), ids[rows]])
+        union_rows = np.concatenate([np.full(len(incumbents), -1, dtype=np.int64), np.array(rows, dtype=np.int64)])
+        order = np.lexsort((union_ids, union_keys))[::-1]
+        union = list(zip(union_keys[order].tolist(), union_ids[order].tolist(), union_rows[order].tolist(),
+                         strict=True))
         dropped, kept = union[:extra[i]], union[extra[i]:]
         threshold_key[i], threshold_id[i] = dropped[-1][0], dropped[-1][1]
         for _, annotation_id, row in dropped:

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, select
 from annotations.annotation_encoding import Entry, Layout
 from annotations.bulk_rows import dialect_of, execute_many, insert_rows, sql
 from annotations.cells import LevelPlan
+from annotations.gradual import array, release
 from annotations.layer_specs import ANNOTATION_TYPES, LayerSpec
 from annotations.models import AnnotationCellCount, AnnotationCellEntry, AnnotationLayer, AnnotationVersion
 from annotations.spatial_index import Batch, CellCount, Changes, Incumbent, cells_of, place, refill
@@ -202,16 +203,20 @@ def store(connection: Connection, layer_id: int, kind: str, changes: Changes) ->
                                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (layer_id, kind, level, cell) "
                                  "DO UPDATE SET count = excluded.count, max_key = excluded.max_key",
                      [(layer_id, code, level, cell, now.count, now.max_key) for (level, cell), now in counts])
-    added = sorted(changes.added, key=lambda row: row[:4])
-    insert_rows(connection, ENTRIES, ENTRY_COLUMNS, [(layer_id, code, *row) for row in added])
+    added = changes.added
+    if added:  # inserted in primary-key order, sorted by NumPy (``annotations.gradual``)
+        order = np.lexsort((array([row[3] for row in added], np.int64), array([row[2] for row in added], np.float64),
+                            array([row[1] for row in added], np.int64), array([row[0] for row in added], np.int64)))
+        insert_rows(connection, ENTRIES, ENTRY_COLUMNS, ((layer_id, code, *added[i]) for i in order.tolist()))
 
 
 def place_batch(connection: Connection, layer_id: int, kind: str, plan: LevelPlan, layout: Layout,
                 batch: Batch) -> None:
     """Place annotations that are not in the index (new ones, moved ones taken out first)."""
     if len(batch):
-        store(connection, layer_id, kind, place(plan, StoredCells(connection, layer_id, kind), batch,
-                                                layout.bounds_many))
+        changes = place(plan, StoredCells(connection, layer_id, kind), batch, layout.bounds_many)
+        store(connection, layer_id, kind, changes)
+        release(changes.added, changes.removed, batch.records)
 
 
 def _found(connection: Connection, plan: LevelPlan, statement: str, parameters: Sequence[Any], lower: Sequence[float],

@@ -128,7 +128,7 @@ def parse_list(data: bytes, field: str, *, max_depth: int = MAX_DEPTH, max_value
     where the whole body is between two objects, since its text from a true boundary forms whole values.
     """
     head = re.match(rb'\A\s*\{\s*"' + re.escape(field.encode()) + rb'"\s*:\s*\[\s*', data)
-    tail = _LIST_TAIL.search(data)
+    tail = _LIST_TAIL.search(data, max(0, len(data) - 4096))  # from anywhere, a search walks the whole body
     if head is None or tail is None or tail.start() < head.end():
         return parse(data, max_depth=max_depth, max_values=max_values)
     items: list[Any] = []

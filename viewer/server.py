@@ -35,6 +35,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Connections waiting to be accepted (the kernel caps it at net.core.somaxconn). Tornado's 128 overflowed
 # under a burst of a few hundred connections: the next client's SYN was dropped and retried a second later.
 BACKLOG = 1024
+SWITCH_INTERVAL = 0.001  # seconds a thread may hold the interpreter lock while another waits for it
 
 
 def run(settings: Settings) -> None:
@@ -362,6 +363,10 @@ async def _serve(settings: Settings, sockets: list[socket.socket]) -> None:
     # loaded at start): every other client waited that long. What exists now lives as long as the server.
     gc.collect()
     gc.freeze()
+    # A worker thread busy in Python (a bulk create checks and stores 100,000 annotations for seconds) gives
+    # the interpreter lock up only when asked, after the switch interval: each step of another client's
+    # request could wait that long, 5 ms by default, and a request takes several steps.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     server.add_sockets(sockets)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()

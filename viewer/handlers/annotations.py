@@ -24,6 +24,7 @@ from annotations.annotation_store import (
     VersionRecord,
 )
 from annotations.errors import BatchTooLarge
+from annotations.gradual import release
 from annotations.layer_specs import AnnotationIn
 from annotations.views import View
 from viewer import bodies
@@ -147,8 +148,11 @@ class AnnotationsHandler(BaseHandler):
                 raise BatchTooLarge(f"at most {MAX_BATCH} annotations in one request, not {len(value['annotations'])}")
             items = await asyncio.to_thread(bodies.validate_items, ANNOTATION_LIST, value["annotations"],
                                             "annotations")
-            created = await self.services.call(self.services.annotations.create_many, self.actor,
-                                               self.dataset_access, int(layer_id), items)
+            try:
+                created = await self.services.call(self.services.annotations.create_many, self.actor,
+                                                   self.dataset_access, int(layer_id), items)
+            finally:  # freed a slice at a time in a worker, not at once on the event loop
+                await asyncio.to_thread(release, value["annotations"], items)
         self.write_json(created, 201)
 
 
