@@ -113,6 +113,10 @@ class InvalidView(CatalogError, ValueError):
     """A precomputed view (filters), spatial cell key or list query that cannot be used."""
 
 
+class InvalidState(CatalogError, ValueError):
+    """A viewer state whose layers are not a list of layer objects (nor Neuroglancer's older name-keyed form)."""
+
+
 class BatchTooLarge(CatalogError, ValueError):
     """More annotations in one request than a bulk write takes."""
 

@@ -30,9 +30,11 @@ from annotations.viewer_layers import (
     Problem,
     SavedAnnotation,
     SessionAnnotations,
+    checked_state,
     diff,
     drawn_annotations,
     frozen,
+    state_layers,
     with_database_layers,
     with_record,
 )
@@ -139,15 +141,16 @@ class ViewerAnnotations:
         """Store a state a viewer (or a client of the API) sends, saving what its edit layers changed.
 
         With ``expected``, only if that is still the session's generation: StaleGeneration otherwise, before
-        anything is saved. Returns the new generation.
+        anything is saved; InvalidState for layers that are not layer objects. Returns the new generation.
         """
+        state = checked_state(state)
         current = self.viewer_sessions.get(token)
         if expected is not None and current.generation != expected:
             raise StaleGeneration(f"session {token!r} has moved past generation {expected!r}")
         record = SessionAnnotations.of(current.state)
         wrote = False
         if access is not None and record.edit_layers:
-            layers = {layer.get("name"): layer for layer in state.get("layers", []) if isinstance(layer, dict)}
+            layers = {layer.get("name"): layer for layer in state_layers(state)}
             for name, entry in record.edit_layers.items():
                 layer = layers.get(name)
                 parsed = drawn_annotations(layer) if layer is not None else None

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from annotations.annotation_store import AnnotationRecord, LayerRecord
+from annotations.errors import InvalidState
 from annotations.layer_specs import GEOMETRY_FIELDS, RANK, AnnotationIn
 
 RECORD_KEY = "lamella"
@@ -141,22 +142,45 @@ def edit_layer(layer: LayerRecord) -> dict[str, Any]:
             "annotations": []}
 
 
+def state_layers(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """A state's layers as a list of layer objects, whatever a stored state holds: Neuroglancer's older
+    name-keyed form becomes the list form; anything that is not a layer object is left out."""
+    layers = state.get("layers")
+    if isinstance(layers, dict):
+        return [{**layer, "name": name} for name, layer in layers.items() if isinstance(layer, dict)]
+    if isinstance(layers, list):
+        return [layer for layer in layers if isinstance(layer, dict)]
+    return []
+
+
+def checked_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A state a client sends, with its layers in the list form; InvalidState if they are neither a list of
+    layer objects nor Neuroglancer's name-keyed object of them."""
+    layers = state.get("layers")
+    if layers is None or (isinstance(layers, list) and all(isinstance(layer, dict) for layer in layers)):
+        return state
+    if isinstance(layers, dict) and all(isinstance(layer, dict) for layer in layers.values()):
+        return {**state, "layers": state_layers(state)}
+    raise InvalidState('"layers" must be a list of layer objects (or an object of them keyed by name)')
+
+
 def with_database_layers(state: dict[str, Any], record: SessionAnnotations, origin: str,
                          layers: Sequence[LayerRecord], editable: bool) -> tuple[dict[str, Any], bool]:
     """``state`` (a copy) with a view layer for each database layer it lacks and, when ``editable``, an edit
     layer (``record`` learns it). Returns (state, whether anything was added)."""
     new_state = copy.deepcopy(state)
-    present = {layer.get("name") for layer in new_state.get("layers", []) if isinstance(layer, dict)}
+    new_state["layers"] = state_layers(new_state)
+    present = {layer.get("name") for layer in new_state["layers"]}
     tracked = {entry.layer_id for entry in record.edit_layers.values()}
     added = False
     for layer in layers:
         if layer.name not in present:
-            new_state.setdefault("layers", []).append(view_layer(origin, layer))
+            new_state["layers"].append(view_layer(origin, layer))
             present.add(layer.name)
             added = True
         name = edit_layer_name(layer.name)
         if editable and layer.id not in tracked and name not in present:
-            new_state.setdefault("layers", []).append(edit_layer(layer))
+            new_state["layers"].append(edit_layer(layer))
             record.edit_layers[name] = EditLayerRecord(layer_id=layer.id)
             present.add(name)
             added = True
@@ -169,8 +193,7 @@ def frozen(state: dict[str, Any]) -> dict[str, Any]:
     record = SessionAnnotations.of(state)
     view_names = {name: name.removesuffix(EDIT_SUFFIX) for name in record.edit_layers}
     copied = copy.deepcopy({key: value for key, value in state.items() if key != RECORD_KEY})
-    copied["layers"] = [layer for layer in copied.get("layers", [])
-                        if not (isinstance(layer, dict) and layer.get("name") in view_names)]
+    copied["layers"] = [layer for layer in state_layers(copied) if layer.get("name") not in view_names]
     selection = copied.get("selection")
     if isinstance(selection, dict) and isinstance(selection.get("layers"), dict):
         layers = {}

@@ -328,11 +328,15 @@ def test_malformed_session_states_and_odd_bodies_get_400(server: Server) -> None
                            data='{"layers": {"em": {"window": [1, Infinity]}}}')
     assert answer.status_code == 400
     current = server.get(f"/api/sessions/{token}").json()
-    assert put(server, f"/api/sessions/{token}", {"state": {"layers": "x"}, "generation": current["generation"]}).ok
-    for path, body in (("display", {"layout": "xy"}), ("landmark-layers", {"image": "fluorescence"}),
-                       ("register", {"image": "fluorescence"})):
+    answer = put(server, f"/api/sessions/{token}", {"state": {"layers": "x"}, "generation": current["generation"]})
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_state"
+    assert server.get(f"/api/sessions/{token}").json()["generation"] == current["generation"]
+    broken = {"layers": [{"name": "fluorescence landmarks", "annotations": [{"type": "point", "point": "x"}]}]}
+    assert put(server, f"/api/sessions/{token}", {"state": broken, "generation": current["generation"]}).ok
+    for path, body in (("display", {"layers": {"em": {"window": [0, 1]}}}), ("register", {"image": "fluorescence"})):
         answer = post(server, f"/api/sessions/{token}/{path}", body)
         assert answer.status_code == 400, (path, answer.text)
+    assert post(server, f"/api/sessions/{token}/landmark-layers", {"image": "fluorescence"}).ok  # adds, keeps
     # A saved transform is not undone by one broken session of the dataset.
     answer = put(server, f"{BASE}/transform", {"matrix": np.eye(4).tolist()})
     assert answer.status_code == 200, answer.text

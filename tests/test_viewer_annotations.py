@@ -18,7 +18,7 @@ from annotations.accounts import Accounts
 from annotations.annotation_store import AnnotationQuery, AnnotationStore, LayerIn
 from annotations.catalog import Catalog, ImageSpec, NewDataset
 from annotations.db import make_engine, make_sessions, migrate, sqlite_url
-from annotations.errors import SharedViewNotFound, StaleGeneration
+from annotations.errors import InvalidState, SharedViewNotFound, StaleGeneration
 from annotations.shared_views import SharedViews
 from annotations.viewer_annotations import ViewerAnnotations
 from annotations.viewer_layers import RECORD_KEY, diff, drawn_annotations, edit_layer_name
@@ -221,6 +221,37 @@ def test_layers_made_later_join_an_open_session(world: World) -> None:
     generation = world.sessions.get(token).generation
     world.viewer.show_layers(token, store_actor, access, ORIGIN)  # nothing new: the state is not rewritten
     assert world.sessions.get(token).generation == generation
+
+
+@pytest.mark.parametrize("layers", ["synapses", 5, [1, "x"], {"synapses": "x"}])
+def test_a_state_whose_layers_are_not_layer_objects_is_refused(world: World, layers: Any) -> None:
+    token = world.open("ann")
+    generation = world.sessions.get(token).generation
+    with pytest.raises(InvalidState, match="layers"):
+        world.post(token, "ann", change=lambda state: state.update(layers=layers))
+    assert world.sessions.get(token).generation == generation
+
+
+def test_older_name_keyed_layers_are_read_as_a_list(world: World) -> None:
+    """Neuroglancer's older state form keys layers by name; it is stored in the list form."""
+    token = world.open("ann")
+    world.post(token, "ann", change=lambda state: state.update(
+        layers={layer["name"]: {k: v for k, v in layer.items() if k != "name"} for layer in state["layers"]}))
+    stored = world.sessions.get(token).state["layers"]
+    assert [layer["name"] for layer in stored] == ["synapses", EDIT]
+    world.post(token, "ann", [POINT])
+    assert len(world.current()) == 1
+
+
+def test_a_stored_state_with_unreadable_layers_still_gets_the_database_layers(world: World) -> None:
+    """A state stored before layers were checked: the session's layers route and share still answer."""
+    token = world.open("ann")
+    world.sessions.set_state(token, {"layers": "synapses", "layout": "xy"})
+    actor, access = world.actors["ann"], world.dataset("ann")
+    report = world.viewer.show_layers(token, actor, access, ORIGIN)
+    assert [layer.name for layer in report.layers] == ["synapses"]
+    assert [layer["name"] for layer in world.sessions.get(token).state["layers"]] == ["synapses", EDIT]
+    assert world.viewer.share(token, actor, access).state["layers"] == [world.sessions.get(token).state["layers"][0]]
 
 
 def test_shared_views_are_frozen_copies(world: World) -> None:

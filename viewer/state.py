@@ -21,6 +21,7 @@ import numpy as np
 
 from annotations.catalog import DatasetRecord, ImageRecord
 from annotations.transforms import TransformRecord
+from annotations.viewer_layers import state_layers
 from tiling.errors import InvalidTransform
 from tiling.transforms import MAX_COORDINATE_NM, neuroglancer_matrix
 
@@ -149,7 +150,8 @@ def replace_sources(
     """
     fresh = {layer["name"]: layer["source"] for layer in dataset_layers(origin, dataset, transforms)}
     new_state = copy.deepcopy(state)
-    for layer in new_state.get("layers", []):
+    new_state["layers"] = state_layers(new_state)
+    for layer in new_state["layers"]:
         if layer.get("name") in fresh:
             layer["source"] = fresh[layer["name"]]
     return new_state
@@ -165,7 +167,8 @@ def apply_display(
     layer, so that ctrl+click places its points). Raises ValueError naming the bad setting.
     """
     new_state = copy.deepcopy(state)
-    by_name = {layer.get("name"): layer for layer in new_state.get("layers", [])}
+    new_state["layers"] = state_layers(new_state)
+    by_name = {layer.get("name"): layer for layer in new_state["layers"]}
     for name, settings in layers.items():
         layer = by_name.get(name)
         if layer is None:
@@ -220,9 +223,9 @@ def _layout(state: dict[str, Any], layout: str) -> Any:
     if layout != "side-by-side":
         return layout
     # Two linked panels: the reference (and anything in grey) left, the coloured modalities right.
-    names = [layer["name"] for layer in state.get("layers", []) if layer.get("type") == "image"]
-    coloured = [layer["name"] for layer in state.get("layers", []) if layer.get("blend") == "additive"]
-    annotations = [layer["name"] for layer in state.get("layers", []) if layer.get("type") == "annotation"]
+    names = [layer.get("name") for layer in state_layers(state) if layer.get("type") == "image"]
+    coloured = [layer.get("name") for layer in state_layers(state) if layer.get("blend") == "additive"]
+    annotations = [layer.get("name") for layer in state_layers(state) if layer.get("type") == "annotation"]
     grey = [name for name in names if name not in coloured]
     # Each landmark layer goes beside the image it marks; others on both sides.
     left = grey + [a for a in annotations if not any(a == landmark_layer_name(c) for c in coloured)]
@@ -243,7 +246,7 @@ def landmark_layer_name(image_name: str) -> str:
 def with_landmark_layers(state: dict[str, Any], reference: str, moving: str) -> dict[str, Any]:
     """``state`` with a point-annotation layer for each image of a registration (kept if present)."""
     new_state = copy.deepcopy(state)
-    layers = new_state.setdefault("layers", [])
+    layers = new_state["layers"] = state_layers(new_state)
     present = {layer.get("name") for layer in layers}
     for role, image_name in (("reference", reference), ("moving", moving)):
         name = landmark_layer_name(image_name)
@@ -278,7 +281,7 @@ def landmark_points(state: dict[str, Any], image_name: str) -> list[list[float]]
 
     InvalidTransform (a ValueError) for a point with a non-finite or absurdly large coordinate.
     """
-    for layer in state.get("layers", []):
+    for layer in state_layers(state):
         if layer.get("name") == landmark_layer_name(image_name):
             points = [annotation for annotation in layer.get("annotations", []) if annotation.get("type") == "point"]
             return [
@@ -299,7 +302,8 @@ def move_landmarks(
     a state never receives a non-finite point.
     """
     new_state = copy.deepcopy(state)
-    for layer in new_state.get("layers", []):
+    new_state["layers"] = state_layers(new_state)
+    for layer in new_state["layers"]:
         if layer.get("name") != landmark_layer_name(image_name):
             continue
         points = [a for a in layer.get("annotations", []) if a.get("type") == "point"]
@@ -324,7 +328,7 @@ def move_landmarks(
 
 def session_origin(state: dict[str, Any]) -> str | None:
     """The origin a session's viewer reaches us through, read off its own layer URLs."""
-    for layer in state.get("layers", []):
+    for layer in state_layers(state):
         source = layer.get("source")
         url = source.get("url") if isinstance(source, dict) else source
         if isinstance(url, str) and url.startswith("precomputed://http"):
