@@ -477,12 +477,15 @@ class AnnotationStore:
             box = query.box()
             # With a box, the id is hidden from the planners behind "+ 0": else they walk the whole layer in id
             # order (the id index) instead of looking up the box's cells (the cell index) and sorting those.
+            # With a box, the layer is named in each of its cell ranges instead (``_box_clauses``).
             by_id: Any = V.annotation_id if box is None else V.annotation_id + 0
             statement: Select[Any] = (
                 select(V, Annotation.created_at).join(Annotation, Annotation.id == V.annotation_id)
-                .where(V.layer_id == layer_id, view_clause(query.view), by_id > query.after)
+                .where(view_clause(query.view), by_id > query.after)
             )
-            if box is not None:
+            if box is None:
+                statement = statement.where(V.layer_id == layer_id)
+            else:
                 statement = statement.where(*self._box_clauses(layer, margin, *box))
             rows = session.execute(statement.order_by(by_id).limit(query.limit + 1)).all()
         records = [_record(v, created) for v, created in rows[:query.limit]]
@@ -612,8 +615,10 @@ class AnnotationStore:
         V = AnnotationVersion
         plan = LevelPlan.for_bounds(tuple(layer.lower_bound), tuple(layer.upper_bound))
         ranges = plan.ranges_covering([v - margin for v in lower], [v + margin for v in upper])
+        # The layer in each term: SQLite then looks each range up in the cell index (a multi-index OR) instead of
+        # walking all of the layer's entries and testing their cells.
         return [
-            or_(*[V.cell.between(low, high) for low, high in ranges]),
+            or_(*[and_(V.layer_id == layer.id, V.cell.between(low, high)) for low, high in ranges]),
             V.x1 >= lower[0], V.x0 <= upper[0], V.y1 >= lower[1], V.y0 <= upper[1], V.z1 >= lower[2],
             V.z0 <= upper[2],
         ]

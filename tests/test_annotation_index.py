@@ -162,3 +162,44 @@ def test_migration_builds_the_index_of_existing_layers(database_url: str) -> Non
     with engine.begin() as connection:
         upgrade_with_alembic(connection)  # at head: nothing to do
     engine.dispose()
+
+
+def test_a_box_query_looks_up_the_cells_of_the_box_not_the_whole_layer(store: Store) -> None:
+    """The plan of a bounding-box listing: a range look-up in the cell index for each range of cells around the box
+    (SQLite's multi-index OR, PostgreSQL's bitmap OR), never every entry of the layer tested one by one."""
+    from sqlalchemy import event
+
+    from annotations.annotation_store import AnnotationQuery
+
+    rng = random.Random(5)
+    layer_id = make_layer(store)
+    items = ITEMS.validate_python([random_item(rng, "point") for _ in range(500)])
+    ids = store.store.create_many(store.actor, store.access, layer_id, items).ids
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "annotation_versions" in statement and "ORDER BY" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        page = store.store.query(store.actor, store.access, layer_id, AnnotationQuery(bbox="10,10,10,60,70,40"))
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    inside = [annotation_id for annotation_id, item in zip(ids, items, strict=True)
+              if all(lo + 0.01 <= v <= hi - 0.01 for v, lo, hi in zip(item.point or [], (10, 10, 10), (60, 70, 40),
+                                                                      strict=True))]
+    found = [a.id for a in page.annotations]
+    assert inside and set(inside) <= set(found) and len(found) <= len(inside) + 2
+    statement, parameters = seen[-1]
+    with store.engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            plan = [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+            versions = [step for step in plan if "annotation_versions" in step]
+            assert versions and all("cell>?" in step for step in versions), plan
+        else:
+            connection.exec_driver_sql("ANALYZE annotation_versions")  # as autovacuum does once a layer has grown
+            connection.exec_driver_sql("SET enable_seqscan = off")  # a table this small would be read whole
+            plan = [row[0] for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)]
+            conditions = [step for step in plan if "Index Cond" in step and "layer_id" in step]
+            assert conditions and all("cell" in step for step in conditions), "\n".join(plan)
