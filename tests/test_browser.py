@@ -337,7 +337,8 @@ def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore
     data_dir, browser, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A curator makes a layer in the side panel, draws a point and a box with Neuroglancer's tools, finds them in
-    the database and again after a reload, labels one in the side panel; an outsider sees none of it."""
+    the database and again after a reload, labels one in the side panel and deletes it with Neuroglancer's
+    own button; an outsider sees none of it."""
     import requests
     from selenium.webdriver.support.ui import Select
 
@@ -424,14 +425,32 @@ def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore
         labelled = wait_for(label_it, 30)
         assert labelled is not None, browser.find_element("id", "selected-annotation").text
         browser.save_screenshot(str(SCREENSHOT))
+        # Delete it with Neuroglancer's own button: it leaves the layer, whose history keeps every version; a
+        # reload shows what the database holds.
+        in_viewer(browser, ".neuroglancer-selected-annotation-details-delete")
+        assert wait_for(lambda: stored(1), 10), "the deleted point is still in the layer"
+        history = requests.get(f"{saved}/{labelled['id']}/history", headers=admin, timeout=30).json()["versions"]
+        deleted = [version["deleted"] for version in history]  # drawn, labelled (…), deleted
+        assert len(deleted) >= 3 and deleted[-1] and not any(deleted[:-1]), history
+        box = stored(1)[0]  # type: ignore[index]
+        browser.refresh()
+        assert wait_for(lambda: next(iter(browser.find_elements("css selector", "[data-draw]")), None), 30)
+
+        def edit_layer_after_reload() -> list | None:  # type: ignore[type-arg]
+            layer = next((item for item in client_state(browser)["layers"] if item["name"] == "synapses ✎"), {})
+            found = layer.get("annotations", [])
+            return found if len(found) == 2 else None  # the box and the point refused earlier, kept in the viewer
+
+        assert wait_for(edit_layer_after_reload, 60), "the reloaded viewer does not show what the layer holds"
         # Someone who may not read the private dataset: no page, no layer, no annotation, no precomputed source.
         browser.find_element("id", "sign-out").click()
         assert wait_for(lambda: next(iter(browser.find_elements("id", "sign-in-link")), None), 30)
         sign_in(browser, server, "olga", "olga-password-1", then="/")
         browser.get(f"{server.url}/datasets/embargoed")
         assert '"status":404' in browser.page_source.replace(" ", "")
-        source = f"{layers}/{layer['id']}/precomputed/point/current"
-        for path in (layers, saved, f"{saved}/{labelled['id']}", f"{source}/info", f"{source}/by_id/{labelled['id']}"):
+        source = f"{layers}/{layer['id']}/precomputed/axis_aligned_bounding_box/current"
+        assert requests.get(f"{source}/by_id/{box['id']}", headers=admin, timeout=30).status_code == 200
+        for path in (layers, saved, f"{saved}/{box['id']}", f"{source}/info", f"{source}/by_id/{box['id']}"):
             assert requests.get(path, headers=olga, timeout=30).status_code == 404, path
     finally:
         stop_server(server)
