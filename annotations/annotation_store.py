@@ -413,15 +413,20 @@ class AnnotationStore:
 
     def update(self, actor: Actor, access: DatasetAccess, layer_id: int, annotation_id: int,
                item: AnnotationIn) -> AnnotationRecord:
-        """Replace an annotation's content with a new version (its creator, or a curator)."""
+        """Replace an annotation's content with a new version (its creator, or a curator); a change that changes
+        nothing (the same geometry, label, description, properties and segments) makes no version."""
         require(actor, Action.ANNOTATE, access)
         with self.sessions() as session:
             layer = layer_record(load_layer(session, access, layer_id))
         checked = self._check(layer, item)
         with self._writing() as session:
             layer_row = load_layer(session, access, layer_id, lock=True)
-            layer_row.max_extent = max(layer_row.max_extent, checked.extent)
             current, created_at = self._current_for_change(session, actor, access, layer_id, annotation_id)
+            if (current.kind, list(current.geometry), current.label, current.description, current.properties or {},
+                    current.segments or {}) == (checked.kind, list(checked.geometry), checked.label,
+                                                checked.description, checked.properties, checked.segments):
+                return _record(current, created_at)
+            layer_row.max_extent = max(layer_row.max_extent, checked.extent)
             now = utcnow()
             current.valid_to = now
             plan, spec = _plan(layer_row), LayerSpec.model_validate(layer_row.spec)

@@ -203,3 +203,18 @@ def test_a_box_query_looks_up_the_cells_of_the_box_not_the_whole_layer(store: St
             plan = [row[0] for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)]
             conditions = [step for step in plan if "Index Cond" in step and "layer_id" in step]
             assert conditions and all("cell" in step for step in conditions), "\n".join(plan)
+
+
+def test_a_change_that_changes_nothing_makes_no_version(store: Store) -> None:
+    layer_id = make_layer(store)
+    item = AnnotationIn.model_validate({"type": "point", "point": [10.1, 20.2, 30.3], "label": "synapse",
+                                        "description": "a", "properties": {"confidence": 0.3}})
+    [annotation_id] = store.store.create_many(store.actor, store.access, layer_id, [item]).ids
+    again = store.store.update(store.actor, store.access, layer_id, annotation_id, item)
+    assert len(store.store.history(store.actor, store.access, layer_id, annotation_id)) == 1
+    assert again.label == "synapse" and again.id == annotation_id
+    store.store.update(store.actor, store.access, layer_id, annotation_id,
+                       AnnotationIn.model_validate({**item.model_dump(exclude_none=True), "label": "vesicle"}))
+    versions = store.store.history(store.actor, store.access, layer_id, annotation_id)
+    assert [v.label for v in versions] == ["synapse", "vesicle"]
+    check_index(store.engine, layer_id)
