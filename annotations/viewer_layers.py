@@ -153,6 +153,13 @@ def state_layers(state: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+def copied_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``state`` to change, with its layers in the list form (``state_layers``)."""
+    new_state = copy.deepcopy(state)
+    new_state["layers"] = state_layers(new_state)
+    return new_state
+
+
 def checked_state(state: dict[str, Any]) -> dict[str, Any]:
     """A state a client sends, with its layers in the list form; InvalidState if they are neither a list of
     layer objects nor Neuroglancer's name-keyed object of them."""
@@ -168,8 +175,7 @@ def with_database_layers(state: dict[str, Any], record: SessionAnnotations, orig
                          layers: Sequence[LayerRecord], editable: bool) -> tuple[dict[str, Any], bool]:
     """``state`` (a copy) with a view layer for each database layer it lacks and, when ``editable``, an edit
     layer (``record`` learns it). Returns (state, whether anything was added)."""
-    new_state = copy.deepcopy(state)
-    new_state["layers"] = state_layers(new_state)
+    new_state = copied_state(state)
     present = {layer.get("name") for layer in new_state["layers"]}
     tracked = {entry.layer_id for entry in record.edit_layers.values()}
     added = False

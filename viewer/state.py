@@ -10,7 +10,6 @@ thin-plate spline: a server-resampled volume on the reference grid).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import re
@@ -21,7 +20,7 @@ import numpy as np
 
 from annotations.catalog import DatasetRecord, ImageRecord
 from annotations.transforms import TransformRecord
-from annotations.viewer_layers import state_layers
+from annotations.viewer_layers import copied_state, state_layers
 from tiling.errors import InvalidTransform
 from tiling.transforms import MAX_COORDINATE_NM, neuroglancer_matrix
 
@@ -149,8 +148,7 @@ def replace_sources(
     Everything else the user changed (view, colours, windows, annotations) is kept.
     """
     fresh = {layer["name"]: layer["source"] for layer in dataset_layers(origin, dataset, transforms)}
-    new_state = copy.deepcopy(state)
-    new_state["layers"] = state_layers(new_state)
+    new_state = copied_state(state)
     for layer in new_state["layers"]:
         if layer.get("name") in fresh:
             layer["source"] = fresh[layer["name"]]
@@ -166,8 +164,7 @@ def apply_display(
     ``opacity`` (0-1) and ``visible`` (bool); ``select`` opens a layer's panel (e.g. a landmark
     layer, so that ctrl+click places its points). Raises ValueError naming the bad setting.
     """
-    new_state = copy.deepcopy(state)
-    new_state["layers"] = state_layers(new_state)
+    new_state = copied_state(state)
     by_name = {layer.get("name"): layer for layer in new_state["layers"]}
     for name, settings in layers.items():
         layer = by_name.get(name)
@@ -223,9 +220,10 @@ def _layout(state: dict[str, Any], layout: str) -> Any:
     if layout != "side-by-side":
         return layout
     # Two linked panels: the reference (and anything in grey) left, the coloured modalities right.
-    names = [layer.get("name") for layer in state_layers(state) if layer.get("type") == "image"]
-    coloured = [layer.get("name") for layer in state_layers(state) if layer.get("blend") == "additive"]
-    annotations = [layer.get("name") for layer in state_layers(state) if layer.get("type") == "annotation"]
+    layers = state_layers(state)
+    names = [layer.get("name") for layer in layers if layer.get("type") == "image"]
+    coloured = [layer.get("name") for layer in layers if layer.get("blend") == "additive"]
+    annotations = [layer.get("name") for layer in layers if layer.get("type") == "annotation"]
     grey = [name for name in names if name not in coloured]
     # Each landmark layer goes beside the image it marks; others on both sides.
     left = grey + [a for a in annotations if not any(a == landmark_layer_name(c) for c in coloured)]
@@ -245,8 +243,8 @@ def landmark_layer_name(image_name: str) -> str:
 
 def with_landmark_layers(state: dict[str, Any], reference: str, moving: str) -> dict[str, Any]:
     """``state`` with a point-annotation layer for each image of a registration (kept if present)."""
-    new_state = copy.deepcopy(state)
-    layers = new_state["layers"] = state_layers(new_state)
+    new_state = copied_state(state)
+    layers = new_state["layers"]
     present = {layer.get("name") for layer in layers}
     for role, image_name in (("reference", reference), ("moving", moving)):
         name = landmark_layer_name(image_name)
@@ -301,8 +299,7 @@ def move_landmarks(
     stay where they are, all of the layer's together so that pairs stay in step, and are logged:
     a state never receives a non-finite point.
     """
-    new_state = copy.deepcopy(state)
-    new_state["layers"] = state_layers(new_state)
+    new_state = copied_state(state)
     for layer in new_state["layers"]:
         if layer.get("name") != landmark_layer_name(image_name):
             continue
