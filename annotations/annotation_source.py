@@ -14,6 +14,11 @@ request: a cell serves those of its annotations whose (key, id) lies in [start, 
 parent's cut (0 at level 0), ``cut`` the (limit + 1)-th smallest (key, id) at or past ``start`` among the
 cell's annotations in the view; the finest level serves all that remain. Cut-offs are cached per layer
 generation.
+
+An ``editing=<key>`` view (``<key>.<n>`` after the session took existing annotations for editing: a new URL, so
+that the viewer reads the cells again) is the current view without what the edit layers of the viewer session
+named ``key`` hold: its view layers would otherwise draw a second, read-only copy of each annotation the
+session draws, and Neuroglancer's move and delete would pick that copy.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import struct
 import threading
 from collections.abc import Iterator
@@ -39,11 +45,13 @@ from annotations.annotation_store import load_layer, view_clause
 from annotations.cells import CellKey, LevelPlan
 from annotations.errors import AnnotationNotFound, InvalidView, LayerNotFound
 from annotations.layer_specs import MAX_SEGMENT_ID, LayerSpec
-from annotations.models import AnnotationLayer, AnnotationSegment, AnnotationVersion
+from annotations.models import AnnotationLayer, AnnotationSegment, AnnotationVersion, ViewerSession
+from annotations.viewer_layers import held_ids
 from annotations.views import View
 
 CURRENT = View()
 CURRENT_TEXT = str(CURRENT)
+EDITING = re.compile(r"editing=([0-9a-f]{16})(?:\.[1-9][0-9]{0,8})?", re.ASCII)
 Cut = tuple[float, int]  # (sample key, annotation id)
 FIRST: Cut = (0.0, 0)
 ENTRY_COLUMNS = (AnnotationVersion.annotation_id, AnnotationVersion.geometry, AnnotationVersion.label,
@@ -103,6 +111,10 @@ class AnnotationSource:
         its ETag is ``if_none_match`` the body is left empty (the client has it: the answer is 304)."""
         if view == CURRENT_TEXT:
             return self._stored_cell(actor, access, layer_id, kind, level, cell, if_none_match)
+        if (editing := EDITING.fullmatch(view)) is not None:
+            require(actor, Action.READ, access)
+            return self._stored_cell(actor, access, layer_id, kind, level, cell, if_none_match,
+                                     self._held(access, editing.group(1), layer_id))
         with self._reading(actor, access, layer_id, kind, view) as (session, source):
             key = CellKey.parse(source.plan, level, cell)
             etag = source.etag(f"spatial{level}/{key}")
@@ -154,12 +166,21 @@ class AnnotationSource:
 
     # Helpers
 
+    def _held(self, access: DatasetAccess, key: str, layer_id: int) -> frozenset[int]:
+        """The ids of the layer's annotations that the edit layers of the session named ``key`` hold (none if
+        no session of this dataset has that name)."""
+        with self.sessions() as session:
+            row = session.execute(select(ViewerSession.dataset_id, ViewerSession.state)
+                                  .where(ViewerSession.view_key == key)).first()
+        return held_ids(row[1], layer_id) if row is not None and row[0] == access.id else frozenset()
+
     def _stored_cell(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, level: int, cell: str,
-                     if_none_match: str | None) -> SourceFile:
-        """A cell of the current view, as stored (``annotations.spatial_rows``): read with its layer's row as
-        of one moment, on a plain connection (no ORM; on PostgreSQL one statement, outside a transaction). The
-        cell's code comes from the layer's levels as last seen (bounds and limit never change); a layer row
-        that says otherwise (SQLite reuses a deleted layer's id) makes it read again."""
+                     if_none_match: str | None, without: frozenset[int] = frozenset()) -> SourceFile:
+        """A cell of the current view, as stored (``annotations.spatial_rows``), less the annotations
+        ``without`` names: read with its layer's row as of one moment, on a plain connection (no ORM; on
+        PostgreSQL one statement, outside a transaction). The cell's code comes from the layer's levels as last
+        seen (bounds and limit never change); a layer row that says otherwise (SQLite reuses a deleted layer's
+        id) makes it read again."""
         require(actor, Action.READ, access)
         if not 0 < layer_id < 2**31:
             raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
@@ -175,7 +196,8 @@ class AnnotationSource:
                     raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
                 key = CellKey.parse(self._source_of(facts, kind).plan, level, cell)
                 now, count, records, ids = spatial_rows.read_cell(connection, layer_id, kind, level,
-                                                                  self._source_of(facts, kind).plan.level_code(key))
+                                                                  self._source_of(facts, kind).plan.level_code(key),
+                                                                  without)
                 if now is None or now.dataset_id != access.id:
                     raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
                 with self._lock:
@@ -185,7 +207,10 @@ class AnnotationSource:
                     break
                 connection.rollback()
                 seen = now
-        etag = self._source_of(now, kind).etag(f"spatial{level}/{key}")
+        name = f"spatial{level}/{key}"
+        if without:
+            name += "/without/" + hashlib.blake2b(str(sorted(without)).encode(), digest_size=9).hexdigest()
+        etag = self._source_of(now, kind).etag(name)
         if if_none_match == etag:
             return SourceFile(b"", "application/octet-stream", etag)
         return SourceFile(b"".join((struct.pack("<Q", count), records, ids)), "application/octet-stream", etag)
@@ -209,7 +234,7 @@ class AnnotationSource:
                  view_text: str) -> Iterator[tuple[Session, _Source]]:
         """A read of one snapshot (a request's several statements see one state of the layer)."""
         require(actor, Action.READ, access)
-        view = View.parse(view_text)
+        view = CURRENT if EDITING.fullmatch(view_text) is not None else View.parse(view_text)
         with self.sessions() as session:
             if session.get_bind().dialect.name == "sqlite":
                 session.connection().exec_driver_sql("BEGIN")  # pysqlite would begin only at the first write

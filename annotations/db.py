@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = "annotations:migrations"  # Alembic finds the scripts through the installed package
-HEAD_REVISION = "0007"  # the newest file in migrations/versions (a test checks it is Alembic's head)
+HEAD_REVISION = "0008"  # the newest file in migrations/versions (a test checks it is Alembic's head)
 SCHEMA_LOCK = 0x6C616D656C6C61  # PostgreSQL advisory lock held while a schema is created or migrated
 
 

@@ -119,6 +119,8 @@ class ViewerSession(Base):
     )
     state: Mapped[dict[str, Any]] = mapped_column()
     generation: Mapped[str] = mapped_column(String(128))
+    # Public name of the session in its view layers' URLs (``editing=<key>``): not a credential.
+    view_key: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True, index=True)
     config: Mapped[dict[str, Any]] = mapped_column()
     config_generation: Mapped[str] = mapped_column(String(128))
     # The account that opened the session (None: anonymous); its rights on the dataset are the session's.

@@ -67,11 +67,11 @@ def layer_facts(connection: Connection, layer_id: int) -> LayerFacts | None:
     return None if row is None else LayerFacts(*row)
 
 
-def read_cell(connection: Connection, layer_id: int, kind: str, level: int,
-              cell: int) -> tuple[LayerFacts | None, int, bytes, bytes]:
+def read_cell(connection: Connection, layer_id: int, kind: str, level: int, cell: int,
+              without: Collection[int] = ()) -> tuple[LayerFacts | None, int, bytes, bytes]:
     """The layer's row and, as of the same moment, how many annotations one cell serves, their records and
-    their ids (uint64, little-endian), in one order. PostgreSQL: one statement (call it outside a
-    transaction: one round trip); SQLite: two in one read transaction."""
+    their ids (uint64, little-endian), in one order; those whose id is in ``without`` left out. PostgreSQL:
+    one statement (call it outside a transaction: one round trip); SQLite: two in one read transaction."""
     postgresql = dialect_of(connection) == "postgresql"
     cursor = _raw(connection).cursor(binary=True) if postgresql else _raw(connection).cursor()
     try:
@@ -81,8 +81,9 @@ def read_cell(connection: Connection, layer_id: int, kind: str, level: int,
             cursor.execute(
                 f"SELECT {_FACTS}, c.n, c.records, c.ids FROM annotation_layers AS l LEFT JOIN LATERAL ("
                 " SELECT count(*) AS n, string_agg(record, ''::bytea) AS records, array_agg(annotation_id) AS ids"
-                " FROM annotation_cell_entries WHERE layer_id = l.id AND kind = %s AND level = %s AND cell = %s)"
-                " AS c ON true WHERE l.id = %s", (KIND[kind], level, cell, layer_id))
+                " FROM annotation_cell_entries WHERE layer_id = l.id AND kind = %s AND level = %s AND cell = %s"
+                f"{' AND annotation_id <> ALL(%s)' if without else ''}) AS c ON true WHERE l.id = %s",
+                (KIND[kind], level, cell, *([sorted(without)] if without else []), layer_id))
             row = cursor.fetchone()
             if row is None:
                 return None, 0, b"", b""
@@ -94,6 +95,8 @@ def read_cell(connection: Connection, layer_id: int, kind: str, level: int,
                        "WHERE layer_id = ? AND kind = ? AND level = ? AND cell = ?",
                        (layer_id, KIND[kind], level, cell))
         rows = cursor.fetchall()
+        if without:
+            rows = [row for row in rows if row[1] not in without]
     finally:
         cursor.close()
     return (facts, len(rows), b"".join(record for record, _ in rows),

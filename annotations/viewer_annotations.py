@@ -23,6 +23,7 @@ from annotations.layer_specs import GEOMETRY_FIELDS
 from annotations.models import utcnow
 from annotations.shared_views import SharedViewRecord, SharedViews
 from annotations.viewer_layers import (
+    EDIT_SUFFIX,
     RECORD_KEY,
     Changes,
     Drawn,
@@ -33,7 +34,10 @@ from annotations.viewer_layers import (
     checked_state,
     diff,
     drawn_annotations,
+    editing_view,
     frozen,
+    new_view_key,
+    retargeted,
     state_layers,
     with_database_layers,
     with_record,
@@ -101,17 +105,20 @@ class ViewerAnnotations:
             state = frozen(shared.state)
         record = SessionAnnotations()
         layers = self.store.layers(actor, access)
-        state, _ = with_database_layers(state, record, origin, layers, may(actor, Action.ANNOTATE, access))
-        return self.viewer_sessions.create(access.id, self._carry(state, record), config, actor.account_id)
+        view_key = new_view_key()
+        state, _ = with_database_layers(state, record, origin, layers, may(actor, Action.ANNOTATE, access), view_key)
+        return self.viewer_sessions.create(access.id, self._carry(state, record), config, actor.account_id,
+                                           view_key=view_key)
 
     def show_layers(self, token: str, actor: Actor, access: DatasetAccess, origin: str) -> SessionAnnotationsOut:
         """Add the dataset's layers the session lacks (made since it opened); open viewers follow."""
         layers = self.store.layers(actor, access)
         editable = may(actor, Action.ANNOTATE, access)
+        view_key = self.viewer_sessions.get(token).view_key
 
         def change(state: dict[str, Any]) -> dict[str, Any]:
             record = SessionAnnotations.of(state)
-            new_state, added = with_database_layers(state, record, origin, layers, editable)
+            new_state, added = with_database_layers(state, record, origin, layers, editable, view_key)
             if not added:
                 raise _Unchanged
             return self._carry(new_state, record)
@@ -148,7 +155,7 @@ class ViewerAnnotations:
         if expected is not None and current.generation != expected:
             raise StaleGeneration(f"session {token!r} has moved past generation {expected!r}")
         record = SessionAnnotations.of(current.state)
-        wrote = False
+        wrote = retarget = False
         if access is not None and record.edit_layers:
             layers = {layer.get("name"): layer for layer in state_layers(state)}
             for name, entry in record.edit_layers.items():
@@ -160,6 +167,14 @@ class ViewerAnnotations:
                 if changes:
                     self._save(actor, access, name, entry, changes, record)
                     wrote = True
+                view = layers.get(name.removesuffix(EDIT_SUFFIX))
+                if changes.adoptions and view is not None:
+                    # The viewer has its view layer's cells with the annotations just taken: a new URL makes it
+                    # read them again, without them.
+                    entry.view_revision += 1
+                    retarget = retargeted(view, editing_view(current.view_key, entry.view_revision)) or retarget
+        if retarget:
+            generation = None  # a state the client does not have yet: a server generation, sent to it
         try:
             return self.viewer_sessions.set_state(token, self._carry(state, record), generation=generation,
                                                   expected=expected)

@@ -4,7 +4,9 @@ Each database layer appears twice in a session's state:
 
 - its *view layer* (named as the layer): a Neuroglancer annotation layer whose sources are the layer's
   precomputed annotation sources, one per annotation type, so that a layer of millions of annotations is
-  read cell by cell and the state never carries them;
+  read cell by cell and the state never carries them; in a session with edit layers, the view
+  ``editing=<the session's view key>`` of them, which leaves out what the edit layers hold (otherwise
+  Neuroglancer would draw a read-only copy over each and pick that one to move or delete);
 - for an owner who may annotate, its *edit layer* (``"<name> ✎"``): a local annotation layer in nanometres
   (the database's space) where Neuroglancer's own tools draw, move and delete.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +36,7 @@ from pydantic import BaseModel, Field, ValidationError
 from annotations.annotation_store import AnnotationRecord, LayerRecord
 from annotations.errors import InvalidState
 from annotations.layer_specs import GEOMETRY_FIELDS, RANK, AnnotationIn
+from annotations.views import CURRENT
 
 RECORD_KEY = "lamella"
 EDIT_SUFFIX = " ✎"
@@ -76,6 +80,7 @@ class SavedAnnotation(BaseModel):
 class EditLayerRecord(BaseModel):
     layer_id: int
     saved: dict[str, SavedAnnotation] = Field(default_factory=dict)  # Neuroglancer id -> what was saved
+    view_revision: int = 0  # counts existing annotations taken for editing: the view layer's URL changes with it
 
 
 class Problem(BaseModel):
@@ -122,16 +127,70 @@ def with_record(state: dict[str, Any], record: SessionAnnotations) -> dict[str, 
 # Layers of a state
 
 
-def source_url(origin: str, dataset_id: int, layer_id: int, kind: str) -> str:
-    return f"precomputed://{origin}/api/datasets/{dataset_id}/annotation-layers/{layer_id}/precomputed/{kind}/current"
+# A view layer's source: the view (last segment) of a layer's precomputed source that this module chooses.
+VIEW_SOURCE = re.compile(r"(precomputed://.+/annotation-layers/([0-9]+)/precomputed/[a-z_]+/)"
+                         r"(current|editing=[0-9a-f]{16}(?:\.[0-9]+)?)")
 
 
-def view_layer(origin: str, layer: LayerRecord) -> dict[str, Any]:
-    """The read-only layer of a database layer: its precomputed sources, one per type."""
+def source_url(origin: str, dataset_id: int, layer_id: int, kind: str, view: str = CURRENT) -> str:
+    return f"precomputed://{origin}/api/datasets/{dataset_id}/annotation-layers/{layer_id}/precomputed/{kind}/{view}"
+
+
+def new_view_key() -> str:
+    """A session's view key: its public name in the URLs of its view layers (not a credential)."""
+    return secrets.token_hex(8)
+
+
+def editing_view(view_key: str | None, revision: int = 0) -> str:
+    """The view a session's view layers read: without what its edit layers hold (``current`` without a key)."""
+    if not view_key:
+        return CURRENT
+    return f"editing={view_key}" + (f".{revision}" if revision else "")
+
+
+def view_layer(origin: str, layer: LayerRecord, view: str = CURRENT) -> dict[str, Any]:
+    """The read-only layer of a database layer: its precomputed sources, one per type, in ``view``."""
     colours = [label.color for label in layer.spec.labels if label.color]
     return {"type": "annotation", "name": layer.name,
-            "source": [source_url(origin, layer.dataset_id, layer.id, kind) for kind in layer.spec.types],
+            "source": [source_url(origin, layer.dataset_id, layer.id, kind, view) for kind in layer.spec.types],
             "annotationColor": colours[0] if colours else VIEW_COLOUR}
+
+
+def retargeted(layer: dict[str, Any], view: str) -> bool:
+    """Point the view layer ``layer`` (changed in place) at ``view`` of its sources; whether anything changed.
+    Only sources in a view this module chooses (``current`` or ``editing=…``) change."""
+    def moved(url: Any) -> Any:
+        match = VIEW_SOURCE.fullmatch(url) if isinstance(url, str) else None
+        return url if match is None else match.group(1) + view
+
+    changed = False
+    sources = layer.get("source")
+    items = sources if isinstance(sources, list) else [sources]
+    for i, item in enumerate(items):
+        url = item.get("url") if isinstance(item, dict) else item
+        new = moved(url)
+        if new != url:
+            changed = True
+            if isinstance(item, dict):
+                item["url"] = new
+            else:
+                items[i] = new
+    if changed and not isinstance(sources, list):
+        layer["source"] = items[0]
+    return changed
+
+
+def held_ids(state: Any, layer_id: int) -> frozenset[int]:
+    """The database ids of the annotations of layer ``layer_id`` that a session's edit layers hold, read from
+    its stored state as it is (whatever it holds: nothing readable is nothing held)."""
+    record = state.get(RECORD_KEY) if isinstance(state, dict) else None
+    layers = record.get("edit_layers") if isinstance(record, dict) else None
+    held: set[int] = set()
+    for entry in layers.values() if isinstance(layers, dict) else ():
+        if isinstance(entry, dict) and entry.get("layer_id") == layer_id and isinstance(entry.get("saved"), dict):
+            held.update(saved["id"] for saved in entry["saved"].values()
+                        if isinstance(saved, dict) and type(saved.get("id")) is int)
+    return frozenset(held)
 
 
 def edit_layer(layer: LayerRecord) -> dict[str, Any]:
@@ -172,23 +231,30 @@ def checked_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_database_layers(state: dict[str, Any], record: SessionAnnotations, origin: str,
-                         layers: Sequence[LayerRecord], editable: bool) -> tuple[dict[str, Any], bool]:
+                         layers: Sequence[LayerRecord], editable: bool,
+                         view_key: str | None = None) -> tuple[dict[str, Any], bool]:
     """``state`` (a copy) with a view layer for each database layer it lacks and, when ``editable``, an edit
-    layer (``record`` learns it). Returns (state, whether anything was added)."""
+    layer (``record`` learns it); the view layers of layers with an edit layer read the session's editing
+    view (``view_key``). Returns (state, whether anything changed)."""
     new_state = copied_state(state)
-    present = {layer.get("name") for layer in new_state["layers"]}
-    tracked = {entry.layer_id for entry in record.edit_layers.values()}
+    by_name = {layer.get("name"): layer for layer in new_state["layers"]}
+    tracked = {entry.layer_id: (name, entry) for name, entry in record.edit_layers.items()}
     added = False
     for layer in layers:
-        if layer.name not in present:
-            new_state["layers"].append(view_layer(origin, layer))
-            present.add(layer.name)
+        name, entry = tracked.get(layer.id, (edit_layer_name(layer.name), None))
+        new_edit_layer = editable and entry is None and name not in by_name
+        if new_edit_layer:
+            entry = record.edit_layers[name] = EditLayerRecord(layer_id=layer.id)
+        # Only an edit layer the viewer shows hides its annotations from the view layer.
+        shown = new_edit_layer or name in by_name
+        view = editing_view(view_key, entry.view_revision) if shown and entry is not None else CURRENT
+        if layer.name not in by_name:
+            new_state["layers"].append(view_layer(origin, layer, view))
             added = True
-        name = edit_layer_name(layer.name)
-        if editable and layer.id not in tracked and name not in present:
+        elif retargeted(by_name[layer.name], view):
+            added = True
+        if new_edit_layer:
             new_state["layers"].append(edit_layer(layer))
-            record.edit_layers[name] = EditLayerRecord(layer_id=layer.id)
-            present.add(name)
             added = True
     return new_state, added
 
@@ -200,6 +266,8 @@ def frozen(state: dict[str, Any]) -> dict[str, Any]:
     view_names = {name: name.removesuffix(EDIT_SUFFIX) for name in record.edit_layers}
     copied = copy.deepcopy({key: value for key, value in state.items() if key != RECORD_KEY})
     copied["layers"] = [layer for layer in state_layers(copied) if layer.get("name") not in view_names]
+    for layer in copied["layers"]:
+        retargeted(layer, CURRENT)  # its edit layers are not shared: their annotations are
     selection = copied.get("selection")
     if isinstance(selection, dict) and isinstance(selection.get("layers"), dict):
         layers = {}

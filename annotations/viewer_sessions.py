@@ -29,6 +29,7 @@ class SessionState:
     config: dict[str, Any]
     config_generation: str
     account_id: int | None = None  # who opened it (None: anonymous); the session acts with its rights
+    view_key: str = ""  # its public name in its view layers' URLs (``editing=<key>`` views)
 
 
 def _server_generation() -> str:
@@ -40,12 +41,15 @@ class ViewerSessions:
         self.sessions = sessions
 
     def create(
-        self, dataset_id: int | None, state: dict[str, Any], config: dict[str, Any], account_id: int | None = None
+        self, dataset_id: int | None, state: dict[str, Any], config: dict[str, Any], account_id: int | None = None,
+        view_key: str | None = None,
     ) -> SessionState:
-        """A new session opened by ``account_id`` (None: anonymous); its token is its credential."""
+        """A new session opened by ``account_id`` (None: anonymous); its token is its credential, ``view_key``
+        (made here if not given) its public name in the URLs of its view layers."""
         token = secrets.token_urlsafe(18)
         row = ViewerSession(
             token=token,
+            view_key=view_key or secrets.token_hex(8),
             dataset_id=dataset_id,
             account_id=account_id,
             state=state,
@@ -64,7 +68,7 @@ class ViewerSessions:
                 raise SessionNotFound(f"no viewer session {token!r}")
             return SessionState(
                 row.token, row.dataset_id, row.state, row.generation, row.config, row.config_generation,
-                row.account_id,
+                row.account_id, row.view_key or "",
             )
 
     def owner(self, token: str) -> tuple[int | None, int | None]:

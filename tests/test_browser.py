@@ -189,6 +189,26 @@ def ctrl_click(driver, offsets: list[tuple[int, int]], panel_index: int = 0) -> 
         driver.switch_to.default_content()
 
 
+def alt_drag(driver, start: tuple[int, int], by: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    """Alt+drag (Neuroglancer's "move annotation") in the xy view from ``start`` (offset from its centre) by
+    ``by`` screen pixels, in steps; the pointer rests on the annotation first so that the viewer picks it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    driver.switch_to.frame(driver.find_element("id", "viewer"))
+    try:
+        panel = driver.find_elements("css selector", ".neuroglancer-rendered-data-panel")[0]
+        ActionChains(driver).move_to_element_with_offset(panel, *start).perform()
+        time.sleep(1.0)
+        steps = 3
+        chain = ActionChains(driver).key_down(Keys.ALT).click_and_hold()
+        for _ in range(steps):
+            chain = chain.move_by_offset(by[0] // steps, by[1] // steps)
+        chain.release().key_up(Keys.ALT).perform()
+    finally:
+        driver.switch_to.default_content()
+
+
 def sign_in(driver, server: Server, name: str, password: str, then: str) -> None:  # type: ignore[no-untyped-def]
     """Through the sign-in page, as a user would: it returns to ``then``, whose header names the account."""
     from urllib.parse import quote
@@ -403,6 +423,18 @@ def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore
             return layer.get("annotations") if len(layer.get("annotations", [])) == 3 else None
 
         assert wait_for(drawn_in_client, 60), "the reloaded viewer lost the drawn annotations"
+        # Moved with Neuroglancer's alt+drag after the reload (the layer's read-only view of it does not take the
+        # drag: it leaves out what this viewer's edit layer holds): saved as a new version at the new place.
+        [point] = [a for a in annotations if a["type"] == "point"]
+        alt_drag(browser, (40, 30), (30, 0))
+
+        def moved() -> dict | None:  # type: ignore[type-arg]
+            now = next(a for a in stored(2) or [] if a["id"] == point["id"])
+            return now if now["point"][0] > point["point"][0] + 20 and now["version"] > 1 else None
+
+        after_move = wait_for(moved, 10)
+        assert after_move is not None, "the moved point did not reach the database"
+        assert abs(after_move["point"][1] - point["point"][1]) < 3 and after_move["point"][2] == point["point"][2]
         token = browser.find_element("id", "viewer").get_attribute("data-token")
         report = requests.get(f"{server.url}/api/sessions/{token}/annotations", timeout=30).json()
         assert sorted(report["saved"]["synapses ✎"].values()) == [a["id"] for a in annotations]

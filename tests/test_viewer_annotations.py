@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
 
 from annotations.access import Access, Actor
 from annotations.accounts import Accounts
+from annotations.annotation_source import AnnotationSource
 from annotations.annotation_store import AnnotationQuery, AnnotationStore, LayerIn
 from annotations.catalog import Catalog, ImageSpec, NewDataset
 from annotations.db import make_engine, make_sessions, migrate, sqlite_url
@@ -38,6 +40,7 @@ class World:
     access: Access
     actors: dict[str, Actor]
     layer_id: int
+    source: AnnotationSource
 
     def dataset(self, actor: str, name: str = "cells") -> Any:
         return self.access.dataset_access(self.actors[actor], name)
@@ -90,7 +93,7 @@ def world(database_url: str) -> Iterator[World]:
     viewer_sessions = ViewerSessions(sessions)
     shared = SharedViews(sessions)
     yield World(store, viewer_sessions, shared, ViewerAnnotations(viewer_sessions, store, shared), access, actors,
-                layer.id)
+                layer.id, AnnotationSource(sessions))
     engine.dispose()
 
 
@@ -100,16 +103,21 @@ BOX = {"type": "axis_aligned_bounding_box", "id": "b1", "pointA": [10, 10, 10], 
 
 
 def test_a_session_shows_each_layer_read_only_and_an_edit_layer_for_annotators(world: World) -> None:
-    state = world.sessions.get(world.open("ann")).state
+    session = world.sessions.get(world.open("ann"))
+    state = session.state
     view, edit = [layer for layer in state["layers"] if layer["type"] == "annotation"]
     assert view["name"] == "synapses" and edit["name"] == EDIT
+    # The view layer reads the layer without what the edit layer holds (named by the session's view key).
     assert view["source"] == [f"precomputed://{ORIGIN}/api/datasets/1/annotation-layers/{world.layer_id}"
-                              f"/precomputed/{kind}/current" for kind in ("point", "axis_aligned_bounding_box")]
+                              f"/precomputed/{kind}/editing={session.view_key}"
+                              for kind in ("point", "axis_aligned_bounding_box")]
+    assert len(session.view_key) == 16 and world.sessions.get(world.open("ann")).view_key != session.view_key
     assert edit["source"]["url"] == "local://annotations" and edit["annotations"] == []
     assert state[RECORD_KEY]["edit_layers"][EDIT]["layer_id"] == world.layer_id
     # Someone who may only read gets the read-only layer, and nothing to draw into.
     state = world.sessions.get(world.open("viewer")).state
     assert [layer["name"] for layer in state["layers"]] == ["synapses"] and RECORD_KEY not in state
+    assert view_of(state) == "current"  # nothing drawn here to leave out
 
 
 def test_drawn_annotations_are_created_moved_and_deleted(world: World) -> None:
@@ -251,7 +259,58 @@ def test_a_stored_state_with_unreadable_layers_still_gets_the_database_layers(wo
     report = world.viewer.show_layers(token, actor, access, ORIGIN)
     assert [layer.name for layer in report.layers] == ["synapses"]
     assert [layer["name"] for layer in world.sessions.get(token).state["layers"]] == ["synapses", EDIT]
-    assert world.viewer.share(token, actor, access).state["layers"] == [world.sessions.get(token).state["layers"][0]]
+    assert world.viewer.share(token, actor, access).state["layers"] == [
+        {**world.sessions.get(token).state["layers"][0], "source": [
+            url.rsplit("/", 1)[0] + "/current" for url in world.sessions.get(token).state["layers"][0]["source"]]}]
+
+
+def view_of(state: dict[str, Any]) -> str:
+    """The view the state's view layer of "synapses" reads (the last part of its first source's URL)."""
+    layer = next(layer for layer in state["layers"] if layer["name"] == "synapses")
+    return str(layer["source"][0]).rsplit("/", 1)[1]
+
+
+def cell_ids(world: World, view: str) -> list[int]:
+    """The annotation ids of the layer's coarsest point cell in ``view``, as served."""
+    file = world.source.cell(world.actors["curator"], world.dataset("curator"), world.layer_id, "point", view, 0,
+                             "0_0_0")
+    count = int(np.frombuffer(file.body[:8], dtype="<u8")[0])
+    return sorted(int(i) for i in np.frombuffer(file.body[len(file.body) - 8 * count:], dtype="<u8"))
+
+
+def test_view_layers_leave_out_what_the_sessions_edit_layers_hold(world: World) -> None:
+    """Neuroglancer would draw a read-only copy over each annotation an edit layer holds, and pick that copy to
+    move or delete: a session's view layers read the layer without what its own edit layers hold."""
+    token, other = world.open("ann"), world.open("bob")
+    world.post(token, "ann", [POINT])
+    world.post(other, "bob", [{**POINT, "point": [400, 200, 300]}])
+    mine, theirs = [a.id for a in world.current()]
+    view, other_view = view_of(world.sessions.get(token).state), view_of(world.sessions.get(other).state)
+    assert cell_ids(world, "current") == [mine, theirs]
+    assert cell_ids(world, view) == [theirs] and cell_ids(world, other_view) == [mine]
+    tag = world.source.cell(world.actors["ann"], world.dataset("ann"), world.layer_id, "point", view, 0, "0_0_0").etag
+    assert tag != world.source.cell(world.actors["ann"], world.dataset("ann"), world.layer_id, "point", "current", 0,
+                                    "0_0_0").etag
+    assert cell_ids(world, "editing=0123456789abcdef") == [mine, theirs]  # no such session: nothing left out
+    # Ann's second browser takes her point for editing: its view layer gets a new URL (the viewer has cells with
+    # the point, and reads them again) that leaves the point out, and the viewer is sent that state.
+    third = world.open("ann")
+    before = view_of(world.sessions.get(third).state)
+    world.post(third, "ann", [{"type": "point", "id": f"db-{mine}", "point": [100, 200, 300]}])
+    after = world.sessions.get(third)
+    assert view_of(after.state) == f"{before}.1" and after.generation.startswith("server/")
+    assert cell_ids(world, view_of(after.state)) == [theirs]
+    world.post(third, "ann", [{"type": "point", "id": f"db-{mine}", "point": [110, 200, 300]}])  # a move: same URL
+    assert view_of(world.sessions.get(third).state) == f"{before}.1"
+    # A shared copy has no edit layer: its view layer reads the whole layer.
+    assert view_of(world.viewer.share(token, world.actors["ann"], world.dataset("ann")).state) == "current"
+    # A session stored with view layers of the whole layer reads its editing view once its page loads again.
+    stored = world.sessions.get(token).state
+    world.sessions.set_state(token, {**stored, "layers": [
+        {**layer, "source": [url.rsplit("/", 1)[0] + "/current" for url in layer["source"]]}
+        if layer["name"] == "synapses" else layer for layer in stored["layers"]]})
+    world.viewer.show_layers(token, world.actors["ann"], world.dataset("ann"), ORIGIN)
+    assert view_of(world.sessions.get(token).state) == view
 
 
 def test_shared_views_are_frozen_copies(world: World) -> None:
