@@ -46,7 +46,6 @@ from annotations.cells import CellKey, LevelPlan
 from annotations.errors import AnnotationNotFound, InvalidView, LayerNotFound
 from annotations.layer_specs import MAX_SEGMENT_ID, LayerSpec
 from annotations.models import AnnotationLayer, AnnotationSegment, AnnotationVersion, ViewerSession
-from annotations.viewer_layers import held_ids
 from annotations.views import View
 
 CURRENT = View()
@@ -170,9 +169,11 @@ class AnnotationSource:
         """The ids of the layer's annotations that the edit layers of the session named ``key`` hold (none if
         no session of this dataset has that name)."""
         with self.sessions() as session:
-            row = session.execute(select(ViewerSession.dataset_id, ViewerSession.state)
+            row = session.execute(select(ViewerSession.dataset_id, ViewerSession.held)
                                   .where(ViewerSession.view_key == key)).first()
-        return held_ids(row[1], layer_id) if row is not None and row[0] == access.id else frozenset()
+        if row is None or row[0] != access.id or not isinstance(row[1], dict):
+            return frozenset()
+        return frozenset(row[1].get(str(layer_id), ()))
 
     def _stored_cell(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, level: int, cell: str,
                      if_none_match: str | None, without: frozenset[int] = frozenset()) -> SourceFile:

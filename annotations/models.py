@@ -121,6 +121,9 @@ class ViewerSession(Base):
     generation: Mapped[str] = mapped_column(String(128))
     # Public name of the session in its view layers' URLs (``editing=<key>``): not a credential.
     view_key: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True, index=True)
+    # The ids its edit layers hold, by layer id (``viewer_layers.held_by_layer`` of the state), what its
+    # ``editing=<view_key>`` views leave out: read without reading the state.
+    held: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     config: Mapped[dict[str, Any]] = mapped_column()
     config_generation: Mapped[str] = mapped_column(String(128))
     # The account that opened the session (None: anonymous); its rights on the dataset are the session's.

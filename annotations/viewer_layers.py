@@ -180,17 +180,18 @@ def retargeted(layer: dict[str, Any], view: str) -> bool:
     return changed
 
 
-def held_ids(state: Any, layer_id: int) -> frozenset[int]:
-    """The database ids of the annotations of layer ``layer_id`` that a session's edit layers hold, read from
-    its stored state as it is (whatever it holds: nothing readable is nothing held)."""
+def held_by_layer(state: Any) -> dict[str, list[int]]:
+    """The database ids of the annotations a session's edit layers hold, by layer id (as text: a JSON key),
+    read from its state as it is (whatever it holds: nothing readable is nothing held)."""
     record = state.get(RECORD_KEY) if isinstance(state, dict) else None
     layers = record.get("edit_layers") if isinstance(record, dict) else None
-    held: set[int] = set()
+    held: dict[str, set[int]] = {}
     for entry in layers.values() if isinstance(layers, dict) else ():
-        if isinstance(entry, dict) and entry.get("layer_id") == layer_id and isinstance(entry.get("saved"), dict):
-            held.update(saved["id"] for saved in entry["saved"].values()
-                        if isinstance(saved, dict) and type(saved.get("id")) is int)
-    return frozenset(held)
+        if isinstance(entry, dict) and type(entry.get("layer_id")) is int and isinstance(entry.get("saved"), dict):
+            held.setdefault(str(entry["layer_id"]), set()).update(
+                saved["id"] for saved in entry["saved"].values()
+                if isinstance(saved, dict) and type(saved.get("id")) is int)
+    return {layer: sorted(ids) for layer, ids in held.items() if ids}
 
 
 def edit_layer(layer: LayerRecord) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from annotations.errors import SessionNotFound, StaleGeneration
 from annotations.models import ViewerSession, utcnow
+from annotations.viewer_layers import held_by_layer
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class ViewerSessions:
             dataset_id=dataset_id,
             account_id=account_id,
             state=state,
+            held=held_by_layer(state),
             generation=_server_generation(),
             config=config,
             config_generation=_server_generation(),
@@ -106,7 +108,7 @@ class ViewerSessions:
             if expected is not None:
                 query = query.where(ViewerSession.generation == expected)
             result = session.execute(
-                query.values(state=state, generation=new_generation, updated_at=utcnow())
+                query.values(state=state, held=held_by_layer(state), generation=new_generation, updated_at=utcnow())
             )
             if result.rowcount == 0:
                 if session.get(ViewerSession, token) is None:

@@ -313,6 +313,38 @@ def test_view_layers_leave_out_what_the_sessions_edit_layers_hold(world: World) 
     assert view_of(world.sessions.get(token).state) == view
 
 
+def test_migration_names_existing_sessions_and_their_held_annotations(database_url: str) -> None:
+    """Sessions stored at revision 0007 (before view keys) get a key each and the ids their record holds."""
+    import json
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    engine = make_engine(database_url)
+    config = Config()
+    config.set_main_option("script_location", "annotations:migrations")
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0007")
+    record = {"edit_layers": {EDIT: {"layer_id": 3, "saved": {"p1": {"id": 7, "type": "point", "geometry": [0, 0, 0]},
+                                                                 "p2": {"id": None, "type": "point", "geometry": []}}}}}
+    with engine.begin() as connection:
+        for token, state in (("one", {"layers": [], RECORD_KEY: record}), ("two", {"layers": "unreadable"})):
+            connection.execute(text(
+                "INSERT INTO viewer_sessions (token, state, generation, config, config_generation, created_at, "
+                "updated_at) VALUES (:token, :state, 'server/0', '{}', 'server/0', :now, :now)"),
+                {"token": token, "state": json.dumps(state), "now": "2025-01-01 00:00:00"})
+    migrate(engine)
+    sessions = ViewerSessions(make_sessions(engine))
+    one, two = sessions.get("one"), sessions.get("two")
+    assert len(one.view_key) == len(two.view_key) == 16 and one.view_key != two.view_key
+    with engine.connect() as connection:
+        held = dict(connection.execute(text("SELECT token, held FROM viewer_sessions")).all())
+    assert [json.loads(v) if isinstance(v, str) else v for v in (held["one"], held["two"])] == [{"3": [7]}, {}]
+    engine.dispose()
+
+
 def test_shared_views_are_frozen_copies(world: World) -> None:
     token = world.open("ann")
     world.post(token, "ann", [POINT], change=lambda state: state.update(
