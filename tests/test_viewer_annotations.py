@@ -429,6 +429,44 @@ def test_share_link_of_a_private_dataset(own_server: Server) -> None:
     assert public.status_code == 404
 
 
+def test_the_editing_view_over_http_leaves_out_what_the_session_holds(own_server: Server) -> None:
+    """The view layer of a session that drew a point reads its cells without it; the rest of the layer, and the
+    same cell for anyone else (who may read the dataset), is as before; outsiders get 404 as for any view."""
+    url = own_server.url
+    curie = _signed_in(own_server, *CURATOR)
+    layers = f"{url}/api/datasets/embargoed/annotation-layers"
+    made = curie.post(layers, json={"name": "editing-view", "types": ["point"]}, timeout=30)
+    assert made.status_code == 201, made.text
+    layer = made.json()
+    other = curie.post(f"{layers}/{layer['id']}/annotations", timeout=30, json={"annotations": [
+        {"type": "point", "point": [40, 40, 40]}]}).json()["ids"][0]
+    opened = curie.post(f"{url}/api/datasets/embargoed/sessions", timeout=30).json()
+    token, state = opened["token"], opened["state"]
+    next(item for item in state["layers"] if item["name"] == "editing-view ✎")["annotations"] = [
+        {"type": "point", "id": "mine", "point": [80, 80, 80]}]
+    assert curie.put(f"{url}/api/sessions/{token}", json={"state": state}, timeout=30).ok
+    mine = curie.get(f"{url}/api/sessions/{token}/annotations", timeout=30).json()["saved"]["editing-view ✎"]["mine"]
+    [source] = next(item for item in curie.get(f"{url}/api/sessions/{token}", timeout=30).json()["state"]["layers"]
+                    if item["name"] == "editing-view")["source"]
+    assert "/precomputed/point/editing=" in source
+
+    def ids(answer: requests.Response) -> list[int]:
+        assert answer.status_code == 200, answer.text
+        count = int(np.frombuffer(answer.content[:8], dtype="<u8")[0])
+        return sorted(int(i) for i in np.frombuffer(answer.content[len(answer.content) - 8 * count:], dtype="<u8"))
+
+    cell = source.removeprefix("precomputed://") + "/spatial0/0_0_0"
+    current = cell.replace(cell.split("/")[-3], "current")
+    assert ids(curie.get(cell, timeout=30)) == [other] and ids(curie.get(current, timeout=30)) == sorted([other, mine])
+    tag = curie.get(cell, timeout=30).headers["ETag"]
+    assert curie.get(cell, headers={"If-None-Match": tag}, timeout=30).status_code == 304
+    assert tag != curie.get(current, timeout=30).headers["ETag"]
+    for client in (requests.Session(), _outsider(own_server)):
+        refused = client.get(cell, timeout=30)
+        assert refused.status_code == 404 and "private" not in refused.text, refused.text
+    assert curie.get(cell.replace("editing=", "editing=x"), timeout=30).status_code == 400
+
+
 def _outsider(server: Server) -> requests.Session:
     web = requests.Session()
     sessions = make_sessions(make_engine(sqlite_url(Path(server.data_dir or "."))))
