@@ -114,6 +114,19 @@ def _annotation_context(http: requests.Session, url: str, dataset: str, base: di
             "view": "current", "level": "0", "cell": "0_0_0", "relationship": "bodies", "segment": "1"}
 
 
+def _editing_view(http: requests.Session, url: str, context: dict[str, str]) -> str | None:
+    """The view the session of ``context`` shows its layer in, once the session has taken in the new layer."""
+    if not http.post(f"{url}/api/sessions/{context['token']}/annotations", timeout=30).ok:
+        return None
+    state = http.get(f"{url}/api/sessions/{context['token']}", timeout=30).json()["state"]
+    for layer in state.get("layers", []):
+        for source in layer.get("source", []) if isinstance(layer.get("source"), list) else []:
+            if isinstance(source, str) and f"/annotation-layers/{context['layer_id']}/precomputed/" in source:
+                view = source.rsplit("/", 1)[1]
+                return view if view.startswith("editing=") else None
+    return None
+
+
 def sign_in(url: str, name: str, password: str) -> str:
     """The sign-in cookie's value for an account (a browser's sign-in: the _xsrf cookie echoed in a header)."""
     browser = requests.Session()
@@ -200,6 +213,9 @@ def discover(url: str, admin_token: str) -> World:
         if context is not None:
             contexts.append(context)
             items.append(("layer", dataset["name"], context["layer_id"]))
+            editing = _editing_view(http, url, context)
+            if editing is not None:  # the view a session's view layer reads (without what its edit layer holds)
+                contexts.append({**context, "view": editing})
     session_dataset = {token: name for name, token in tokens.items()}
     if anonymous.ok:
         session_dataset[anonymous.json()["token"]] = "demo"
