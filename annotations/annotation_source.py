@@ -45,7 +45,7 @@ from annotations.annotation_store import load_layer, view_clause
 from annotations.cells import CellKey, LevelPlan
 from annotations.errors import AnnotationNotFound, InvalidView, LayerNotFound
 from annotations.layer_specs import MAX_SEGMENT_ID, LayerSpec
-from annotations.models import AnnotationLayer, AnnotationSegment, AnnotationVersion, ViewerSession
+from annotations.models import AnnotationLayer, AnnotationSegment, AnnotationVersion
 from annotations.views import View
 
 CURRENT = View()
@@ -111,9 +111,7 @@ class AnnotationSource:
         if view == CURRENT_TEXT:
             return self._stored_cell(actor, access, layer_id, kind, level, cell, if_none_match)
         if (editing := EDITING.fullmatch(view)) is not None:
-            require(actor, Action.READ, access)
-            return self._stored_cell(actor, access, layer_id, kind, level, cell, if_none_match,
-                                     self._held(access, editing.group(1), layer_id))
+            return self._stored_cell(actor, access, layer_id, kind, level, cell, if_none_match, editing.group(1))
         with self._reading(actor, access, layer_id, kind, view) as (session, source):
             key = CellKey.parse(source.plan, level, cell)
             etag = source.etag(f"spatial{level}/{key}")
@@ -165,23 +163,13 @@ class AnnotationSource:
 
     # Helpers
 
-    def _held(self, access: DatasetAccess, key: str, layer_id: int) -> frozenset[int]:
-        """The ids of the layer's annotations that the edit layers of the session named ``key`` hold (none if
-        no session of this dataset has that name)."""
-        with self.sessions() as session:
-            row = session.execute(select(ViewerSession.dataset_id, ViewerSession.held)
-                                  .where(ViewerSession.view_key == key)).first()
-        if row is None or row[0] != access.id or not isinstance(row[1], dict):
-            return frozenset()
-        return frozenset(row[1].get(str(layer_id), ()))
-
     def _stored_cell(self, actor: Actor, access: DatasetAccess, layer_id: int, kind: str, level: int, cell: str,
-                     if_none_match: str | None, without: frozenset[int] = frozenset()) -> SourceFile:
-        """A cell of the current view, as stored (``annotations.spatial_rows``), less the annotations
-        ``without`` names: read with its layer's row as of one moment, on a plain connection (no ORM; on
-        PostgreSQL one statement, outside a transaction). The cell's code comes from the layer's levels as last
-        seen (bounds and limit never change); a layer row that says otherwise (SQLite reuses a deleted layer's
-        id) makes it read again."""
+                     if_none_match: str | None, editing: str | None = None) -> SourceFile:
+        """A cell of the current view, as stored (``annotations.spatial_rows``), less what the edit layers of
+        the session whose view key is ``editing`` hold: read with its layer's row as of one moment, on a plain
+        connection (no ORM; on PostgreSQL one statement, outside a transaction). The cell's code comes from the
+        layer's levels as last seen (bounds and limit never change); a layer row that says otherwise (SQLite
+        reuses a deleted layer's id) makes it read again."""
         require(actor, Action.READ, access)
         if not 0 < layer_id < 2**31:
             raise LayerNotFound(f"no annotation layer {layer_id} in dataset {access.name!r}")
@@ -191,6 +179,7 @@ class AnnotationSource:
                 connection = connection.execution_options(isolation_level="AUTOCOMMIT")
             with self._lock:
                 seen = self._facts.get(layer_id)
+            without = spatial_rows.held_ids(connection, editing, access.id, layer_id) if editing else frozenset()
             for _ in range(2):
                 facts = seen or spatial_rows.layer_facts(connection, layer_id)
                 if facts is None or facts.dataset_id != access.id:

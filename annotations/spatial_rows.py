@@ -67,6 +67,21 @@ def layer_facts(connection: Connection, layer_id: int) -> LayerFacts | None:
     return None if row is None else LayerFacts(*row)
 
 
+def held_ids(connection: Connection, view_key: str, dataset_id: int, layer_id: int) -> frozenset[int]:
+    """The ids of layer ``layer_id`` that the edit layers of the viewer session named ``view_key`` hold
+    (``viewer_sessions.held``): none if no session of dataset ``dataset_id`` has that name."""
+    cursor = _raw(connection).cursor()
+    try:
+        cursor.execute(sql(connection, "SELECT dataset_id, held FROM viewer_sessions WHERE view_key = ?"), (view_key,))
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    if row is None or row[0] != dataset_id:
+        return frozenset()
+    held = orjson.loads(row[1]) if isinstance(row[1], str | bytes) else row[1]  # SQLite: the stored text
+    return frozenset(held.get(str(layer_id), ())) if isinstance(held, dict) else frozenset()
+
+
 def read_cell(connection: Connection, layer_id: int, kind: str, level: int, cell: int,
               without: Collection[int] = ()) -> tuple[LayerFacts | None, int, bytes, bytes]:
     """The layer's row and, as of the same moment, how many annotations one cell serves, their records and
@@ -75,28 +90,38 @@ def read_cell(connection: Connection, layer_id: int, kind: str, level: int, cell
     postgresql = dialect_of(connection) == "postgresql"
     cursor = _raw(connection).cursor(binary=True) if postgresql else _raw(connection).cursor()
     try:
-        if postgresql:
+        if postgresql and without:  # the rows, each with the layer's row, to leave some out here
+            cursor.execute(
+                f"SELECT {_FACTS}, e.record, e.annotation_id FROM annotation_layers AS l LEFT JOIN "
+                "annotation_cell_entries AS e ON e.layer_id = l.id AND e.kind = %s AND e.level = %s AND e.cell = %s "
+                "WHERE l.id = %s", (KIND[kind], level, cell, layer_id))
+            found = cursor.fetchall()
+            if not found:
+                return None, 0, b"", b""
+            facts = LayerFacts(*found[0][:8])
+            rows = [(bytes(row[8]), row[9]) for row in found if row[9] is not None and row[9] not in without]
+        elif postgresql:
             # Both aggregates take the rows in one order (any: a cell's order does not matter, only that its
             # records and ids agree), so neither sorts.
             cursor.execute(
                 f"SELECT {_FACTS}, c.n, c.records, c.ids FROM annotation_layers AS l LEFT JOIN LATERAL ("
                 " SELECT count(*) AS n, string_agg(record, ''::bytea) AS records, array_agg(annotation_id) AS ids"
-                " FROM annotation_cell_entries WHERE layer_id = l.id AND kind = %s AND level = %s AND cell = %s"
-                f"{' AND annotation_id <> ALL(%s)' if without else ''}) AS c ON true WHERE l.id = %s",
-                (KIND[kind], level, cell, *([sorted(without)] if without else []), layer_id))
+                " FROM annotation_cell_entries WHERE layer_id = l.id AND kind = %s AND level = %s AND cell = %s)"
+                " AS c ON true WHERE l.id = %s", (KIND[kind], level, cell, layer_id))
             row = cursor.fetchone()
             if row is None:
                 return None, 0, b"", b""
             return (LayerFacts(*row[:8]), row[8], bytes(row[9] or b""),
                     np.array(row[10] or [], dtype="<u8").tobytes())
-        connection.exec_driver_sql("BEGIN")  # one read transaction (pysqlite would begin only at a write)
-        facts = layer_facts(connection, layer_id)
-        cursor.execute("SELECT record, annotation_id FROM annotation_cell_entries "
-                       "WHERE layer_id = ? AND kind = ? AND level = ? AND cell = ?",
-                       (layer_id, KIND[kind], level, cell))
-        rows = cursor.fetchall()
-        if without:
-            rows = [row for row in rows if row[1] not in without]
+        else:
+            connection.exec_driver_sql("BEGIN")  # one read transaction (pysqlite would begin only at a write)
+            facts = layer_facts(connection, layer_id)
+            cursor.execute("SELECT record, annotation_id FROM annotation_cell_entries "
+                           "WHERE layer_id = ? AND kind = ? AND level = ? AND cell = ?",
+                           (layer_id, KIND[kind], level, cell))
+            rows = cursor.fetchall()
+            if without:
+                rows = [row for row in rows if row[1] not in without]
     finally:
         cursor.close()
     return (facts, len(rows), b"".join(record for record, _ in rows),

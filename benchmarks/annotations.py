@@ -11,6 +11,9 @@ the layer holds each size in ``--sizes``; at each size:
   bodies are made before, not while, the server works), and the server's CPU seconds per 100,000;
 * cells: latency of spatial-index cell requests of the ``current`` precomputed source, ``--cells`` random cells
   of every level, the dense coarse levels as many as the finest, in random order on one connection;
+* editing cells: the same for the view a viewer session's view layer reads (``editing=<key>``: the layer
+  without what the session's edit layer holds), the session having drawn ``HELD`` points into its edit layer
+  before the first bulk create (so the layer holds that many more than each size);
 * boxes: latency of ``GET …/annotations?bbox=…`` for random boxes holding about 1,000 points;
 * export: streaming ``GET …/export?format=precomputed-tar`` to a file (skipped, with a note, while the route
   answers 404), beside Neuroglancer's own ``write_annotations.AnnotationWriter`` writing the same points with
@@ -67,6 +70,7 @@ DATASET = "demo"
 TARGET_CELL_P99_MS = 10.0
 TARGET_INGEST_PER_S = 20_000.0
 BOX_POINTS = 1000  # annotations a box query is sized to return
+HELD = 1000  # points a viewer session draws into its edit layer (its editing view leaves them out)
 POSTGRES_ADMIN = os.environ.get("LAMELLA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -201,6 +205,7 @@ class Result:
     cells: Latency = field(default_factory=Latency)
     cells_by_level: dict[int, Latency] = field(default_factory=dict)
     cell_sizes: dict[int, float] = field(default_factory=dict)  # level -> mean annotations a cell
+    editing_cells: Latency = field(default_factory=Latency)
     boxes: Latency = field(default_factory=Latency)
     box_mean_annotations: float = float("nan")
     export_s: float | None = None
@@ -238,6 +243,27 @@ def measure_cells(client: Client, source: str, info: dict[str, Any], per_level: 
     everything = [t for level_times in times.values() for t in level_times]
     return (Latency.of(everything), {level: Latency.of(t) for level, t in times.items()},
             {level: float(np.mean(s)) for level, s in sizes.items()})
+
+
+def draw_in_a_session(client: Client) -> str:
+    """A viewer session of the admin whose edit layer holds ``HELD`` points (saved to the layer as Neuroglancer
+    would post them); returns the path of the precomputed source its view layer reads."""
+    opened = client.json("POST", f"/api/datasets/{DATASET}/sessions", expect=201)
+    token, state = opened["token"], opened["state"]
+    rng = np.random.default_rng([SEED, 0, 2])
+    points = (rng.random((HELD, 3)) * np.array(UPPER)).astype(np.float32).astype(np.float64).tolist()
+    edit = next(layer for layer in state["layers"] if layer["name"] == "bench ✎")
+    edit["annotations"] = [{"type": "point", "id": f"drawn{i}", "point": p} for i, p in enumerate(points)]
+    client.json("PUT", f"/api/sessions/{token}", {"state": state})
+    saved = client.json("GET", f"/api/sessions/{token}/annotations")["saved"].get("bench ✎", {})
+    if len(saved) != HELD:
+        raise BenchError(f"the session saved {len(saved)} of its {HELD} points")
+    state = client.json("GET", f"/api/sessions/{token}")["state"]
+    [url] = next(layer for layer in state["layers"] if layer["name"] == "bench")["source"]
+    path = "/api/" + url.split("/api/", 1)[1]
+    if "/editing=" not in path:
+        raise BenchError(f"the session's view layer reads {path}, not an editing view")
+    return path
 
 
 def measure_boxes(client: Client, layer_path: str, size: int, count: int,
@@ -329,6 +355,7 @@ def run_backend(args: argparse.Namespace, backend: str, sizes: Sequence[int], tm
                 "upper_bound": UPPER}, expect=201)
             layer_path = f"{layers}/{layer['id']}"
             source = f"{layer_path}/precomputed/point/current"
+            editing = draw_in_a_session(client)
             held = 0
             for size in sizes:
                 result = Result(backend, size)
@@ -347,6 +374,7 @@ def run_backend(args: argparse.Namespace, backend: str, sizes: Sequence[int], tm
                 info = orjson.loads(client.request("GET", f"{source}/info")[1])
                 result.cells, result.cells_by_level, result.cell_sizes = measure_cells(client, source, info,
                                                                                        args.cells, rng)
+                result.editing_cells, _, _ = measure_cells(client, editing, info, args.cells, rng)
                 result.boxes, result.box_mean_annotations = measure_boxes(client, layer_path, size, args.boxes, rng)
                 result.export_s, result.export_bytes, result.export_note = measure_export(client, layer_path, tmp)
                 if args.ng_max > 0:
@@ -382,12 +410,14 @@ def _ingest(client: Client, layer_path: str, held: int, target: int) -> float:
 def report(results: Sequence[Result]) -> list[str]:
     lines = ["", "annotations (per backend and size)",
              f"{'backend':<11}{'size':>12}{'ingest/s':>10}{'cpu/100k':>10}{'cell p50':>10}{'cell p99':>10}"
-             f"{'box p50':>9}{'box p99':>9}{'box n':>7}{'export s':>10}{'NG writer s':>13}"]
+             f"{'edit p50':>10}{'edit p99':>10}{'box p50':>9}{'box p99':>9}{'box n':>7}{'export s':>10}"
+             f"{'NG writer s':>13}"]
     for r in results:
         export = "n/a" if r.export_s is None else f"{r.export_s:.1f}"
         writer = "n/a" if r.ng_writer_s is None else f"{r.ng_writer_s:.1f}{'*' if r.ng_writer_note else ''}"
         lines.append(f"{r.backend:<11}{r.size:>12,}{r.ingest_per_s:>10,.0f}{r.ingest_server_cpu_s_per_100k:>9.1f}s"
-                     f"{r.cells.p50_ms:>8.1f}ms{r.cells.p99_ms:>8.1f}ms{r.boxes.p50_ms:>7.1f}ms{r.boxes.p99_ms:>7.1f}ms"
+                     f"{r.cells.p50_ms:>8.1f}ms{r.cells.p99_ms:>8.1f}ms{r.editing_cells.p50_ms:>8.1f}ms"
+                     f"{r.editing_cells.p99_ms:>8.1f}ms{r.boxes.p50_ms:>7.1f}ms{r.boxes.p99_ms:>7.1f}ms"
                      f"{r.box_mean_annotations:>7.0f}{export:>10}{writer:>13}")
     lines += ["", "cells by level: p50 / p99 ms (mean annotations a cell)"]
     for r in results:
