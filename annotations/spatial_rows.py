@@ -90,16 +90,18 @@ def read_cell(connection: Connection, layer_id: int, kind: str, level: int, cell
     postgresql = dialect_of(connection) == "postgresql"
     cursor = _raw(connection).cursor(binary=True) if postgresql else _raw(connection).cursor()
     try:
-        if postgresql and without:  # the rows, each with the layer's row, to leave some out here
+        if postgresql and without:  # each record apart, to leave some out here
             cursor.execute(
-                f"SELECT {_FACTS}, e.record, e.annotation_id FROM annotation_layers AS l LEFT JOIN "
-                "annotation_cell_entries AS e ON e.layer_id = l.id AND e.kind = %s AND e.level = %s AND e.cell = %s "
-                "WHERE l.id = %s", (KIND[kind], level, cell, layer_id))
-            found = cursor.fetchall()
-            if not found:
+                f"SELECT {_FACTS}, c.records, c.ids FROM annotation_layers AS l LEFT JOIN LATERAL ("
+                " SELECT array_agg(record) AS records, array_agg(annotation_id) AS ids FROM annotation_cell_entries"
+                " WHERE layer_id = l.id AND kind = %s AND level = %s AND cell = %s) AS c ON true WHERE l.id = %s",
+                (KIND[kind], level, cell, layer_id))
+            found = cursor.fetchone()
+            if found is None:
                 return None, 0, b"", b""
-            facts = LayerFacts(*found[0][:8])
-            rows = [(bytes(row[8]), row[9]) for row in found if row[9] is not None and row[9] not in without]
+            facts = LayerFacts(*found[:8])
+            rows = [(bytes(record), annotation_id) for record, annotation_id
+                    in zip(found[8] or [], found[9] or [], strict=True) if annotation_id not in without]
         elif postgresql:
             # Both aggregates take the rows in one order (any: a cell's order does not matter, only that its
             # records and ids agree), so neither sorts.

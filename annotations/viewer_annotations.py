@@ -43,6 +43,7 @@ from annotations.viewer_layers import (
     with_record,
 )
 from annotations.viewer_sessions import SessionState, ViewerSessions
+from annotations.views import CURRENT
 
 TYPE_NAMES = {"point": "point", "line": "line", "axis_aligned_bounding_box": "box", "ellipsoid": "ellipsoid",
               "polyline": "polyline"}
@@ -160,6 +161,10 @@ class ViewerAnnotations:
             layers = {layer.get("name"): layer for layer in state_layers(state)}
             for name, entry in record.edit_layers.items():
                 layer = layers.get(name)
+                view = layers.get(name.removesuffix(EDIT_SUFFIX))
+                if layer is None and view is not None:
+                    # The edit layer was closed: its annotations are shown by the view layer again.
+                    retarget = retargeted(view, CURRENT) or retarget
                 parsed = drawn_annotations(layer) if layer is not None else None
                 if parsed is None:  # the layer was removed or carries no list: nothing of it is taken as deleted
                     continue
@@ -167,7 +172,6 @@ class ViewerAnnotations:
                 if changes:
                     self._save(actor, access, name, entry, changes, record)
                     wrote = True
-                view = layers.get(name.removesuffix(EDIT_SUFFIX))
                 if changes.adoptions and view is not None:
                     # The viewer has its view layer's cells with the annotations just taken: a new URL makes it
                     # read them again, without them.

@@ -142,10 +142,12 @@ def test_drawn_annotations_are_created_moved_and_deleted(world: World) -> None:
     assert [a.id for a in world.current()] == [saved[0].id]
     history = world.store.history(world.actors["ann"], world.dataset("ann"), world.layer_id, saved[1].id)
     assert [v.deleted for v in history] == [False, True]
-    # Removing the whole edit layer deletes nothing.
+    # Removing the whole edit layer deletes nothing, and its annotations are shown by the view layer again.
     world.post(token, "ann", change=lambda state: state.update(
         layers=[layer for layer in state["layers"] if layer["name"] != EDIT]))
     assert len(world.current()) == 1
+    after = world.sessions.get(token)
+    assert view_of(after.state) == "current" and after.generation.startswith("server/")  # sent to the viewer
 
 
 def _with(record: Any, **changes: Any) -> Any:
