@@ -18,9 +18,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError, model_validator
-from sqlalchemy import Select, and_, insert, or_, select, update
+from sqlalchemy import BigInteger, Select, and_, func, insert, or_, select, true, update
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from annotations import spatial_rows
 from annotations.access import Action, Actor, DatasetAccess, require, require_maker_or_curator
@@ -480,6 +481,11 @@ class AnnotationStore:
             row = load_layer(session, access, layer_id)
             layer, margin = layer_record(row), row.max_extent
             box = query.box()
+            if box is not None and session.get_bind().dialect.name == "postgresql":
+                rows = session.execute(self._box_query(layer, margin, query, *box)).all()
+                records = [_record(v, created) for v, created in rows[:query.limit]]
+                return AnnotationPage(annotations=records,
+                                      next_after=records[-1].id if len(rows) > query.limit else None)
             # With a box, the id is hidden from the planners behind "+ 0": else they walk the whole layer in id
             # order (the id index) instead of looking up the box's cells (the cell index) and sorting those.
             # With a box, the layer is named in each of its cell ranges instead (``_box_clauses``).
@@ -612,6 +618,29 @@ class AnnotationStore:
         version, creator, created_at = found
         require_maker_or_curator(actor, access, creator)
         return version, as_utc(created_at)
+
+    @staticmethod
+    def _box_query(layer: LayerRecord, margin: float, query: AnnotationQuery, lower: list[float],
+                   upper: list[float]) -> Select[Any]:
+        """PostgreSQL: a box listing as one index range scan of the cell index per range of cells around the box
+        (a lateral subquery per range, kept apart by OFFSET 0), whatever the table's statistics say: left to
+        plan an OR of ranges, PostgreSQL walked a whole layer of a million annotations that autovacuum had not
+        analysed yet (1.8 s instead of 6 ms)."""
+        V = AnnotationVersion
+        plan = LevelPlan.for_bounds(tuple(layer.lower_bound), tuple(layer.upper_bound))
+        ranges = plan.ranges_covering([v - margin for v in lower], [v + margin for v in upper])
+        cells = func.unnest(array([low for low, _ in ranges], type_=BigInteger),
+                            array([high for _, high in ranges], type_=BigInteger)
+                            ).table_valued("low", "high").render_derived(name="r")
+        found = (select(V).where(V.layer_id == layer.id, V.cell.between(cells.c.low, cells.c.high),
+                                 view_clause(query.view), V.annotation_id > query.after,
+                                 V.x1 >= lower[0], V.x0 <= upper[0], V.y1 >= lower[1], V.y0 <= upper[1],
+                                 V.z1 >= lower[2], V.z0 <= upper[2])
+                 .offset(0).lateral("v"))
+        version = aliased(AnnotationVersion, found)
+        return (select(version, Annotation.created_at).select_from(cells).join(found, true())
+                .join(Annotation, Annotation.id == version.annotation_id)
+                .order_by(version.annotation_id).limit(query.limit + 1))
 
     @staticmethod
     def _box_clauses(layer: LayerRecord, margin: float, lower: list[float], upper: list[float]) -> list[Any]:
