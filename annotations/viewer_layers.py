@@ -128,7 +128,7 @@ def with_record(state: dict[str, Any], record: SessionAnnotations) -> dict[str, 
 
 
 # A view layer's source: the view (last segment) of a layer's precomputed source that this module chooses.
-VIEW_SOURCE = re.compile(r"(precomputed://.+/annotation-layers/([0-9]+)/precomputed/[a-z_]+/)"
+VIEW_SOURCE = re.compile(r"(precomputed://.+/annotation-layers/[0-9]+/precomputed/[a-z_]+/)"
                          r"(current|editing=[0-9a-f]{16}(?:\.[0-9]+)?)")
 
 
