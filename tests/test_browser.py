@@ -209,6 +209,21 @@ def alt_drag(driver, start: tuple[int, int], by: tuple[int, int]) -> None:  # ty
         driver.switch_to.default_content()
 
 
+def ctrl_right_click(driver, offset: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl+right-click (Neuroglancer's "select") at an offset from the centre of the xy view."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    driver.switch_to.frame(driver.find_element("id", "viewer"))
+    try:
+        panel = driver.find_elements("css selector", ".neuroglancer-rendered-data-panel")[0]
+        ActionChains(driver).move_to_element_with_offset(panel, *offset).perform()
+        time.sleep(1.0)  # the pointer rests on the annotation: the viewer picks it
+        ActionChains(driver).key_down(Keys.CONTROL).context_click().key_up(Keys.CONTROL).perform()
+    finally:
+        driver.switch_to.default_content()
+
+
 def sign_in(driver, server: Server, name: str, password: str, then: str) -> None:  # type: ignore[no-untyped-def]
     """Through the sign-in page, as a user would: it returns to ``then``, whose header names the account."""
     from urllib.parse import quote
@@ -474,6 +489,37 @@ def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore
             return found if len(found) == 2 else None  # the box and the point refused earlier, kept in the viewer
 
         assert wait_for(edit_layer_after_reload, 60), "the reloaded viewer does not show what the layer holds"
+        # An annotation made elsewhere (here through the API), 30 screen pixels below where the point was drawn:
+        # selected in the read-only layer, taken into the edit layer with the side panel's "Edit in viewer",
+        # then moved with alt+drag. The viewer is sent a new URL of the view layer, which leaves it out.
+        made = {"type": "point", "point": [point["point"][0], point["point"][1] + 30 * 1.4286, point["point"][2]]}
+        [other] = requests.post(saved, json={"annotations": [made]}, headers=admin, timeout=30).json()["ids"]
+        browser.refresh()
+        assert wait_for(lambda: next(iter(browser.find_elements("css selector", "[data-draw]")), None), 30)
+        time.sleep(3)  # the view layer's cells arrive
+        def select_it() -> bool | None:  # ctrl+right-click pins the selection, or unpins one already pinned
+            ctrl_right_click(browser, (40, 60))
+            browser.switch_to.frame(browser.find_element("id", "viewer"))
+            try:
+                selection = browser.execute_script("return viewer.selectionDetailsState.toJSON() || {}")
+            finally:
+                browser.switch_to.default_content()
+            return True if selection.get("layers", {}).get("synapses", {}).get("annotationId") == str(other) else None
+
+        assert wait_for(select_it, 30), "the annotation made elsewhere could not be selected in the viewer"
+        adopt = wait_for(lambda: next(iter(browser.find_elements("id", "edit-in-viewer")), None), 30)
+        assert adopt is not None, browser.find_element("id", "selected-annotation").text
+        adopt.click()
+
+        def view_url() -> str:
+            layer = next(item for item in client_state(browser)["layers"] if item["name"] == "synapses")
+            source = layer["source"][0]
+            return str(source["url"] if isinstance(source, dict) else source)
+
+        assert wait_for(lambda: True if view_url().endswith(".1") else None, 30), view_url()
+        alt_drag(browser, (40, 60), (30, 0))
+        assert wait_for(lambda: next((True for a in stored(2) or [] if a["id"] == other and
+                                      a["point"][0] > made["point"][0] + 20), None), 10), stored(2)
         # Someone who may not read the private dataset: no page, no layer, no annotation, no precomputed source.
         browser.find_element("id", "sign-out").click()
         assert wait_for(lambda: next(iter(browser.find_elements("id", "sign-in-link")), None), 30)
