@@ -72,15 +72,15 @@ def migrate(engine: Engine) -> None:
             upgrade_with_alembic(connection)
 
 
-def upgrade_with_alembic(connection: Connection) -> None:
-    """Run the migrations from the schema's revision to the newest, in the caller's transaction."""
+def upgrade_with_alembic(connection: Connection, revision: str = "head") -> None:
+    """Run the migrations from the schema's revision to ``revision`` (the newest), in the caller's transaction."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", MIGRATIONS)
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 def schema_revision(connection: Connection) -> str | None:

@@ -116,15 +116,9 @@ def test_the_fast_check_words_errors_as_the_slow_one(store: Store) -> None:
 
 def test_migration_builds_the_index_of_existing_layers(database_url: str) -> None:
     """A layer written at revision 0006 (before the index) is served from an index built by 0007."""
-    from alembic import command
-    from alembic.config import Config
-
     engine = make_engine(database_url)
-    config = Config()
-    config.set_main_option("script_location", "annotations:migrations")
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0006")
+        upgrade_with_alembic(connection, "0006")
     rng = random.Random(5)
     spec = {"types": ["point", "line"], "labels": [], "properties": [], "relationships": []}
     with engine.begin() as connection:

@@ -19,7 +19,7 @@ from annotations.accounts import Accounts
 from annotations.annotation_source import AnnotationSource
 from annotations.annotation_store import AnnotationQuery, AnnotationStore, LayerIn
 from annotations.catalog import Catalog, ImageSpec, NewDataset
-from annotations.db import make_engine, make_sessions, migrate, sqlite_url
+from annotations.db import make_engine, make_sessions, migrate, sqlite_url, upgrade_with_alembic
 from annotations.errors import InvalidState, SharedViewNotFound, StaleGeneration
 from annotations.shared_views import SharedViews
 from annotations.viewer_annotations import ViewerAnnotations
@@ -319,16 +319,11 @@ def test_migration_names_existing_sessions_and_their_held_annotations(database_u
     """Sessions stored at revision 0007 (before view keys) get a key each and the ids their record holds."""
     import json
 
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
     engine = make_engine(database_url)
-    config = Config()
-    config.set_main_option("script_location", "annotations:migrations")
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0007")
+        upgrade_with_alembic(connection, "0007")
     record = {"edit_layers": {EDIT: {"layer_id": 3, "saved": {"p1": {"id": 7, "type": "point", "geometry": [0, 0, 0]},
                                                                  "p2": {"id": None, "type": "point", "geometry": []}}}}}
     with engine.begin() as connection:
