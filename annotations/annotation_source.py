@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import struct
 import threading
 from collections.abc import Iterator
@@ -46,11 +45,10 @@ from annotations.cells import CellKey, LevelPlan
 from annotations.errors import AnnotationNotFound, InvalidView, LayerNotFound
 from annotations.layer_specs import MAX_SEGMENT_ID, LayerSpec
 from annotations.models import AnnotationLayer, AnnotationSegment, AnnotationVersion
-from annotations.views import View
+from annotations.views import EDITING, View
 
 CURRENT = View()
 CURRENT_TEXT = str(CURRENT)
-EDITING = re.compile(r"editing=([0-9a-f]{16})(?:\.[1-9][0-9]{0,8})?", re.ASCII)
 Cut = tuple[float, int]  # (sample key, annotation id)
 FIRST: Cut = (0.0, 0)
 ENTRY_COLUMNS = (AnnotationVersion.annotation_id, AnnotationVersion.geometry, AnnotationVersion.label,

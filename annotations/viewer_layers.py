@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, ValidationError
 from annotations.annotation_store import AnnotationRecord, LayerRecord
 from annotations.errors import InvalidState
 from annotations.layer_specs import GEOMETRY_FIELDS, RANK, AnnotationIn
-from annotations.views import CURRENT
+from annotations.views import CURRENT, EDITING
 
 RECORD_KEY = "lamella"
 EDIT_SUFFIX = " ✎"
@@ -129,7 +129,7 @@ def with_record(state: dict[str, Any], record: SessionAnnotations) -> dict[str, 
 
 # A view layer's source: the view (last segment) of a layer's precomputed source that this module chooses.
 VIEW_SOURCE = re.compile(r"(precomputed://.+/annotation-layers/[0-9]+/precomputed/[a-z_]+/)"
-                         r"(current|editing=[0-9a-f]{16}(?:\.[0-9]+)?)")
+                         rf"(?:{CURRENT}|{EDITING.pattern})")
 
 
 def source_url(origin: str, dataset_id: int, layer_id: int, kind: str, view: str = CURRENT) -> str:

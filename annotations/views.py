@@ -10,6 +10,9 @@ from datetime import UTC, datetime
 from annotations.errors import InvalidView
 
 CURRENT = "current"  # the view without filters
+# A viewer session's view layers: ``current`` without what that session's edit layers hold
+# (``annotations.viewer_layers``); the session's view key, then a revision that changes the URL when needed.
+EDITING = re.compile(r"editing=([0-9a-f]{16})(?:\.[1-9][0-9]{0,8})?", re.ASCII)
 _PART = re.compile(r"(as_of|author|label|since|until)=([A-Za-z0-9_.\-]{1,64})", re.ASCII)
 _MICROS = re.compile(r"0|[1-9][0-9]{0,16}", re.ASCII)
 MAX_MICROS = 253402300799999999  # 9999-12-31T23:59:59.999999Z
