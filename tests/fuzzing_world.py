@@ -67,6 +67,16 @@ def _chunk_names(scale: dict[str, Any]) -> list[str]:
     return [first, "_".join(last)]
 
 
+def _mesh_files(http: requests.Session, base: str, info: dict[str, Any]) -> dict[str, str]:
+    """A label image's current mesh build and its first shard file; a made-up build elsewhere (404)."""
+    if "mesh" not in info:
+        return {"build": "0123456789ab", "shard": "0.shard"}
+    build = info["mesh"].rsplit("/", 1)[-1]
+    mesh_info = http.get(f"{base}/precomputed/mesh/{build}/info", timeout=30).json()
+    bits = mesh_info["sharding"]["shard_bits"]
+    return {"build": build, "shard": f"{0:0{(bits + 3) // 4}x}.shard"}
+
+
 def _zarr_keys(http: requests.Session, base: str, image: dict[str, Any]) -> list[str]:
     """Group metadata, the first level's array metadata and its first stored chunk (or shard)."""
     path = image["levels"][0]["path"]
@@ -193,13 +203,14 @@ def discover(url: str, admin_token: str) -> World:
             info = http.get(f"{base}/precomputed/info", timeout=30).json()
             chunks = [(scale["key"], chunk) for scale in info["scales"][:2] for chunk in _chunk_names(scale)]
             keys = _zarr_keys(http, base, image)
+            meshes = _mesh_files(http, base, info)
             for turn in range(3):
                 scale_key, chunk_name = chunks[turn % len(chunks)]
                 contexts.append({
                     "dataset_ref": name, "image_name": image["name"], "scale_key": scale_key,
                     "chunk_name": chunk_name, "key": keys[turn % len(keys)], "token": tokens[name], "code": codes[name],
                     "account": CURATOR[0], "token_id": str(spare_token), "name": client[(turn + number) % len(client)],
-                    "path": statics[(turn + number) % len(statics)],
+                    "path": statics[(turn + number) % len(statics)], **meshes,
                 })
             spline = splines.get((name, image["name"]))
             if spline is not None:

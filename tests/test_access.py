@@ -129,6 +129,9 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     "precomputed-info": lambda m, v, s: (f"{_image(v)}/precomputed/info", None),
     "precomputed-chunk": lambda m, v, s: (f"{_image(v)}/precomputed/0/{IMAGES[v][1]}", None),
     "zarr-store": lambda m, v, s: (f"{_image(v)}/zarr/{IMAGES[v][2]}", None),
+    # An image without meshes: allowed is its mesh_not_found, refused the dataset's 404.
+    "mesh-info": lambda m, v, s: (f"{_image(v)}/precomputed/mesh/0123456789ab/info", None),
+    "mesh-shard": lambda m, v, s: (f"{_image(v)}/precomputed/mesh/0123456789ab/0.shard", None),
     "stored-access": lambda m, v, s: (f"{_image(v)}/stored-access", None),
     "transform": lambda m, v, s: (f"{_image(v)}/transform", REFUSED if s == "PUT" else None),
     "landmarks": lambda m, v, s: (f"{_image(v)}/landmarks", REFUSED),

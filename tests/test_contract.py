@@ -125,7 +125,8 @@ def path_values(server: Server) -> dict[str, str]:
     code = requests.post(f"{server.url}/api/sessions/{token}/share", timeout=10).json()["code"]
     return {**annotation, "dataset_ref": "demo", "image_name": "em", "token": token, "code": code,
             "transform_id": str(transform["id"]), "token_id": str(token_id), "account": "admin", "scale_key": "0",
-            "chunk_name": "0-64_0-64_0-64", "key": "zarr.json", "name": "index.html", "path": "css/lamella.css"}
+            "chunk_name": "0-64_0-64_0-64", "key": "zarr.json", "name": "index.html", "path": "css/lamella.css",
+            "build": "0123456789ab", "shard": "0.shard"}
 
 
 def concrete(pattern: str, values: dict[str, str]) -> str:
@@ -655,3 +656,17 @@ def test_if_none_match_with_a_control_character_is_a_malformed_request(server: S
     answer = exchange(server, b"GET /api/datasets/demo/images/em/precomputed/info HTTP/1.1\r\nHost: lamella\r\n"
                               b"If-None-Match: \"a\x00b\"\r\n\r\n")
     assert answer.status == 400 and json_error(400, answer.headers.get("content-type"), answer.body)
+
+
+def test_a_streamed_answer_to_http_1_0_ends_with_the_connection(scratch_server: Server, values: dict[str, str]) -> None:
+    """HTTP/1.0 has no chunked framing: a streamed export asked for with keep-alive must close when it is done."""
+    path = f"/api/datasets/demo/annotation-layers/{values['layer_id']}/export?format=csv"
+    request = f"GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n".encode()
+    with socket.create_connection(address(scratch_server), timeout=10) as connection:
+        connection.sendall(request + f"Authorization: Bearer {scratch_server.admin_token}\r\n\r\n".encode())
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].endswith(b" 200 OK") and b"keep-alive" not in head.lower()
+    assert body.startswith(b"id,")

@@ -80,6 +80,8 @@ account = "admin"
 token_id = "{token_id}"
 name = "index.html"
 path = "css/lamella.css"
+build = "0123456789ab"
+shard = "0.shard"
 
 [[operations]]
 # A spline-warped image is served on the reference image's grid.
@@ -105,6 +107,11 @@ checks.positive_data_acceptance.expected-statuses = ["2XX", 400, 401, 403, 404, 
 # A precomputed annotation source names a layer, one of its types and a view in its one spelling.
 include-path-regex = "/annotation-layers/[^/]+/precomputed/"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 429]
+
+[[operations]]
+# Meshes are a label image's, under the name of their current build: another image or build has none.
+include-path-regex = "/precomputed/mesh/"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 404, 401, 403, 429]
 
 [[operations]]
 # A shared view's link answers with a redirect to its dataset's page.

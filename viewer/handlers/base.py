@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from asyncio import Future
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,6 +91,15 @@ class BaseHandler(RequestHandler):
                 self.set_header(name, value)
 
     # The rule, before the body is read
+
+    def flush(self, include_footers: bool = False) -> Future[None]:
+        if (not self._headers_written and self.request.version == "HTTP/1.0"  # type: ignore[has-type]
+                and "Content-Length" not in self._headers):
+            # HTTP/1.0 has no chunked framing: a body streamed without a length ends when the connection does.
+            # Tornado would answer a keep-alive request with Keep-Alive and leave the client waiting.
+            self.request.headers["Connection"] = "close"
+            self.request.connection._disconnect_on_finish = True  # type: ignore[union-attr]  # no public switch
+        return super().flush(include_footers)
 
     def prepare(self) -> Awaitable[None] | None:
         """Admit the request or keep its refusal. Synchronous when the decision is cached (Tornado awaits only
