@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from tests.conftest import CURATOR, ROOT, Server
@@ -366,6 +367,7 @@ def in_viewer(driver, selector: str):  # type: ignore[no-untyped-def]
 
 
 SCREENSHOT = Path("/tmp/lamella-viewer-annotations.png")
+SURFACE_SCREENSHOT = Path("/tmp/lamella-viewer-surface.png")
 
 
 def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore[no-untyped-def]
@@ -532,3 +534,76 @@ def test_annotations_drawn_in_the_viewer_are_saved_to_the_layer(  # type: ignore
             assert requests.get(path, headers=olga, timeout=30).status_code == 404, path
     finally:
         stop_server(server)
+
+
+def panel_image(driver, index: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """One rendered panel of the viewer (4panel, in page order: xy, xz, 3D, yz) as RGB."""
+    driver.switch_to.frame(driver.find_element("id", "viewer"))
+    try:
+        panel = driver.find_elements("css selector", ".neuroglancer-rendered-data-panel")[index]
+        return np.asarray(Image.open(io.BytesIO(panel.screenshot_as_png)).convert("RGB")).astype(np.int16)
+    finally:
+        driver.switch_to.default_content()
+
+
+def double_click(driver, offset: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    """Double-click (Neuroglancer's "select segment") at an offset from the centre of the xy view."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    driver.switch_to.frame(driver.find_element("id", "viewer"))
+    try:
+        panel = driver.find_elements("css selector", ".neuroglancer-rendered-data-panel")[0]
+        ActionChains(driver).move_to_element_with_offset(panel, *offset).perform()
+        time.sleep(1.0)  # the pointer rests on the segment: the viewer picks it
+        ActionChains(driver).double_click().perform()
+    finally:
+        driver.switch_to.default_content()
+
+
+THREE_D = 2  # the 3D panel, bottom left in Neuroglancer's 4panel layout
+
+
+def test_a_selected_mitochondrion_shows_its_surface_in_the_3d_panel(  # type: ignore[no-untyped-def]
+    server: Server, browser
+) -> None:
+    """The demo's segmentation: centred on mitochondrion 1001, a double-click selects it and the 3D panel draws
+    its mesh, a blob where the same view without a selection shows nothing."""
+    import tensorstore as ts
+    from scipy import ndimage
+
+    base = f"{server.url}/api/datasets/demo/images/organelles"
+    coarse = ts.open({"driver": "zarr3", "kvstore": f"{base}/zarr/2/"}).result().read().result()
+    mitochondrion = 1001
+    centre = np.array(ndimage.center_of_mass(coarse == mitochondrion)) * 4 + 2  # (z, y, x) level-0 voxels
+    assert coarse[tuple(np.round((centre - 2) / 4).astype(int))] == mitochondrion  # the centre is inside it
+    browser.get(server.url + "/datasets/demo")
+    token = wait_for(lambda: browser.find_element("id", "viewer").get_attribute("data-token") or None, 60)
+    assert wait_for(lambda: True if server.get(f"/api/sessions/{token}").json()["generation"] else None, 60)
+    session = server.get(f"/api/sessions/{token}").json()
+    state = session["state"]
+    state["position"] = [float(centre[2]), float(centre[1]), float(centre[0])]
+    state["showSlices"] = False  # the 3D panel shows meshes only
+    state["projectionScale"] = 300
+    assert requests.put(f"{server.url}/api/sessions/{token}", json={"state": state,
+                        "generation": session["generation"]}, timeout=30).ok
+    assert wait_for(lambda: True if client_state(browser).get("showSlices") is False else None, 60)
+    time.sleep(3)
+    empty = panel_image(browser, THREE_D)
+    double_click(browser, (0, 0))
+    selected = wait_for(lambda: next((layer.get("segments") for layer in client_state(browser)["layers"]
+                                      if layer["name"] == "organelles" and layer.get("segments")), None), 30)
+    assert selected == [str(mitochondrion)]
+
+    def surface() -> np.ndarray | None:
+        drawn = np.abs(panel_image(browser, THREE_D) - empty).max(axis=2) > 40
+        return drawn if drawn.sum() > 200 else None
+
+    drawn = wait_for(surface, 60)
+    assert drawn is not None, "no surface appeared in the 3D panel"
+    # One object near the centre, not noise: a single large connected blob around the panel's middle.
+    browser.save_screenshot(str(SURFACE_SCREENSHOT))
+    blobs, _ = ndimage.label(drawn)
+    sizes = np.bincount(blobs.ravel())[1:]
+    assert sizes.max() > 0.9 * drawn.sum()
+    middle = np.array(ndimage.center_of_mass(blobs == sizes.argmax() + 1)) / np.array(drawn.shape)
+    assert np.all(np.abs(middle - 0.5) < 0.2), middle

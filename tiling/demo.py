@@ -12,6 +12,8 @@ from scipy.spatial import cKDTree
 
 DEMO_SHAPE = (256, 512, 512)  # z, y, x
 DEMO_VOXEL_NM = (8.0, 8.0, 8.0)
+CELL_IDS = 1  # the demo's segmentation: cells are 1, 2, ...
+MITOCHONDRION_IDS = 1001  # and mitochondria 1001, 1002, ...
 
 
 def _upsample(field: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -21,13 +23,22 @@ def _upsample(field: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     ].astype(np.float32)
 
 
-def _membrane_distance(shape: tuple[int, ...], rng: np.random.Generator, cells: int) -> np.ndarray:
-    """Distance (voxels) from each voxel to the nearest Voronoi cell boundary."""
+def _membrane_distance(
+    shape: tuple[int, ...], rng: np.random.Generator, cells: int, labels: np.ndarray | None = None
+) -> np.ndarray:
+    """Distance (voxels) from each voxel to the nearest Voronoi cell boundary; with ``labels``, also writes
+    each voxel's cell there (``CELL_IDS`` onwards, by nearest seed: the membrane is shared out between them)."""
     coarse = tuple(max(1, s // 4) for s in shape)
     seeds = rng.uniform(0, 1, size=(cells, 3)) * np.array(coarse)
     grid = np.stack(np.meshgrid(*[np.arange(s) + 0.5 for s in coarse], indexing="ij"), axis=-1)
     distances, _ = cKDTree(seeds).query(grid.reshape(-1, 3), k=2)
     gap = ((distances[:, 1] - distances[:, 0]) / 2 * 4).reshape(coarse)
+    if labels is not None:  # owners at half resolution: cell surfaces in steps of two voxels
+        half = tuple(-(-s // 2) for s in shape)
+        points = np.stack(np.meshgrid(*[(np.arange(s) + 0.5) / 2 for s in half], indexing="ij"), axis=-1)
+        _, owner = cKDTree(seeds).query(points.reshape(-1, 3), k=1, workers=-1)
+        owner = (owner.astype(np.uint32) + CELL_IDS).reshape(half)
+        labels[...] = owner.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: shape[0], : shape[1], : shape[2]]
     return _upsample(gap.astype(np.float32), shape)
 
 
@@ -38,9 +49,11 @@ def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, sigma: float
     return _upsample(field, shape)
 
 
-def _add_mitochondria(volume: np.ndarray, rng: np.random.Generator, count: int, mask: np.ndarray | None) -> None:
+def _add_mitochondria(
+    volume: np.ndarray, rng: np.random.Generator, count: int, mask: np.ndarray | None, labels: np.ndarray | None
+) -> None:
     depth, height, width = volume.shape
-    for _ in range(count):
+    for number in range(count):
         radii = rng.uniform([10, 14, 30], [18, 24, 60])
         centre = rng.uniform([0, 0, 0], [depth, height, width])
         angle = rng.uniform(0, np.pi)
@@ -62,6 +75,8 @@ def _add_mitochondria(volume: np.ndarray, rng: np.random.Generator, count: int, 
         box[envelope] = 55
         if mask is not None:
             mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= inside | envelope
+        if labels is not None:
+            labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]][inside | envelope] = MITOCHONDRION_IDS + number
 
 
 def _add_vesicles(volume: np.ndarray, rng: np.random.Generator, count: int) -> None:
@@ -78,18 +93,23 @@ def _add_vesicles(volume: np.ndarray, rng: np.random.Generator, count: int) -> N
 
 
 def make_demo_volume(
-    shape: tuple[int, int, int] = DEMO_SHAPE, seed: int = 20261121, mitochondria: np.ndarray | None = None
+    shape: tuple[int, int, int] = DEMO_SHAPE,
+    seed: int = 20261121,
+    mitochondria: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """The demo EM volume as a (z, y, x) uint8 array; same seed, same bytes.
 
-    With ``mitochondria`` (a boolean array of ``shape``), also marks where the mitochondria are.
+    With ``mitochondria`` (a boolean array of ``shape``), also marks where the mitochondria are; with
+    ``labels`` (uint32 of ``shape``), writes the segmentation the volume was drawn from: every voxel is in a
+    cell (ids from ``CELL_IDS``) or in a mitochondrion (ids from ``MITOCHONDRION_IDS``).
     """
     rng = np.random.default_rng(seed)
     cells = max(8, int(np.prod(shape) / 1.2e6))
-    gap = _membrane_distance(shape, rng, cells)
+    gap = _membrane_distance(shape, rng, cells, labels)
     volume = 185 + 14 * _smooth_noise(shape, rng, sigma=10)
     volume -= 120 * np.exp(-((gap / 1.6) ** 2))  # membranes about 3 voxels thick
-    _add_mitochondria(volume, rng, count=max(4, cells), mask=mitochondria)
+    _add_mitochondria(volume, rng, count=max(4, cells), mask=mitochondria, labels=labels)
     _add_vesicles(volume, rng, count=max(20, cells * 20))
     volume = ndimage.gaussian_filter(volume, 0.7)
     volume += rng.normal(0, 9, size=shape).astype(np.float32)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from tiling.meshes import MeshSummary
 
 DEMO_DATASET = "demo"
+DEMO_LABELS = "organelles"
 # A catalog given as a function that opens it is opened once this much of a conversion is stored,
 # or after this many seconds, whichever comes first (see _NameCheck).
 CATALOG_AT_FRACTION = 0.9
@@ -179,16 +180,20 @@ def import_labels(
     downsample: str = "mode",
     zstd_level: int = PyramidOptions.zstd_level,
     show_progress: bool = True,
+    source: Source | None = None,
 ) -> DatasetRecord:
     """Import a segmentation as OME-Zarr labels of ``image`` (same grid) and register it.
 
     Labels of an imported image are written inside it (``labels/<name>``); labels of a
-    registered, not copied, image go beside it in the data directory.
+    registered, not copied, image go beside it in the data directory. ``source``, when given, is
+    read instead of opening ``location`` (which then only names it).
     """
     parent = catalog.get_image(dataset, image)
     name = _free_name(catalog, dataset, name, location)
-    source = open_source(location)
+    source = open_source(location) if source is None else source
     try:
+        if source.dtype.kind not in "ui":
+            raise ImportProblem(f"{location}: labels must be integers, not {source.dtype}")
         shape = list(source.shape) if len(source.shape) == 3 else [1, *source.shape]
         if shape != parent.shape:
             raise ImportProblem(f"{location}: labels are {shape} (z, y, x) but image {image!r} is {parent.shape}")
@@ -402,16 +407,27 @@ def ensure_demo(catalog: Catalog, images_dir: Path, transforms: Transforms) -> D
 
     has_em = catalog.has_image(DEMO_DATASET, "em")
     has_fluorescence = catalog.has_image(DEMO_DATASET, "fluorescence")
-    if has_em and has_fluorescence:
+    has_labels = catalog.has_image(DEMO_DATASET, DEMO_LABELS)
+    if has_em and has_fluorescence and has_labels:
         return catalog.get_dataset(DEMO_DATASET)
     mitochondria = np.zeros(DEMO_SHAPE, dtype=bool)
-    volume = make_demo_volume(DEMO_SHAPE, mitochondria=mitochondria)
+    labels = np.zeros(DEMO_SHAPE, dtype=np.uint32)
+    volume = make_demo_volume(DEMO_SHAPE, mitochondria=mitochondria, labels=labels)
     if not has_em:
         destination = images_dir / DEMO_DATASET / "em.ome.zarr"
         shutil.rmtree(destination, ignore_errors=True)  # left by an interrupted earlier run
         write_pyramid(ArraySource(volume), destination, voxel_size=DEMO_VOXEL_NM, options=PyramidOptions(name="em"))
         _register_written(catalog, destination, DEMO_DATASET, "em", "EM", demo_metadata(), None)
     del volume
+    if not has_labels:  # the cells and mitochondria the volume was drawn from, with their surfaces
+        em = catalog.get_image(DEMO_DATASET, "em")
+        shutil.rmtree(Path(em.uri) / "labels" / DEMO_LABELS, ignore_errors=True)
+        import_labels(catalog, images_dir, DEMO_LABELS, DEMO_DATASET, image="em", name=DEMO_LABELS,
+                      show_progress=False, source=ArraySource(labels))
+        build_label_meshes(catalog, images_dir, DEMO_DATASET, DEMO_LABELS, show_progress=False)
+    del labels
+    if has_fluorescence:
+        return catalog.get_dataset(DEMO_DATASET)
     destination = images_dir / DEMO_DATASET / "fluorescence.ome.zarr"
     shutil.rmtree(destination, ignore_errors=True)
     fluorescence = make_demo_fluorescence(mitochondria)
@@ -436,9 +452,10 @@ def demo_metadata() -> DatasetMetadata:
         {
             "title": "Demo: synthetic FIB-SEM-like volume with a correlative fluorescence channel",
             "description": "A deterministic volume generated offline by `lamella demo`: cells with "
-            "membranes, mitochondria with cristae and vesicles, 512 x 512 x 256 voxels at 8 nm; and a "
-            "fluorescence-like mitochondrial stain at 24 x 24 x 40 nm, rotated, scaled and shifted "
-            "by a known affine.",
+            "membranes, mitochondria with cristae and vesicles, 512 x 512 x 256 voxels at 8 nm; the "
+            "segmentation it was drawn from (cells 1, 2, ...; mitochondria 1001, 1002, ...) with surface "
+            "meshes; and a fluorescence-like mitochondrial stain at 24 x 24 x 40 nm, rotated, scaled and "
+            "shifted by a known affine.",
             "licence": "CC0-1.0",
             "study": {"title": "Lamella demo", "keywords": ["vEM", "FIB-SEM", "CLEM", "synthetic"]},
             "biosample": {"organism": "none (synthetic)"},

@@ -91,7 +91,10 @@ def layer_for(
 ) -> dict[str, Any]:
     source = layer_source(origin, dataset, image, transform)
     if image.kind == "segmentation":
-        return {"type": "segmentation", "name": image.name, "source": source}
+        # The EM stays as it is until segments are selected (double-click): then they are coloured in the
+        # slices, and their surfaces (the label image's meshes) drawn in the 3D panel.
+        return {"type": "segmentation", "name": image.name, "source": source, "selectedAlpha": 0.55,
+                "notSelectedAlpha": 0.0, "segments": []}
     low, high = image.window
     layer: dict[str, Any] = {
         "type": "image",
