@@ -70,11 +70,11 @@ def _chunk_names(scale: dict[str, Any]) -> list[str]:
 def _mesh_files(http: requests.Session, base: str, info: dict[str, Any]) -> dict[str, str]:
     """A label image's current mesh build and its first shard file; a made-up build elsewhere (404)."""
     if "mesh" not in info:
-        return {"build": "0123456789ab", "shard": "0.shard"}
+        return {"build": "0123456789ab", "shard": "0.shard", "segment": "1"}
     build = info["mesh"].rsplit("/", 1)[-1]
     mesh_info = http.get(f"{base}/precomputed/mesh/{build}/info", timeout=30).json()
     bits = mesh_info["sharding"]["shard_bits"]
-    return {"build": build, "shard": f"{0:0{(bits + 3) // 4}x}.shard"}
+    return {"build": build, "shard": f"{0:0{(bits + 3) // 4}x}.shard", "segment": "1"}
 
 
 def _zarr_keys(http: requests.Session, base: str, image: dict[str, Any]) -> list[str]:

@@ -132,6 +132,7 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     # An image without meshes: allowed is its mesh_not_found, refused the dataset's 404.
     "mesh-info": lambda m, v, s: (f"{_image(v)}/precomputed/mesh/0123456789ab/info", None),
     "mesh-shard": lambda m, v, s: (f"{_image(v)}/precomputed/mesh/0123456789ab/0.shard", None),
+    "segment-surface": lambda m, v, s: (f"{_image(v)}/meshes/1", None),
     "stored-access": lambda m, v, s: (f"{_image(v)}/stored-access", None),
     "transform": lambda m, v, s: (f"{_image(v)}/transform", REFUSED if s == "PUT" else None),
     "landmarks": lambda m, v, s: (f"{_image(v)}/landmarks", REFUSED),

@@ -254,6 +254,36 @@ def test_import_labels_cli(tmp_path: Path) -> None:
     assert group["0"].metadata.to_dict()["codecs"][0]["configuration"]["codecs"][1] == \
         {"name": "zstd", "configuration": {"level": 7, "checksum": False}}
     assert not list((data_dir / "images" / "d" / "em.ome.zarr" / "labels").glob(".*partial*"))
+    assert (data_dir / "images" / "d" / "em.ome.zarr" / "labels" / "seg" / "meshes" / "info").exists()
+
+
+def test_label_meshes_cli_and_what_labels_must_be(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    image = np.random.default_rng(4).integers(0, 255, size=(24, 96, 80), dtype=np.uint8)
+    labels = np.zeros(image.shape, dtype=np.uint32)
+    labels[4:20, 10:60, 10:50], labels[6:18, 60:90, 20:70] = 7, 9
+    tifffile.imwrite(tmp_path / "em.tif", image)
+    tifffile.imwrite(tmp_path / "seg.tif", labels)
+    tifffile.imwrite(tmp_path / "float.tif", labels.astype(np.float32))
+    tifffile.imwrite(tmp_path / "coarse.tif", labels.astype(np.uint16), imagej=True, resolution=(1 / 0.02, 1 / 0.02),
+                     metadata={"spacing": 0.02, "unit": "um"})
+    lamella("import", str(tmp_path / "em.tif"), "--dataset", "d", "--voxel-size", "10,10,10", "--quiet",
+            "--data-dir", str(data_dir), check=True)
+    labels_dir = data_dir / "images" / "d" / "em.ome.zarr" / "labels"
+    assert_one_line_error(lamella("import", str(tmp_path / "float.tif"), "--dataset", "d", "--labels", "em",
+                                  "--data-dir", str(data_dir)), "integers", "float32")
+    assert_one_line_error(lamella("import", str(tmp_path / "coarse.tif"), "--dataset", "d", "--labels", "em",
+                                  "--data-dir", str(data_dir)), "20.0", "10.0")
+    assert not labels_dir.exists() or not any(labels_dir.iterdir())  # nothing half-written
+    lamella("import", str(tmp_path / "seg.tif"), "--dataset", "d", "--labels", "em", "--no-meshes", "--quiet",
+            "--data-dir", str(data_dir), check=True)
+    assert not (labels_dir / "seg" / "meshes").exists()
+    assert_one_line_error(lamella("mesh", "d", "em", "--data-dir", str(data_dir)), "not a segmentation")
+    assert_one_line_error(lamella("mesh", "d", "nope", "--data-dir", str(data_dir)), "nope")
+    built = lamella("mesh", "d", "seg", "--workers", "2", "--quiet", "--data-dir", str(data_dir), check=True)
+    assert "2 segments" in built.stdout
+    info = json.loads((labels_dir / "seg" / "meshes" / "info").read_text())
+    assert info["@type"] == "neuroglancer_multilod_draco"
 
 
 def test_import_on_local_dask_cluster(tmp_path: Path) -> None:

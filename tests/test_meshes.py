@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from tests.conftest import Sample, Server
+from tiling.meshes import MeshBuildError, build_meshes, open_meshes, plan_meshes
+from tiling.pyramid import PyramidOptions, write_pyramid
+from tiling.sources import ArraySource
 
 BODIES = "/api/datasets/fibsem/images/bodies/precomputed"
 
@@ -51,3 +56,79 @@ def test_cloud_volume_reads_closed_surfaces_of_the_voxel_volume(server: Server, 
         errors[segment] = enclosed_volume(vertices, faces) / (voxels * 1000.0) - 1
     print(sorted(errors.values()))
     assert max(abs(e) for e in errors.values()) < 0.05
+
+
+def largest_segment(bodies: np.ndarray) -> int:
+    ids, counts = np.unique(bodies[bodies > 0], return_counts=True)
+    return int(ids[counts.argmax()])
+
+
+def test_a_surface_downloads_as_ply_and_obj_equal_to_what_cloud_volume_reads(server: Server, sample: Sample) -> None:
+    if sample.bodies is None:
+        pytest.skip("../shared/data is absent")
+    from cloudvolume import CloudVolume
+
+    segment = largest_segment(sample.bodies)
+    base = "/api/datasets/fibsem/images/bodies/meshes"
+    ply = server.get(f"{base}/{segment}")
+    assert ply.status_code == 200 and ply.headers["Content-Type"] == "application/x-ply"
+    head, _, body = ply.content.partition(b"end_header\n")
+    vertices_count = int(head.split(b"element vertex ")[1].split(b"\n")[0])
+    vertices = np.frombuffer(body[:12 * vertices_count], dtype="<f4").reshape(-1, 3)
+    volume = CloudVolume(f"precomputed://{server.url}{BODIES}", progress=False, use_https=False, cache=False)
+    theirs = volume.mesh.get(segment, lod=0)
+    theirs = theirs[segment] if isinstance(theirs, dict) else theirs
+    ours = {tuple(v) for v in np.round(vertices, 1).tolist()}
+    assert ours == {tuple(v) for v in np.round(np.asarray(theirs.vertices, dtype=np.float32), 1).tolist()}
+    obj = server.get(f"{base}/{segment}?format=obj&lod=1").text.splitlines()
+    assert obj[0].startswith("#") and obj[1].startswith("v ") and obj[-1].startswith("f ")
+    coarse = sum(line.startswith("v ") for line in obj)
+    assert 0 < coarse < vertices_count  # a coarser level of detail has fewer vertices
+    # No such segment, or no meshes at all: a JSON 404; a bad level or format: a JSON 400.
+    for path, status in ((f"{base}/4000000000", 404), (f"{base}/18446744073709551616", 404),
+                         ("/api/datasets/fibsem/images/raw/meshes/1", 404), (f"{base}/{segment}?lod=99", 400),
+                         (f"{base}/{segment}?format=stl", 400)):
+        answer = server.get(path)
+        assert answer.status_code == status and answer.json()["ok"] is False, path
+
+
+def test_mesh_files_are_served_per_build_with_ranges(server: Server, sample: Sample) -> None:
+    if sample.bodies is None:
+        pytest.skip("../shared/data is absent")
+    build = server.get(f"{BODIES}/info").json()["mesh"].split("/")[1]
+    info = server.get(f"{BODIES}/mesh/{build}/info")
+    assert info.json()["@type"] == "neuroglancer_multilod_draco" and "build" not in info.json()
+    assert info.headers["Cache-Control"] == "public, max-age=86400"
+    shard = server.get(f"{BODIES}/mesh/{build}/0.shard", headers={"Range": "bytes=0-15"})
+    assert shard.status_code == 206 and len(shard.content) == 16
+    stale = server.get(f"{BODIES}/mesh/{'0' * 12}/info")
+    assert stale.status_code == 404 and stale.json()["code"] == "mesh_not_found"
+    assert "mesh" not in server.get("/api/datasets/fibsem/images/raw/precomputed/info").json()
+
+
+def test_an_interrupted_build_resumes_and_a_rebuild_replaces(tmp_path: Path, sample: Sample) -> None:
+    """Units finished before an interruption are kept (here one made to look finished and empty, so that keeping
+    it shows); a build without resume starts over; each build has its own name."""
+    if sample.bodies is None:
+        pytest.skip("../shared/data is absent")
+    labels = tmp_path / "bodies.ome.zarr"
+    write_pyramid(ArraySource(sample.bodies[:100, :100, :100]), labels, voxel_size=(10.0, 10.0, 10.0),
+                  options=PyramidOptions(labels=True, name="bodies"))
+    destination = tmp_path / "meshes"
+    plan = plan_meshes(str(labels))
+    parts = tmp_path / "meshes.building" / "parts"
+    parts.mkdir(parents=True)
+    lod, start = plan.units()[0]
+    (parts / f"{plan.lods[lod].lod}-{start[0]}-{start[1]}-{start[2]}.part").write_bytes(np.uint64(0).tobytes())
+    resumed = build_meshes(str(labels), destination, threads=1, resume=True)
+    fresh = build_meshes(str(labels), destination, threads=1)
+    assert resumed.fragments < fresh.fragments and resumed.build != fresh.build
+    assert open_meshes(destination).build == fresh.build  # type: ignore[union-attr]
+    assert not (tmp_path / "meshes.building").exists() and not (tmp_path / "meshes.old").exists()
+
+
+def test_what_cannot_be_meshed_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "grey.ome.zarr"
+    write_pyramid(ArraySource(np.zeros((8, 8, 8), dtype=np.float32)), image, voxel_size=(1.0, 1.0, 1.0))
+    with pytest.raises(MeshBuildError, match="integer labels"):
+        plan_meshes(str(image))

@@ -82,6 +82,7 @@ name = "index.html"
 path = "css/lamella.css"
 build = "0123456789ab"
 shard = "0.shard"
+segment = "1"
 
 [[operations]]
 # A spline-warped image is served on the reference image's grid.
@@ -110,7 +111,7 @@ checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403
 
 [[operations]]
 # Meshes are a label image's, under the name of their current build: another image or build has none.
-include-path-regex = "/precomputed/mesh/"
+include-path-regex = "(/precomputed/mesh/|/meshes/)"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 404, 401, 403, 429]
 
 [[operations]]

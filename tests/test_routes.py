@@ -26,6 +26,7 @@ CASES = [
      {"image_name": "bodies", "build": "0123456789ab"}),
     ("/api/datasets/3/images/bodies/precomputed/mesh/0123456789ab/0f.shard", data.MeshShardHandler,
      {"build": "0123456789ab", "shard": "0f.shard"}),
+    ("/api/datasets/3/images/bodies/meshes/1001", data.SurfaceHandler, {"image_name": "bodies", "segment": "1001"}),
     ("/api/datasets/demo/sessions", api.DatasetSessionsHandler, {"dataset_ref": "demo"}),
     ("/api/datasets/demo/annotation-layers", annotations.AnnotationLayersHandler, {"dataset_ref": "demo"}),
     ("/api/datasets/demo/annotation-layers/7", annotations.AnnotationLayerHandler, {"layer_id": "7"}),

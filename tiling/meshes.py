@@ -473,3 +473,99 @@ def open_meshes(folder: Path) -> MeshFolder | None:
     public = {key: value for key, value in info.items() if key != "build"}
     return MeshFolder(str(info.get("build", "")), public, LocalStore(folder))
 
+
+
+@dataclass(frozen=True)
+class SurfaceMesh:
+    """One segment's surface at one level of detail, in nanometres (x, y, z), fragments joined."""
+
+    vertices: np.ndarray  # float32 [n, 3]
+    faces: np.ndarray  # uint32 [m, 3]
+
+    def ply(self) -> bytes:
+        head = (f"ply\nformat binary_little_endian 1.0\ncomment Lamella surface mesh, nanometres\n"
+                f"element vertex {len(self.vertices)}\nproperty float x\nproperty float y\nproperty float z\n"
+                f"element face {len(self.faces)}\nproperty list uchar uint vertex_indices\nend_header\n").encode()
+        faces = np.zeros(len(self.faces), dtype=[("n", "u1"), ("v", "<u4", 3)])
+        faces["n"], faces["v"] = 3, self.faces
+        return head + self.vertices.astype("<f4").tobytes() + faces.tobytes()
+
+    def obj(self) -> bytes:
+        lines = ["# Lamella surface mesh, nanometres"]
+        lines += [f"v {x:.3f} {y:.3f} {z:.3f}" for x, y, z in self.vertices.tolist()]
+        lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in self.faces.tolist()]
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _read_chunk(store: LocalStore, spec: ShardSpec, key: int) -> tuple[bytes, int] | None:
+    """The chunk stored under ``key`` and where it starts in its shard file, or None when it is not there."""
+    path = store.local_path(spec.file_name(spec.shard_of(key)))
+    try:
+        with open(path, "rb") as shard:
+            shard.seek(16 * spec.minishard_of(key))
+            start, end = np.frombuffer(shard.read(16), dtype="<u8").tolist()
+            base = 16 << spec.minishard_bits
+            shard.seek(base + start)
+            index = np.frombuffer(shard.read(end - start), dtype="<u8").reshape(3, -1)
+            keys = np.cumsum(index[0])
+            found = np.flatnonzero(keys == np.uint64(key))
+            if not len(found):
+                return None
+            ends = np.cumsum(index[1] + index[2])
+            offset = int(ends[found[0]] - index[2][found[0]])
+            shard.seek(base + offset)
+            return shard.read(int(index[2][found[0]])), base + offset
+    except FileNotFoundError:
+        return None
+
+
+def read_surface(meshes: MeshFolder, segment: int, lod: int = 0) -> SurfaceMesh:
+    """A segment's surface at level of detail ``lod`` (its coarsest when it has fewer), read from a build.
+
+    Raises:
+        MeshesNotFound: the segment has no mesh in this build.
+    """
+    import DracoPy
+
+    if not 0 < segment < 1 << 64:
+        raise MeshesNotFound(f"segment {segment} has no mesh: ids are 1 to 2**64 - 1")
+    spec = ShardSpec(*(int(meshes.info["sharding"][name]) for name in ("preshift_bits", "minishard_bits",
+                                                                       "shard_bits")))
+    found = _read_chunk(meshes.store, spec, segment)
+    if found is None:
+        raise MeshesNotFound(f"segment {segment} has no mesh")
+    manifest, at = found
+    chunk = np.frombuffer(manifest[:12], dtype="<f4")
+    origin = np.frombuffer(manifest[12:24], dtype="<f4")
+    lods = int(np.frombuffer(manifest[24:28], dtype="<u4")[0])
+    offsets = np.frombuffer(manifest[28 + 4 * lods:28 + 16 * lods], dtype="<f4").reshape(lods, 3)
+    counts = np.frombuffer(manifest[28 + 16 * lods:28 + 20 * lods], dtype="<u4").astype(int)
+    lod = min(lod, lods - 1)
+    cursor, skipped, total = 28 + 20 * lods, 0, 0
+    positions = sizes = np.zeros(0)
+    for level, count in enumerate(counts.tolist()):
+        level_positions = np.frombuffer(manifest[cursor:cursor + 12 * count], dtype="<u4").reshape(3, count)
+        level_sizes = np.frombuffer(manifest[cursor + 12 * count:cursor + 16 * count], dtype="<u4").astype(int)
+        cursor += 16 * count
+        if level < lod:
+            skipped += int(level_sizes.sum())
+        elif level == lod:
+            positions, sizes = level_positions.T, level_sizes
+        total += int(level_sizes.sum())
+    top = (1 << int(meshes.info["vertex_quantization_bits"])) - 1
+    with open(meshes.store.local_path(spec.file_name(spec.shard_of(segment))), "rb") as shard:
+        shard.seek(at - total + skipped)
+        data = shard.read(int(sizes.sum()))
+    transform = np.array(meshes.info["transform"], dtype=np.float64).reshape(3, 4)
+    vertices, faces, start, base = [], [], 0, 0
+    for position, size in zip(positions, sizes.tolist(), strict=True):
+        if size:
+            decoded = DracoPy.decode(data[start:start + size])
+            stored = origin + offsets[lod] + chunk * (1 << lod) * (position + np.asarray(decoded.points) / top)
+            vertices.append(stored @ transform[:, :3].T + transform[:, 3])
+            faces.append(np.asarray(decoded.faces, dtype=np.uint32) + base)
+            base += len(decoded.points)
+        start += size
+    if not vertices:
+        raise MeshesNotFound(f"segment {segment} has no surface at level of detail {lod}")
+    return SurfaceMesh(np.concatenate(vertices).astype(np.float32), np.concatenate(faces))

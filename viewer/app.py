@@ -54,6 +54,7 @@ IMAGE_BASE = rf"/api/datasets/{DATASET}/images/{IMAGE}"
 LAYER_BASE = rf"/api/datasets/{DATASET}/annotation-layers/(?P<layer_id>{ID})"
 ANNOTATION_BASE = rf"{LAYER_BASE}/annotations/(?P<annotation_id>{ID})"
 MESH_BUILD = r"precomputed/mesh/(?P<build>[0-9a-f]{12})"  # tiling.meshes names each build with 12 hex digits
+SEGMENT = r"(?P<segment>[1-9][0-9]{0,19})"  # a segment id, canonical decimal (uint64)
 MESH_SHARD = r"(?P<shard>[0-9a-f]{1,16}\.shard)"
 PRECOMPUTED_CHUNK = r"precomputed/(?P<scale_key>[^/]{1,20})/(?P<chunk_name>[^/]{1,100})"  # plain and warped alike
 STORED_KEY = r"(?P<key>.{1,1024})"
@@ -93,6 +94,7 @@ def routes() -> list[Route]:
               "precomputed-chunk"),
         Route(rf"{IMAGE_BASE}/zarr/{STORED_KEY}", data.ZarrStoreHandler, dataset(GET=READ), "zarr-store"),
         Route(rf"{IMAGE_BASE}/precomputed/info", data.PrecomputedInfoHandler, dataset(GET=READ), "precomputed-info"),
+        Route(rf"{IMAGE_BASE}/meshes/{SEGMENT}", data.SurfaceHandler, dataset(GET=READ), "segment-surface"),
         Route(rf"{IMAGE_BASE}/stored-access", data.StoredAccessHandler, dataset(GET=READ), "stored-access"),
         Route(rf"{IMAGE_BASE}/warped/{TRANSFORM}/precomputed/info", correlation.WarpedInfoHandler,
               dataset(GET=READ), "warped-info"),

@@ -197,6 +197,11 @@ def import_labels(
         shape = list(source.shape) if len(source.shape) == 3 else [1, *source.shape]
         if shape != parent.shape:
             raise ImportProblem(f"{location}: labels are {shape} (z, y, x) but image {image!r} is {parent.shape}")
+        declared = source.voxel_size_nm
+        expected = parent.voxel_size_nm[-len(source.shape):]
+        if declared is not None and any(abs(d - e) > 0.01 * e for d, e in zip(declared, expected, strict=True)):
+            raise ImportProblem(f"{location}: labels declare voxels of {[round(v, 3) for v in declared]} nm but "
+                                f"image {image!r} has {[round(v, 3) for v in expected]} nm")
         if parent.managed:
             destination = Path(parent.uri) / "labels" / name
         else:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Literal
 from urllib.parse import quote
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from annotations.catalog import ImageRecord
-from tiling.errors import KeyNotFound
+from tiling.errors import KeyNotFound, MeshesNotFound
+from tiling.meshes import read_surface
 from tiling.precomputed import PrecomputedImage
 from tiling.stores import parse_range_header
 from viewer.apidoc import ANY_JSON, BINARY, CHUNK_TYPES, STORED_TYPES, op
@@ -56,6 +61,37 @@ class MeshInfoHandler(ImageDataHandler):
         meshes = await self.services.images.mesh_build(record, build)
         self.cache_for(CHUNK_MAX_AGE)  # a build never changes; a new one has a new name
         self.write_json(meshes.info)
+
+
+class SurfaceQuery(BaseModel):
+    """Which level of detail, in which file format."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"lod": 0, "format": "ply"}]})
+
+    lod: int = Field(0, ge=0, le=32, description="level of detail: 0 is the finest; a segment's coarsest when it "
+                                                 "has fewer")
+    format: Literal["ply", "obj"] = Field("ply", description="binary PLY or Wavefront OBJ, in nanometres")
+
+
+SURFACE_TYPES = {"application/x-ply": BINARY, "model/obj": {"type": "string"}}
+
+
+class SurfaceHandler(ImageDataHandler):
+    @op(summary="One segment's surface as a file for Blender, ParaView or MeshLab (PLY or OBJ, nanometres)",
+        query=SurfaceQuery, response=BINARY, content=SURFACE_TYPES)
+    async def get(self, dataset_ref: str, image_name: str, segment: str) -> None:
+        query: SurfaceQuery = self.query()
+        record, _ = await self.image(dataset_ref, image_name)
+        meshes = await self.services.images.meshes(record)
+        if meshes is None:
+            raise MeshesNotFound(f"image {record.name!r} has no meshes")
+        surface = await asyncio.to_thread(read_surface, meshes, int(segment), query.lod)
+        body = await asyncio.to_thread(surface.ply if query.format == "ply" else surface.obj)
+        self.set_header("Content-Type", "application/x-ply" if query.format == "ply" else "model/obj")
+        self.set_header("Content-Disposition",
+                        f'attachment; filename="{record.name}-{segment}-lod{query.lod}.{query.format}"')
+        self.cache_for(META_MAX_AGE)  # a rebuild may change it
+        self.finish(body)
 
 
 class MeshShardHandler(ImageDataHandler):
