@@ -25,6 +25,7 @@ from annotations.viewer_sessions import ViewerSessions
 from tiling.errors import InvalidTransform
 from tiling.omezarr import make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
+from tiling.segments import SegmentTables
 from tiling.transforms import ThinPlateSpline
 from tiling.warp import WarpedVolume
 from viewer.config import Settings
@@ -167,6 +168,7 @@ class Services:
     annotations: AnnotationStore
     annotation_source: AnnotationSource
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
+    segments: SegmentTables = field(default_factory=SegmentTables)  # label images' segment tables, loaded
     images: ImageRegistry = field(init=False)
     session_watch: SessionWatch = field(init=False)
     correlation: Correlation = field(init=False)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import quote
 
 from annotations.catalog import ImageRecord
-from tiling.errors import KeyNotFound
+from tiling.derived import derived_dir
+from tiling.errors import KeyNotFound, NotSegmentation
 from tiling.precomputed import PrecomputedImage
 from tiling.stores import parse_range_header
 from viewer.apidoc import ANY_JSON, BINARY, CHUNK_TYPES, STORED_TYPES, op
@@ -20,6 +22,12 @@ class ImageDataHandler(BaseHandler):
 
     async def image(self, dataset_ref: str, image_name: str) -> tuple[ImageRecord, PrecomputedImage]:
         return await self.services.images.resolve(dataset_ref, image_name)
+
+    def derived(self, record: ImageRecord) -> Path:
+        """The folder of what Lamella derives from a label image (its segment table); other images have none."""
+        if record.kind != "segmentation":
+            raise NotSegmentation(f"image {record.name!r} is not a segmentation")
+        return derived_dir(record.uri, record.managed, self.services.settings.images_dir, record.id)
 
     def cache_for(self, seconds: int) -> None:
         """Public data may sit in shared caches; a private dataset's only in this browser's."""
@@ -39,9 +47,12 @@ class PrecomputedInfoHandler(ImageDataHandler):
     @op(summary="Neuroglancer precomputed info: one scale per stored OME-Zarr level", response=ANY_JSON,
         also={304: "not modified"})
     async def get(self, dataset_ref: str, image_name: str) -> None:
-        _, image = await self.image(dataset_ref, image_name)
+        record, image = await self.image(dataset_ref, image_name)
+        info = image.info()
+        if record.kind == "segmentation" and self.services.segments.exists(self.derived(record)):
+            info = {**info, "segment_properties": "segment_properties"}  # precomputed volume.md: a relative path
         self.cache_for(META_MAX_AGE)
-        self.write_json(image.info())
+        self.write_json(info)
 
 
 class PrecomputedChunkHandler(ImageDataHandler):
