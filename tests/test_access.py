@@ -130,6 +130,9 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     "precomputed-chunk": lambda m, v, s: (f"{_image(v)}/precomputed/0/{IMAGES[v][1]}", None),
     "zarr-store": lambda m, v, s: (f"{_image(v)}/zarr/{IMAGES[v][2]}", None),
     "stored-access": lambda m, v, s: (f"{_image(v)}/stored-access", None),
+    # Neither image is a segmentation: a reader's answer is their 404 (not_a_segmentation), after the access check.
+    "segment-properties": lambda m, v, s: (f"{_image(v)}/precomputed/segment_properties/info", None),
+    "segments": lambda m, v, s: (f"{_image(v)}/segments", None),
     "transform": lambda m, v, s: (f"{_image(v)}/transform", REFUSED if s == "PUT" else None),
     "landmarks": lambda m, v, s: (f"{_image(v)}/landmarks", REFUSED),
     "warped-info": lambda m, v, s: (f"{_image(v)}/warped/{m.spline}/precomputed/info", None),

@@ -7,7 +7,7 @@ import pytest
 from tornado.web import RequestHandler
 
 from viewer.app import routes
-from viewer.handlers import annotations, api, data, pages, state_sync
+from viewer.handlers import annotations, api, data, pages, segments, state_sync
 from viewer.rules import Rule
 
 TABLE = routes()
@@ -22,6 +22,10 @@ CASES = [
     ("/api/datasets/3/images/em/precomputed/0/0-64_0-64_0-64", data.PrecomputedChunkHandler,
      {"scale_key": "0", "chunk_name": "0-64_0-64_0-64"}),
     ("/api/datasets/3/images/em/zarr/0/c/0/0/0", data.ZarrStoreHandler, {"key": "0/c/0/0/0"}),
+    # Not a chunk of a scale named "segment_properties": the properties' route comes first.
+    ("/api/datasets/3/images/bodies/precomputed/segment_properties/info", segments.SegmentPropertiesHandler,
+     {"image_name": "bodies"}),
+    ("/api/datasets/3/images/bodies/segments", segments.SegmentsHandler, {"image_name": "bodies"}),
     ("/api/datasets/demo/sessions", api.DatasetSessionsHandler, {"dataset_ref": "demo"}),
     ("/api/datasets/demo/annotation-layers", annotations.AnnotationLayersHandler, {"dataset_ref": "demo"}),
     ("/api/datasets/demo/annotation-layers/7", annotations.AnnotationLayerHandler, {"layer_id": "7"}),

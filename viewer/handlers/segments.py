@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from tornado.iostream import StreamClosedError
 
 from tiling.segments import SegmentQuery, SegmentTable
@@ -15,6 +14,8 @@ from viewer.apidoc import ANY_JSON, op
 from viewer.handlers.data import META_MAX_AGE, ImageDataHandler
 
 MAX_LIMIT = 1000
+NUMBER = r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,2})?"  # always finite as a float
+BOX = rf"^{NUMBER}(,{NUMBER}){{5}}$"
 CSV_BATCH = 5000  # rows per write of a CSV export: each flush waits for the client
 
 
@@ -52,34 +53,21 @@ class SegmentsQuery(BaseModel):
     max_volume_um3: float | None = Field(None, ge=0, allow_inf_nan=False)
     name: str | None = Field(None, min_length=1, max_length=200,
                              description="case-insensitive substring of the segment's name or class")
-    bbox: str | None = Field(None, max_length=200, examples=["0,0,0,2000,2000,1000"],
-                             description="x0,y0,z0,x1,y1,z1 in nm: segments whose bounding box intersects this box")
+    bbox: str | None = Field(None, pattern=BOX, examples=["0,0,0,2000,2000,1000"],
+                             description="x0,y0,z0,x1,y1,z1 in nm, two opposite corners: segments whose bounding "
+                                         "box intersects this box")
     sort: Literal["id", "voxels", "volume_um3", "name", "class"] = "id"
     order: Literal["asc", "desc"] = "asc"
     limit: int = Field(100, ge=1, le=MAX_LIMIT)
     offset: int = Field(0, ge=0, le=2**40)
     format: Literal["json", "csv"] = "json"
 
-    @field_validator("bbox")
-    @classmethod
-    def _box(cls, text: str | None) -> str | None:
-        if text is None:
-            return None
-        try:
-            numbers = [float(part) for part in text.split(",")]
-        except ValueError:
-            raise ValueError("expected six numbers x0,y0,z0,x1,y1,z1 (nm)") from None
-        if len(numbers) != 6 or not all(math.isfinite(n) for n in numbers):
-            raise ValueError("expected six finite numbers x0,y0,z0,x1,y1,z1 (nm)")
-        if any(numbers[i] >= numbers[i + 3] for i in range(3)):
-            raise ValueError("each lower corner must be below the upper one")
-        return text
-
     def selection(self) -> SegmentQuery:
         box = None
         if self.bbox is not None:
             numbers = [float(part) for part in self.bbox.split(",")]
-            box = (tuple(numbers[:3]), tuple(numbers[3:]))
+            corners = numbers[:3], numbers[3:]
+            box = (tuple(map(min, *corners)), tuple(map(max, *corners)))
         return SegmentQuery(min_voxels=self.min_voxels, max_voxels=self.max_voxels,
                             min_volume_um3=self.min_volume_um3, max_volume_um3=self.max_volume_um3, name=self.name,
                             box=box, sort=self.sort, descending=self.order == "desc")  # type: ignore[arg-type]
@@ -122,12 +110,12 @@ class SegmentsHandler(SegmentHandler):
             return
         page = selected[query.offset:query.offset + query.limit]
         end = query.offset + len(page)
-        self.write_json(SegmentsOut(
+        answer = SegmentsOut(
             total=len(selected), offset=query.offset, limit=query.limit,
-            next_offset=end if end < len(selected) else None,
-            voxel_size_nm=list(table.voxel_size_nm),
+            next_offset=end if end < len(selected) else None, voxel_size_nm=list(table.voxel_size_nm),
             segments=[SegmentOut.model_validate(table.record(int(i))) for i in page],
-        ))
+        )
+        self.write_json(answer.model_dump(mode="json", by_alias=True))  # "class", a keyword in Python
 
     async def send_csv(self, table: SegmentTable, selected: np.ndarray, image_name: str) -> None:
         self.set_header("Content-Type", "text/csv; charset=utf-8")
