@@ -296,3 +296,26 @@ def test_added_labels_get_a_table_in_the_data_directory(scratch_server: Server, 
     assert list((scratch_server.data_dir / "images" / "derived").glob("*/segments/table.npz"))
     listing = scratch_server.get("/api/datasets/fibsem/images/seen/segments?limit=1").json()
     assert listing["total"] == len(np.unique(bodies)) - 1
+
+
+def test_import_labels_with_names_is_all_or_nothing(scratch_server: Server, tmp_path: Path) -> None:
+    import tifffile
+
+    labels = np.zeros((40, 70, 90), np.uint32)  # u16's grid
+    labels[2:9, 10:30, 5:50], labels[20:30, 40:70, 60:89] = 7, 4_000_000_000
+    tifffile.imwrite(tmp_path / "cells.tif", labels)
+    (tmp_path / "bad.json").write_text('[{"id": 7, "name": "a"}, {"id": 8, "name": "b"}]')
+    (tmp_path / "good.json").write_text('{"7": "small", "4000000000": "large"}')
+    command = ["import", str(tmp_path / "cells.tif"), "--dataset", "tests", "--labels", "u16", "--name", "cells",
+               "--quiet"]
+    refused = lamella(scratch_server, *command, "--segment-names", str(tmp_path / "bad.json"))
+    assert refused.returncode == 1 and "segment 8 is not in the labels" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not list((scratch_server.data_dir / "images" / "tests").glob("cells*"))  # nothing half-written
+    assert "cells" not in [i["name"] for i in scratch_server.get("/api/datasets/tests/images").json()["images"]]
+    done = lamella(scratch_server, *command, "--segment-names", str(tmp_path / "good.json"))
+    assert done.returncode == 0, done.stderr
+    rows = scratch_server.get("/api/datasets/tests/images/cells/segments?sort=name").json()["segments"]
+    assert [(r["id"], r["name"], r["voxels"]) for r in rows] == [("4000000000", "large", 10 * 30 * 29),
+                                                                 ("7", "small", 7 * 20 * 45)]
+    assert rows[1]["bbox_min_nm"] == [5 * 4.0, 10 * 4.0, 2 * 30.0]  # u16's voxels are 30 x 4 x 4 nm (z, y, x)

@@ -17,7 +17,6 @@ by id and a small JSON document (geometry and names), replaced atomically (temp 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 from cachetools import LRUCache
 
 from tiling.errors import NotSegmentation, SegmentsNotFound
@@ -226,10 +226,11 @@ def write_table(derived: Path, table: np.ndarray, geometry: Geometry, names: Seg
         "format": FORMAT,
         "voxel_size_nm": list(geometry.voxel_size_nm),
         "voxel_offset": list(geometry.voxel_offset),
-        "names": {str(k): v for k, v in (names.names if names else {}).items()},
-        "classes": {str(k): v for k, v in (names.classes if names else {}).items()},
+        # Aligned with the rows ("" for none): a million names load in a fraction of a second.
+        "names": _aligned_list(table["id"], names.names) if names and names.names else None,
+        "classes": _aligned_list(table["id"], names.classes) if names and names.classes else None,
     }
-    encoded = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), dtype=np.uint8)
+    encoded = np.frombuffer(orjson.dumps(meta), dtype=np.uint8)
     handle, temporary = tempfile.mkstemp(prefix=".table-", suffix=".npz.tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -241,6 +242,14 @@ def write_table(derived: Path, table: np.ndarray, geometry: Geometry, names: Seg
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _aligned_list(ids: np.ndarray, values: dict[int, str]) -> list[str]:
+    aligned = [""] * len(ids)
+    where = np.searchsorted(ids, np.fromiter(values, np.uint64, len(values)))
+    for position, value in zip(where.tolist(), values.values(), strict=True):
+        aligned[position] = value
+    return aligned
 
 
 @dataclass(frozen=True)
@@ -264,10 +273,10 @@ class SegmentTable:
     def __init__(self, rows: np.ndarray, meta: dict[str, Any]) -> None:
         self.rows = rows
         self.voxel_size_nm = tuple(meta["voxel_size_nm"])
-        named, classed = meta.get("names") or {}, meta.get("classes") or {}
+        named, classed = meta.get("names"), meta.get("classes")
         self.names = self._aligned(named)
         self.classes = self._aligned(classed)
-        self.has_names, self.has_classes = bool(named), bool(classed)
+        self.has_names, self.has_classes = named is not None, classed is not None
         self._orders: dict[str, np.ndarray] = {}
         self._lowered: np.ndarray | None = None
         self._properties: bytes | None = None
@@ -276,12 +285,10 @@ class SegmentTable:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _aligned(self, values: dict[str, str]) -> np.ndarray:
-        aligned = np.full(len(self.rows), "", dtype=np.dtypes.StringDType())
-        if values:
-            ids = np.fromiter((int(k) for k in values), np.uint64, len(values))
-            aligned[np.searchsorted(self.rows["id"], ids)] = list(values.values())
-        return aligned
+    def _aligned(self, values: list[str] | None) -> np.ndarray:
+        if values is None:
+            return np.full(len(self.rows), "", dtype=np.dtypes.StringDType())
+        return np.array(values, dtype=np.dtypes.StringDType())
 
     def order(self, column: SortColumn) -> np.ndarray:
         """Row indices sorted by ``column`` (ties by id), computed once per table."""
@@ -352,8 +359,7 @@ class SegmentTable:
         """The Neuroglancer ``segment_properties`` info (precomputed segment_properties.md, inline), encoded once."""
         with self._lock:
             if self._properties is None:
-                self._properties = json.dumps(self._properties_document(), separators=(",", ":"),
-                                              ensure_ascii=False).encode()
+                self._properties = orjson.dumps(self._properties_document(), option=orjson.OPT_SERIALIZE_NUMPY)
             return self._properties
 
     def _properties_document(self) -> dict[str, Any]:
@@ -363,26 +369,33 @@ class SegmentTable:
             properties.append({"id": "name", "type": "label", "values": self.names.tolist()})
         if self.has_classes:
             # Tags hold no spaces and match case-insensitively: the class as written is the tag's description.
-            classes = sorted({c for c in self.classes.tolist() if c}, key=str.lower)
-            tags, descriptions, position = [], [], {}
-            for kind in classes:
-                tag = "_".join(kind.split()).lstrip("#")
-                if tag.lower() not in position:
-                    position[tag.lower()] = len(tags)
+            kinds, inverse = np.unique(self.classes, return_inverse=True)
+            tags: list[str] = []
+            descriptions: list[str] = []
+            by_tag: dict[str, int] = {}
+            tag_of_kind = []
+            for kind in kinds.tolist():
+                if not kind:  # no class
+                    tag_of_kind.append(-1)
+                    continue
+                tag = "_".join(kind.split()).lstrip("#") or "_"
+                if tag.lower() not in by_tag:
+                    by_tag[tag.lower()] = len(tags)
                     tags.append(tag)
                     descriptions.append(kind)
-                position[kind] = position[tag.lower()]
+                tag_of_kind.append(by_tag[tag.lower()])
+            lists = [[i] for i in range(len(tags))] + [[]]  # index -1: none
             properties.append({"id": "class", "type": "tags", "tags": tags, "tag_descriptions": descriptions,
-                               "values": [[position[c]] if c else [] for c in self.classes.tolist()]})
+                               "values": [lists[t] for t in np.asarray(tag_of_kind)[inverse].tolist()]})
         voxels = rows["voxels"]
         wide = len(rows) and int(voxels.max()) > np.iinfo(np.uint32).max
         properties.append({"id": "voxels", "type": "number", "data_type": "float32" if wide else "uint32",
-                           "description": "voxels in the segment (level 0)", "values": voxels.tolist()})
+                           "description": "voxels in the segment (level 0)", "values": np.ascontiguousarray(voxels)})
         properties.append({"id": "volume_um3", "type": "number", "data_type": "float32",
                            "description": "volume in cubic micrometres",
-                           "values": [float(f"{v:.7g}") for v in rows["volume_um3"].tolist()]})
+                           "values": rows["volume_um3"].astype(np.float32)})  # written as float32's shortest form
         return {"@type": "neuroglancer_segment_properties",
-                "inline": {"ids": [str(i) for i in rows["id"].tolist()], "properties": properties}}
+                "inline": {"ids": rows["id"].astype(np.dtypes.StringDType()).tolist(), "properties": properties}}
 
 
 def _csv_text(value: str) -> str:
@@ -404,10 +417,11 @@ def load_table(path: Path) -> SegmentTable:
     try:
         with np.load(path, allow_pickle=False) as stored:
             rows = stored["rows"]
-            meta = json.loads(stored["meta"].tobytes())
+            meta = orjson.loads(stored["meta"].tobytes())
     except FileNotFoundError:
         raise SegmentsNotFound("this label image has no segment table (lamella segments computes it)") from None
-    if rows.dtype != TABLE_DTYPE or meta.get("format") != FORMAT:
+    if rows.dtype != TABLE_DTYPE or meta.get("format") != FORMAT or \
+            any(len(meta[k]) != len(rows) for k in ("names", "classes") if meta.get(k) is not None):
         raise SegmentsNotFound("this label image's segment table is of another format (lamella segments "
                                "computes it again)")
     return SegmentTable(rows, meta)
