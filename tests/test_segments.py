@@ -19,7 +19,8 @@ from tiling.errors import InvalidSegmentNames, NotSegmentation
 from tiling.omezarr import make_context, open_volume
 from tiling.pyramid import PyramidOptions, write_pyramid
 from tiling.segment_names import parse_names
-from tiling.segments import TABLE_DTYPE, Geometry, SegmentTables, measure, table_path, write_table
+from tiling.segment_store import SegmentTables, table_path, write_table
+from tiling.segments import TABLE_DTYPE, Geometry, measure
 from tiling.sources import ArraySource
 
 BODIES = "/api/datasets/fibsem/images/bodies"

@@ -16,7 +16,8 @@ from tiling.derived import derived_dir
 from tiling.errors import NotSegmentation
 from tiling.omezarr import make_context, open_volume
 from tiling.segment_names import SegmentNames, read_names
-from tiling.segments import Geometry, check_labels, measure, write_table
+from tiling.segment_store import write_table
+from tiling.segments import Geometry, check_labels, measure
 from viewer.registration import progress_bar
 
 if TYPE_CHECKING:

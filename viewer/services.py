@@ -25,7 +25,7 @@ from annotations.viewer_sessions import ViewerSessions
 from tiling.errors import InvalidTransform
 from tiling.omezarr import make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
-from tiling.segments import SegmentTables
+from tiling.segment_store import SegmentTables
 from tiling.transforms import ThinPlateSpline
 from tiling.warp import WarpedVolume
 from viewer.config import Settings

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tornado.iostream import StreamClosedError
 
-from tiling.segments import SegmentQuery, SegmentTable
+from tiling.segment_store import SegmentQuery, SegmentTable
 from viewer.apidoc import ANY_JSON, op
 from viewer.handlers.data import META_MAX_AGE, ImageDataHandler
 
