@@ -320,3 +320,19 @@ def test_import_labels_with_names_is_all_or_nothing(scratch_server: Server, tmp_
     assert [(r["id"], r["name"], r["voxels"]) for r in rows] == [("4000000000", "large", 10 * 30 * 29),
                                                                  ("7", "small", 7 * 20 * 45)]
     assert rows[1]["bbox_min_nm"] == [5 * 4.0, 10 * 4.0, 2 * 30.0]  # u16's voxels are 30 x 4 x 4 nm (z, y, x)
+
+
+def test_csv_to_an_http_1_0_client_ends_with_the_connection(server: Server, bodies: np.ndarray) -> None:
+    """HTTP/1.0 has no chunked framing: a streamed answer without a length ends when the connection closes, even
+    when the client asked to keep it alive."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(f"GET {BODIES}/segments?format=csv HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode())
+        while chunk := connection.recv(65536):  # a timeout here: the server kept the connection open
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length" not in head
+    assert body.count(b"\r\n") == len(np.unique(bodies)) - 1 + 1  # the header and a row per segment

@@ -168,6 +168,7 @@ class AnnotationExportHandler(BaseHandler):
             self.set_header("Content-Type", export.content_type)
             self.set_header("Content-Disposition", f'attachment; filename="{export.filename}"')
             self.set_header("Cache-Control", "no-store")
+            self.end_stream_with_connection()
             # Chunk by chunk from the database threads; each flush waits for the client (memory stays flat).
             while self.request.method != "HEAD" and (chunk := await services.call(next, export, None)) is not None:
                 self.write(chunk)

@@ -278,6 +278,14 @@ class BaseHandler(RequestHandler):
         else:
             self.finish(bodies.dumps(document))
 
+    def end_stream_with_connection(self) -> None:
+        """Before an answer streamed without a length: an HTTP/1.0 client can only find its end by the connection
+        closing (HTTP/1.0 has no chunked framing, RFC 9112 §6.3), but Tornado keeps a 1.0 connection that asked
+        for keep-alive open after a GET, and such a client would wait for ever."""
+        if self.request.version == "HTTP/1.0":
+            self.request.headers["Connection"] = "close"  # Tornado then answers no "Connection: Keep-Alive"
+            self.request.connection._disconnect_on_finish = True  # type: ignore[union-attr]
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         status, _, _ = classify(value) if value is not None else (500, "", "")
         if status >= 500:

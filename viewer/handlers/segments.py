@@ -12,6 +12,7 @@ from tornado.iostream import StreamClosedError
 from tiling.segment_store import SegmentQuery, SegmentTable
 from viewer.apidoc import ANY_JSON, op
 from viewer.handlers.data import META_MAX_AGE, ImageDataHandler
+from viewer.openapi import REF
 
 MAX_LIMIT = 1000
 NUMBER = r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,2})?"  # always finite as a float
@@ -73,7 +74,7 @@ class SegmentsQuery(BaseModel):
                             box=box, sort=self.sort, descending=self.order == "desc")  # type: ignore[arg-type]
 
 
-SEGMENTS_TYPES = {"application/json": SegmentsOut.model_json_schema(), "text/csv": {"type": "string"}}
+SEGMENTS_TYPES = {"application/json": {"$ref": REF.format(model=SegmentsOut.__name__)}, "text/csv": {"type": "string"}}
 
 
 class SegmentHandler(ImageDataHandler):
@@ -121,6 +122,7 @@ class SegmentsHandler(SegmentHandler):
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{image_name}-segments.csv"')
         self.set_header("Cache-Control", "no-store")
+        self.end_stream_with_connection()
         if self.request.method == "HEAD":
             self.finish()
             return
