@@ -134,6 +134,9 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     "mesh-shard": lambda m, v, s: (f"{_image(v)}/precomputed/mesh/0123456789ab/0.shard", None),
     "segment-surface": lambda m, v, s: (f"{_image(v)}/meshes/1", None),
     "stored-access": lambda m, v, s: (f"{_image(v)}/stored-access", None),
+    # Neither image is a segmentation: a reader's answer is their 404 (not_a_segmentation), after the access check.
+    "segment-properties": lambda m, v, s: (f"{_image(v)}/precomputed/segment_properties/info", None),
+    "segments": lambda m, v, s: (f"{_image(v)}/segments", None),
     "transform": lambda m, v, s: (f"{_image(v)}/transform", REFUSED if s == "PUT" else None),
     "landmarks": lambda m, v, s: (f"{_image(v)}/landmarks", REFUSED),
     "warped-info": lambda m, v, s: (f"{_image(v)}/warped/{m.spline}/precomputed/info", None),

@@ -7,7 +7,7 @@ import pytest
 from tornado.web import RequestHandler
 
 from viewer.app import routes
-from viewer.handlers import annotations, api, data, pages, state_sync
+from viewer.handlers import annotations, api, data, pages, segments, state_sync
 from viewer.rules import Rule
 
 TABLE = routes()
@@ -27,6 +27,10 @@ CASES = [
     ("/api/datasets/3/images/bodies/precomputed/mesh/0123456789ab/0f.shard", data.MeshShardHandler,
      {"build": "0123456789ab", "shard": "0f.shard"}),
     ("/api/datasets/3/images/bodies/meshes/1001", data.SurfaceHandler, {"image_name": "bodies", "segment": "1001"}),
+    # Not a chunk of a scale named "segment_properties": the properties' route comes first.
+    ("/api/datasets/3/images/bodies/precomputed/segment_properties/info", segments.SegmentPropertiesHandler,
+     {"image_name": "bodies"}),
+    ("/api/datasets/3/images/bodies/segments", segments.SegmentsHandler, {"image_name": "bodies"}),
     ("/api/datasets/demo/sessions", api.DatasetSessionsHandler, {"dataset_ref": "demo"}),
     ("/api/datasets/demo/annotation-layers", annotations.AnnotationLayersHandler, {"dataset_ref": "demo"}),
     ("/api/datasets/demo/annotation-layers/7", annotations.AnnotationLayerHandler, {"layer_id": "7"}),

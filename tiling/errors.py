@@ -64,3 +64,15 @@ class ImportProblem(TilingError, ValueError):
 
 class InvalidTransform(TilingError, ValueError):
     """A transform or landmark set that cannot be used: singular, non-finite, malformed or underdetermined."""
+
+
+class InvalidSegmentNames(TilingError, ValueError):
+    """A segment-names table that cannot be used: unreadable, a malformed row, a repeated or unknown id."""
+
+
+class NotSegmentation(TilingError, ValueError):
+    """An image that is not a label image of whole numbers, asked for what only segmentations have."""
+
+
+class SegmentsNotFound(TilingError, FileNotFoundError):
+    """A label image whose segment table has not been computed (``lamella segments``)."""

@@ -17,6 +17,7 @@ from viewer.handlers import (
     data,
     docs,
     pages,
+    segments,
     session_annotations,
     state_sync,
 )
@@ -86,10 +87,13 @@ def routes() -> list[Route]:
     """Every path we answer, with its handler, access rule and name."""
     fit = {"save": CURATE}  # a fit that is also saved changes the dataset
     return [
-        # Pixels first: Tornado tries the patterns in order, and a viewer asks for chunks most. Meshes before
-        # chunks, whose pattern would take "mesh" for a scale.
+        # Derived data under precomputed/ (meshes, segment properties) before precomputed-chunk, whose pattern
+        # would take these paths.
         Route(rf"{IMAGE_BASE}/{MESH_BUILD}/{MESH_SHARD}", data.MeshShardHandler, dataset(GET=READ), "mesh-shard"),
         Route(rf"{IMAGE_BASE}/{MESH_BUILD}/info", data.MeshInfoHandler, dataset(GET=READ), "mesh-info"),
+        Route(rf"{IMAGE_BASE}/precomputed/segment_properties/info", segments.SegmentPropertiesHandler,
+              dataset(GET=READ), "segment-properties"),
+        # Pixels first: Tornado tries the patterns in order, and a viewer asks for chunks most.
         Route(rf"{IMAGE_BASE}/{PRECOMPUTED_CHUNK}", data.PrecomputedChunkHandler, dataset(GET=READ),
               "precomputed-chunk"),
         Route(rf"{IMAGE_BASE}/zarr/{STORED_KEY}", data.ZarrStoreHandler, dataset(GET=READ), "zarr-store"),
@@ -128,6 +132,7 @@ def routes() -> list[Route]:
               dataset(PUT=CURATE, DELETE=CURATE), "member"),
         Route(rf"/api/datasets/{DATASET}/images", api.ImagesHandler, dataset(GET=READ), "images"),
         Route(IMAGE_BASE, api.ImageHandler, dataset(GET=READ), "image"),
+        Route(rf"{IMAGE_BASE}/segments", segments.SegmentsHandler, dataset(GET=READ), "segments"),
         Route(rf"/api/datasets/{DATASET}/sessions", api.DatasetSessionsHandler, dataset(POST=READ),
               "dataset-sessions"),
         # Annotation layers and their annotations (append-only history; creators or curators change them).

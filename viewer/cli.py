@@ -215,6 +215,10 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
               help="How label pyramids are reduced (never by mean).")
 @click.option("--meshes/--no-meshes", default=True, show_default=True,
               help="With --labels: build the segments' multi-resolution surface meshes.")
+@click.option("--segments/--no-segments", default=True, show_default=True,
+              help="With --labels: compute the segment table (voxels, volume, bounding box, centroid per id).")
+@click.option("--segment-names", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="With --labels: names and classes of segments, CSV (id,name[,class]) or JSON.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted import, skipping finished shards.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Run on a local Dask cluster of N processes.")
@@ -225,15 +229,19 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
             ome_version: str, zstd_level: int, metadata: Path | None, labels_of: str | None, downsample: str,
             meshes: bool, resume: bool, workers: int | None, scheduler: str | None, quiet: bool, unit: str,
             to_uint8: bool, window: tuple[float, float] | None, percentiles: tuple[float, float], private: bool,
-            release: date | None, curator: str | None, **options: Any) -> None:
+            release: date | None, curator: str | None, segments: bool, segment_names: Path | None,
+            **options: Any) -> None:
     """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
     from viewer.registration import build_label_meshes, default_image_name, import_file, import_labels
 
     gc.freeze()  # these modules too: collections during the conversion need not scan them (~0.07 s)
     settings = Settings.from_env(**options)
+    if segment_names is not None and (labels_of is None or not segments):
+        fail("--segment-names goes with --labels IMAGE (and not with --no-segments)")
     if labels_of is not None:
         record = import_labels(open_catalog(settings), settings.images_dir, location, dataset, image=labels_of,
-                               name=name, downsample=downsample, zstd_level=zstd_level, show_progress=not quiet)
+                               name=name, downsample=downsample, zstd_level=zstd_level, show_progress=not quiet,
+                               segments=segments, segment_names=segment_names)
         labels = record.images[-1].name
         click.echo(f"imported labels {labels!r} of {labels_of!r} into dataset {record.name!r}")
         if meshes:
@@ -340,6 +348,24 @@ def register(dataset: str, image: str, transform_file: Path, reference_points: P
             click.echo(f"landmark {row['name']}\tresidual {row['residual_nm']:.1f} nm ({row['residual_px']:.2f} px)")
     rms = f", RMS {spec.rms_nm:.1f} nm" if spec.rms_nm is not None else ""
     click.echo(f"registered {image!r} ({spec.kind} from {spec.method}{rms})")
+
+
+@main.command()
+@with_common
+@click.argument("dataset")
+@click.argument("image")
+@click.option("--names", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Names and classes of segments: CSV with a header (id,name[,class]) or JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def segments(dataset: str, image: str, names: Path | None, quiet: bool, **options: Any) -> None:
+    """Compute (or recompute) the segment table of a label image: voxels, volume, bounding box and centroid per
+    segment id, with optional names; served as Neuroglancer segment properties and at .../segments."""
+    from viewer.segment_tables import compute_segments
+
+    settings = Settings.from_env(**options)
+    record, table = compute_segments(open_catalog(settings), settings.images_dir, dataset, image, names,
+                                     show_progress=not quiet)
+    click.echo(f"{len(table)} segments of {record.name!r} in dataset {dataset!r}")
 
 
 @main.command("datasets")

@@ -26,7 +26,7 @@ SECURITY_SCHEMES = {
              "description": "With the sign-in cookie, writes must echo the `_xsrf` cookie's value in this header."},
 }
 TAGS = {"pages": "Pages", "docs": "API description", "accounts": "Accounts", "api": "Datasets",
-        "curation": "Curation", "data": "Pixels",
+        "curation": "Curation", "data": "Pixels", "segments": "Segments of label images",
         "annotations": "Annotations", "session_annotations": "Annotations in the viewer",
         "correlation": "Correlation", "state_sync": "Neuroglancer state sync"}
 

@@ -181,13 +181,20 @@ def import_labels(
     zstd_level: int = PyramidOptions.zstd_level,
     show_progress: bool = True,
     source: Source | None = None,
+    segments: bool = True,
+    segment_names: Path | None = None,
 ) -> DatasetRecord:
     """Import a segmentation as OME-Zarr labels of ``image`` (same grid) and register it.
 
     Labels of an imported image are written inside it (``labels/<name>``); labels of a
     registered, not copied, image go beside it in the data directory. ``source``, when given, is
-    read instead of opening ``location`` (which then only names it).
+    read instead of opening ``location`` (which then only names it). With ``segments``, the
+    segment table (named from ``segment_names``, viewer.segment_tables) is stored inside the
+    labels before they are registered: a names file that does not fit leaves nothing behind.
     """
+    from tiling.segment_names import read_names
+
+    names = read_names(segment_names) if segments and segment_names is not None else None
     parent = catalog.get_image(dataset, image)
     name = _free_name(catalog, dataset, name, location)
     source = open_source(location) if source is None else source
@@ -213,6 +220,12 @@ def import_labels(
     finally:
         source.close()
     try:
+        if segments:
+            from viewer.segment_tables import build_segments
+
+            # Labels Lamella wrote keep their derived data inside their store (tiling.derived).
+            build_segments(str(destination), destination, names, str(segment_names), show_progress,
+                           f"segments of {name}")
         if parent.managed:
             list_label(Path(parent.uri), name, parent.ome_version)  # type: ignore[arg-type]
         spec = _describe(str(destination), name=name, modality="segmentation", kind="segmentation", managed=True)

@@ -27,6 +27,7 @@ from tiling.errors import InvalidTransform, MeshesNotFound
 from tiling.meshes import MESH_DIR, MeshFolder, open_meshes
 from tiling.omezarr import make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
+from tiling.segment_store import SegmentTables
 from tiling.transforms import ThinPlateSpline
 from tiling.warp import WarpedVolume
 from viewer.config import Settings
@@ -194,6 +195,7 @@ class Services:
     annotations: AnnotationStore
     annotation_source: AnnotationSource
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
+    segments: SegmentTables = field(default_factory=SegmentTables)  # label images' segment tables, loaded
     images: ImageRegistry = field(init=False)
     session_watch: SessionWatch = field(init=False)
     correlation: Correlation = field(init=False)

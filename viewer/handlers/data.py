@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from annotations.catalog import ImageRecord
-from tiling.errors import KeyNotFound, MeshesNotFound
+from tiling.derived import derived_dir
+from tiling.errors import KeyNotFound, MeshesNotFound, NotSegmentation
 from tiling.meshes import read_surface
 from tiling.precomputed import PrecomputedImage
 from tiling.stores import parse_range_header
@@ -25,6 +27,12 @@ class ImageDataHandler(BaseHandler):
 
     async def image(self, dataset_ref: str, image_name: str) -> tuple[ImageRecord, PrecomputedImage]:
         return await self.services.images.resolve(dataset_ref, image_name)
+
+    def derived(self, record: ImageRecord) -> Path:
+        """The folder of what Lamella derives from a label image (its segment table); other images have none."""
+        if record.kind != "segmentation":
+            raise NotSegmentation(f"image {record.name!r} is not a segmentation")
+        return derived_dir(record.uri, record.managed, self.services.settings.images_dir, record.id)
 
     def cache_for(self, seconds: int) -> None:
         """Public data may sit in shared caches; a private dataset's only in this browser's."""
@@ -46,6 +54,8 @@ class PrecomputedInfoHandler(ImageDataHandler):
     async def get(self, dataset_ref: str, image_name: str) -> None:
         record, image = await self.image(dataset_ref, image_name)
         info = image.info()
+        if record.kind == "segmentation" and self.services.segments.exists(self.derived(record)):
+            info = {**info, "segment_properties": "segment_properties"}  # precomputed volume.md: a relative path
         meshes = await self.services.images.meshes(record)
         if meshes is not None:
             info = {**info, "mesh": f"mesh/{meshes.build}"}
