@@ -593,6 +593,10 @@ def test_a_selected_mitochondrion_shows_its_surface_in_the_3d_panel(  # type: ig
     selected = wait_for(lambda: next((layer.get("segments") for layer in client_state(browser)["layers"]
                                       if layer["name"] == "organelles" and layer.get("segments")), None), 30)
     assert selected == [str(mitochondrion)]
+    # The side panel shows what was selected, from the segment table.
+    shown = wait_for(lambda: next((h.text for h in browser.find_elements(
+        "css selector", '.segments[data-image="organelles"] .segment-selected h3') if h.text), None), 30)
+    assert shown == "mitochondrion 1"
 
     def surface() -> np.ndarray | None:
         drawn = np.abs(panel_image(browser, THREE_D) - empty).max(axis=2) > 40
@@ -607,3 +611,42 @@ def test_a_selected_mitochondrion_shows_its_surface_in_the_3d_panel(  # type: ig
     assert sizes.max() > 0.9 * drawn.sum()
     middle = np.array(ndimage.center_of_mass(blobs == sizes.argmax() + 1)) / np.array(drawn.shape)
     assert np.all(np.abs(middle - 0.5) < 0.2), middle
+
+
+def test_the_segment_browser_filters_sorts_and_jumps_to_a_segment(  # type: ignore[no-untyped-def]
+    server: Server, browser
+) -> None:
+    """Beside the viewer: the demo's segments filtered by class, largest first; a row moves the viewer to that
+    segment's centre and selects it there."""
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(server.url + "/datasets/demo")
+    section = '.segments[data-image="organelles"]'
+    rows = f"{section} tbody tr"
+    assert wait_for(lambda: True if len(browser.find_elements("css selector", rows)) > 20 else None, 60)
+    browser.find_element("css selector", f"{section} .segment-filter").send_keys("mitochondrion")
+    Select(browser.find_element("css selector", f"{section} .segment-sort")).select_by_value("volume_um3:desc")
+
+    def listed() -> list[list[str]] | None:
+        cells = [[td.text for td in row.find_elements("css selector", "td")]
+                 for row in browser.find_elements("css selector", rows)]
+        return cells if cells and all(c[2] == "mitochondrion" for c in cells) else None
+
+    cells = wait_for(listed, 30)
+    assert cells is not None, "the filter left other classes"
+    table = server.get("/api/datasets/demo/images/organelles/segments?name=mitochondrion&sort=volume_um3"
+                       "&order=desc&limit=50").json()["segments"]
+    assert [c[0] for c in cells] == [s["id"] for s in table]  # the server's order, largest first
+    browser.find_elements("css selector", rows)[0].click()
+    token = browser.find_element("id", "viewer").get_attribute("data-token")
+
+    def jumped() -> dict | None:  # type: ignore[type-arg]
+        state = client_state(browser)
+        layer = next(layer for layer in state["layers"] if layer["name"] == "organelles")
+        return state if layer.get("segments") == [table[0]["id"]] else None
+
+    state = wait_for(jumped, 30)
+    assert state is not None, "the viewer did not select the segment"
+    expected = np.array(table[0]["centroid_nm"]) / 8.0  # the demo's voxels are 8 nm
+    assert np.allclose(state["position"], expected, atol=0.01)
+    assert server.get(f"/api/sessions/{token}").json()["state"]["position"] == state["position"]

@@ -217,6 +217,9 @@ def test_paging_filters_sorting_and_csv(server: Server, bodies: np.ndarray) -> N
     expected = {i for i, s in everything.items()
                 if all(s["bbox_min_nm"][a] < box[a + 3] and s["bbox_max_nm"][a] > box[a] for a in range(3))}
     assert {int(s["id"]) for s in inside["segments"]} == expected and 0 < len(expected) < len(everything)
+    one = next(iter(everything))
+    assert server.get(f"{BODIES}/segments?id={one}").json()["segments"] == [everything[one]]
+    assert server.get(f"{BODIES}/segments?id=999999999").json()["segments"] == []
     exported = server.get(f"{BODIES}/segments?format=csv&min_voxels=1000&sort=volume_um3")
     assert exported.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(exported.text)))

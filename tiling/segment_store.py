@@ -81,6 +81,7 @@ class SegmentQuery:
     min_volume_um3: float | None = None
     max_volume_um3: float | None = None
     name: str | None = None  # case-insensitive substring of the name or the class
+    segment: int | None = None  # one id
     box: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None  # (low, high) x y z nm
     sort: SortColumn = "id"
     descending: bool = False
@@ -126,6 +127,10 @@ class SegmentTable:
     def select(self, query: SegmentQuery) -> np.ndarray:
         """Indices of the rows ``query`` asks for, in its order."""
         rows = self.rows
+        if query.segment is not None:  # rows are sorted by id
+            at = int(np.searchsorted(rows["id"], np.uint64(query.segment)))
+            found = at < len(rows) and int(rows["id"][at]) == query.segment
+            return np.array([at] if found else [], dtype=np.intp)
         keep = np.ones(len(rows), bool)
         for column, low, high in (("voxels", query.min_voxels, query.max_voxels),
                                   ("volume_um3", query.min_volume_um3, query.max_volume_um3)):

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -418,6 +419,7 @@ def ensure_demo(catalog: Catalog, images_dir: Path, transforms: Transforms) -> D
         DEMO_SHAPE,
         DEMO_VOXEL_NM,
         FLUORESCENCE_VOXEL_NM,
+        MITOCHONDRION_IDS,
         fluorescence_affine,
         make_demo_fluorescence,
         make_demo_volume,
@@ -440,8 +442,14 @@ def ensure_demo(catalog: Catalog, images_dir: Path, transforms: Transforms) -> D
     if not has_labels:  # the cells and mitochondria the volume was drawn from, with their surfaces
         em = catalog.get_image(DEMO_DATASET, "em")
         shutil.rmtree(Path(em.uri) / "labels" / DEMO_LABELS, ignore_errors=True)
-        import_labels(catalog, images_dir, DEMO_LABELS, DEMO_DATASET, image="em", name=DEMO_LABELS,
-                      show_progress=False, source=ArraySource(labels))
+        with tempfile.TemporaryDirectory() as folder:
+            names = Path(folder) / "names.csv"
+            ids = np.unique(labels[labels > 0]).tolist()
+            names.write_text("id,name,class\n" + "".join(
+                f"{i},{kind} {i if kind == 'cell' else i - MITOCHONDRION_IDS + 1},{kind}\n"
+                for i in ids for kind in ["mitochondrion" if i >= MITOCHONDRION_IDS else "cell"]))
+            import_labels(catalog, images_dir, DEMO_LABELS, DEMO_DATASET, image="em", name=DEMO_LABELS,
+                          show_progress=False, source=ArraySource(labels), segment_names=names)
         build_label_meshes(catalog, images_dir, DEMO_DATASET, DEMO_LABELS, show_progress=False)
     del labels
     if has_fluorescence:

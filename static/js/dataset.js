@@ -2,6 +2,7 @@
 import { mountAnnotations } from "./annotations.js";
 import { element, getJSON, mountAccount } from "./api.js";
 import { mountOverlayControls } from "./overlay.js";
+import { mountSegments } from "./segments.js";
 
 const datasetRef = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const status = document.getElementById("status");
@@ -80,6 +81,7 @@ try {
   });
   mountAnnotations(document.getElementById("annotation-panel"), dataset, token, me)
     .catch((error) => { status.textContent = `Annotation layers unavailable: ${error.message}`; });
+  mountSegments(document.getElementById("segment-panel"), dataset, token);
   // The viewer works without the side controls: report their failure, not the dataset's.
   mountOverlayControls(document.getElementById("controls"), dataset, token)
     .catch((error) => { status.textContent = `Overlay controls unavailable: ${error.message}`; });

@@ -54,6 +54,8 @@ class SegmentsQuery(BaseModel):
     max_volume_um3: float | None = Field(None, ge=0, allow_inf_nan=False)
     name: str | None = Field(None, min_length=1, max_length=200,
                              description="case-insensitive substring of the segment's name or class")
+    id: int | None = Field(None, ge=1, le=2**64 - 1, description="just this segment (the other filters then "
+                                                                "do not apply)")
     bbox: str | None = Field(None, pattern=BOX, examples=["0,0,0,2000,2000,1000"],
                              description="x0,y0,z0,x1,y1,z1 in nm, two opposite corners: segments whose bounding "
                                          "box intersects this box")
@@ -71,7 +73,7 @@ class SegmentsQuery(BaseModel):
             box = (tuple(map(min, *corners)), tuple(map(max, *corners)))
         return SegmentQuery(min_voxels=self.min_voxels, max_voxels=self.max_voxels,
                             min_volume_um3=self.min_volume_um3, max_volume_um3=self.max_volume_um3, name=self.name,
-                            box=box, sort=self.sort, descending=self.order == "desc")  # type: ignore[arg-type]
+                            segment=self.id, box=box, sort=self.sort, descending=self.order == "desc")  # type: ignore[arg-type]
 
 
 SEGMENTS_TYPES = {"application/json": {"$ref": REF.format(model=SegmentsOut.__name__)}, "text/csv": {"type": "string"}}
