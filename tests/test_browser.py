@@ -582,6 +582,7 @@ def test_a_selected_mitochondrion_shows_its_surface_in_the_3d_panel(  # type: ig
     session = server.get(f"/api/sessions/{token}").json()
     state = session["state"]
     state["position"] = [float(centre[2]), float(centre[1]), float(centre[0])]
+    next(layer for layer in state["layers"] if layer["name"] == "organelles")["visible"] = True  # shown
     state["showSlices"] = False  # the 3D panel shows meshes only
     state["projectionScale"] = 300
     assert requests.put(f"{server.url}/api/sessions/{token}", json={"state": state,

@@ -27,6 +27,7 @@ previous build in one rename; its ``build`` names it, so URLs of one build never
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import mmap
@@ -121,6 +122,23 @@ def _unit_starts(grid: tuple[int, int, int]) -> Iterator[tuple[int, int, int]]:
 
 def _open(uri: str) -> Volume:
     return asyncio.run(open_volume(uri, make_context(64 << 20)))
+
+
+def _open_in_worker(uri: str) -> Volume:
+    """A worker's opened labels, kept for its next units while the image's metadata file is unchanged."""
+    stamp = 0
+    for name in ("zarr.json", ".zattrs"):
+        try:
+            stamp = os.stat(Path(uri) / name).st_mtime_ns
+            break
+        except OSError:
+            continue
+    return _opened(uri, stamp)
+
+
+@functools.lru_cache(maxsize=2)
+def _opened(uri: str, stamp: int) -> Volume:
+    return _open(uri)
 
 
 def plan_meshes(uri: str) -> MeshPlan:
@@ -223,7 +241,7 @@ def mesh_unit(plan: MeshPlan, lod_index: int, start: tuple[int, int, int], parts
     count = [min(UNIT_NODES, g - s) for g, s in zip(lod.grid, start, strict=True)]
     low = [s * n for s, n in zip(start, lod.node, strict=True)]
     high = [lo + c * n + 1 for lo, c, n in zip(low, count, lod.node, strict=True)]
-    volume = _open(plan.uri)
+    volume = _open_in_worker(plan.uri)
     labels = _read_padded(volume, lod.level, low, high)
     mesher = zmesh.Mesher((1, 1, 1))
     headers, blobs = [], []

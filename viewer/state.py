@@ -91,10 +91,11 @@ def layer_for(
 ) -> dict[str, Any]:
     source = layer_source(origin, dataset, image, transform)
     if image.kind == "segmentation":
-        # The EM stays as it is until segments are selected (double-click): then they are coloured in the
-        # slices, and their surfaces (the label image's meshes) drawn in the 3D panel.
-        return {"type": "segmentation", "name": image.name, "source": source, "selectedAlpha": 0.55,
-                "notSelectedAlpha": 0.0, "segments": []}
+        # Listed but not drawn until shown (its name in the layer bar, or a segment picked beside the viewer):
+        # with no segment selected Neuroglancer colours them all over the EM. Once some are selected only they
+        # are coloured in the slices, and their surfaces (the label image's meshes) drawn in the 3D panel.
+        return {"type": "segmentation", "name": image.name, "source": source, "visible": False,
+                "selectedAlpha": 0.55, "notSelectedAlpha": 0.0, "segments": []}
     low, high = image.window
     layer: dict[str, Any] = {
         "type": "image",
