@@ -82,7 +82,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
     add_existing(catalog, str(stores / "u16.ome.zarr"), "tests", name="u16")
     add_existing(catalog, str(stores / "v2.ome.zarr"), "tests", name="v2")
     # The demo's two modalities again, without their transform, for registration tests to change.
-    for image in catalog.get_dataset("demo").images:
+    for image in (image for image in catalog.get_dataset("demo").images if image.kind == "image"):
         add_existing(catalog, image.uri, "correlative", name=image.name, modality=image.modality)
     fibsem = bodies = None
     if FIBSEM_TIFF.exists():
