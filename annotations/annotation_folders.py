@@ -4,7 +4,7 @@ relationship indexes. No web framework: files come out one at a time from one da
 
 Memory: one file at a time, plus one count per spatial cell that holds annotations (the cells are bounded by
 ``annotations.cells``, not by the layer). ``by_id`` and the relationship indexes are in Neuroglancer's sharded
-format (``annotations.shards``), a shard kept near ``shards.SHARD_BYTES`` where the ids allow, so that an
+format (``tiling.uint64_sharded``), a shard kept near ``shards.SHARD_BYTES`` where the ids allow, so that an
 archive holds a few files rather than one per annotation. A spatial cell above the finest level holds at
 most ``limit`` annotations; a finest cell, and the list of one related segment, hold what they hold.
 
@@ -41,8 +41,8 @@ from annotations.annotation_store import view_clause
 from annotations.cells import CellKey, LevelPlan
 from annotations.layer_specs import LABEL_PROPERTY, PROPERTY_TYPES, LayerSpec
 from annotations.models import AnnotationSegment, AnnotationVersion
-from annotations.shards import ShardSizer, ShardSpec, ShardWriter
 from annotations.views import View
+from tiling.uint64_sharded import ShardSizer, ShardSpec, ShardWriter
 
 Cut = tuple[float, int]  # (sample key, annotation id)
 BATCH = 2000  # rows fetched at a time (server-side cursors on PostgreSQL)

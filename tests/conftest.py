@@ -26,7 +26,7 @@ from annotations.db import make_engine, make_sessions, migrate, sqlite_url
 from annotations.transforms import Transforms
 from tiling.pyramid import PyramidOptions, write_pyramid
 from tiling.sources import ArraySource
-from viewer.registration import add_existing, ensure_demo, import_file, import_labels
+from viewer.registration import add_existing, build_label_meshes, ensure_demo, import_file, import_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -94,6 +94,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
         bodies = tifffile.imread(FIBSEM_LABELS)
         import_labels(catalog, root / "images", str(FIBSEM_LABELS), "fibsem", image="raw", name="bodies",
                       show_progress=False)
+        build_label_meshes(catalog, root / "images", "fibsem", "bodies", show_progress=False)
     accounts = Accounts(sessions)
     accounts.create("admin", "admin")
     admin_token, _ = accounts.create_token("admin", label="tests")

@@ -462,7 +462,7 @@ def test_shards_are_read_back_by_tensorstore(keys: list[int], tmp_path: Path) ->
 
     import tensorstore as ts
 
-    from annotations.shards import ShardSizer, ShardWriter
+    from tiling.uint64_sharded import ShardSizer, ShardWriter
 
     rng = random.Random(2)
     values = {key: rng.randbytes(rng.randint(0, 40)) for key in keys}

@@ -28,6 +28,13 @@ class KeyNotFound(TilingError, KeyError):
         return str(self.args[0]) if self.args else "key not found"
 
 
+class MeshesNotFound(TilingError, KeyError):
+    """A label image without meshes, a mesh build that has been replaced, or a segment with no mesh."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no meshes"
+
+
 class InvalidChunkKey(TilingError, ValueError):
     """A precomputed chunk name that is malformed, misaligned or out of bounds."""
 

@@ -53,6 +53,8 @@ ACCOUNT = r"(?P<account>[a-z][a-z0-9_.\-]{0,63})"
 IMAGE_BASE = rf"/api/datasets/{DATASET}/images/{IMAGE}"
 LAYER_BASE = rf"/api/datasets/{DATASET}/annotation-layers/(?P<layer_id>{ID})"
 ANNOTATION_BASE = rf"{LAYER_BASE}/annotations/(?P<annotation_id>{ID})"
+MESH_BUILD = r"precomputed/mesh/(?P<build>[0-9a-f]{12})"  # tiling.meshes names each build with 12 hex digits
+MESH_SHARD = r"(?P<shard>[0-9a-f]{1,16}\.shard)"
 PRECOMPUTED_CHUNK = r"precomputed/(?P<scale_key>[^/]{1,20})/(?P<chunk_name>[^/]{1,100})"  # plain and warped alike
 STORED_KEY = r"(?P<key>.{1,1024})"
 # A layer's annotations of one type, in one view (``annotations.views``: "current" or filters), as a
@@ -83,7 +85,10 @@ def routes() -> list[Route]:
     """Every path we answer, with its handler, access rule and name."""
     fit = {"save": CURATE}  # a fit that is also saved changes the dataset
     return [
-        # Pixels first: Tornado tries the patterns in order, and a viewer asks for chunks most.
+        # Pixels first: Tornado tries the patterns in order, and a viewer asks for chunks most. Meshes before
+        # chunks, whose pattern would take "mesh" for a scale.
+        Route(rf"{IMAGE_BASE}/{MESH_BUILD}/{MESH_SHARD}", data.MeshShardHandler, dataset(GET=READ), "mesh-shard"),
+        Route(rf"{IMAGE_BASE}/{MESH_BUILD}/info", data.MeshInfoHandler, dataset(GET=READ), "mesh-info"),
         Route(rf"{IMAGE_BASE}/{PRECOMPUTED_CHUNK}", data.PrecomputedChunkHandler, dataset(GET=READ),
               "precomputed-chunk"),
         Route(rf"{IMAGE_BASE}/zarr/{STORED_KEY}", data.ZarrStoreHandler, dataset(GET=READ), "zarr-store"),

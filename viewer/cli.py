@@ -213,6 +213,8 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
               help="Import a segmentation as OME-Zarr labels of IMAGE (same shape).")
 @click.option("--downsample", type=click.Choice(["mode", "stride"]), default="mode", show_default=True,
               help="How label pyramids are reduced (never by mean).")
+@click.option("--meshes/--no-meshes", default=True, show_default=True,
+              help="With --labels: build the segments' multi-resolution surface meshes.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted import, skipping finished shards.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Run on a local Dask cluster of N processes.")
@@ -221,18 +223,23 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
 @with_new_dataset
 def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: tuple[float, ...] | None,
             ome_version: str, zstd_level: int, metadata: Path | None, labels_of: str | None, downsample: str,
-            resume: bool, workers: int | None, scheduler: str | None, quiet: bool, unit: str, to_uint8: bool,
-            window: tuple[float, float] | None, percentiles: tuple[float, float], private: bool,
+            meshes: bool, resume: bool, workers: int | None, scheduler: str | None, quiet: bool, unit: str,
+            to_uint8: bool, window: tuple[float, float] | None, percentiles: tuple[float, float], private: bool,
             release: date | None, curator: str | None, **options: Any) -> None:
     """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
-    from viewer.registration import default_image_name, import_file, import_labels
+    from viewer.registration import build_label_meshes, default_image_name, import_file, import_labels
 
     gc.freeze()  # these modules too: collections during the conversion need not scan them (~0.07 s)
     settings = Settings.from_env(**options)
     if labels_of is not None:
         record = import_labels(open_catalog(settings), settings.images_dir, location, dataset, image=labels_of,
                                name=name, downsample=downsample, zstd_level=zstd_level, show_progress=not quiet)
-        click.echo(f"imported labels {record.images[-1].name!r} of {labels_of!r} into dataset {record.name!r}")
+        labels = record.images[-1].name
+        click.echo(f"imported labels {labels!r} of {labels_of!r} into dataset {record.name!r}")
+        if meshes:
+            summary = build_label_meshes(open_catalog(settings), settings.images_dir, record.name, labels,
+                                         workers=workers, scheduler=scheduler, show_progress=not quiet)
+            click.echo(_meshes_built(summary))
         return
     meta = read_metadata(metadata)
     # The database layer is imported only when asked for: it would delay the conversion (see open_catalog_for_import).
@@ -248,6 +255,31 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
         warn=lambda message: click.echo(f"lamella: warning: {message}", err=True), new=new,
     )
     click.echo(f"imported {image_name!r} into dataset {record.name!r} (id {record.id})")
+
+
+@main.command()
+@with_common
+@click.argument("dataset")
+@click.argument("image")
+@click.option("--resume", is_flag=True, help="Continue an interrupted build, keeping the blocks it finished.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Run on a local Dask cluster of N processes [default: a process per core, no Dask].")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def mesh(dataset: str, image: str, resume: bool, workers: int | None, scheduler: str | None, quiet: bool,
+         **options: Any) -> None:
+    """Build the multi-resolution surface meshes of a label image (imported or added); rebuilds replace the last."""
+    from viewer.registration import build_label_meshes
+
+    settings = Settings.from_env(**options)
+    summary = build_label_meshes(open_catalog(settings), settings.images_dir, dataset, image, resume=resume,
+                                 workers=workers, scheduler=scheduler, show_progress=not quiet)
+    click.echo(_meshes_built(summary))
+
+
+def _meshes_built(summary: Any) -> str:
+    return (f"meshes built: {summary.segments} segments, {summary.fragments} fragments in {summary.lods} levels "
+            f"of detail, {summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s (build {summary.build})")
 
 
 @main.command()

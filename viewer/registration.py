@@ -24,6 +24,7 @@ import numpy as np
 
 from annotations.errors import NameTaken
 from annotations.names import check_name
+from tiling.derived import derived_dir
 from tiling.errors import ImportProblem
 from tiling.pyramid import PyramidOptions, list_label, write_pyramid
 from tiling.sources import ArraySource, RescaledSource, Source, open_source, percentile_window
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from annotations.catalog import Catalog, DatasetRecord, ImageSpec, NewDataset
     from annotations.metadata import DatasetMetadata
     from annotations.transforms import Transforms
+    from tiling.meshes import MeshSummary
 
 DEMO_DATASET = "demo"
 # A catalog given as a function that opens it is opened once this much of a conversion is stored,
@@ -208,6 +210,34 @@ def import_labels(
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
         raise
+
+
+def build_label_meshes(
+    catalog: Catalog,
+    images_dir: Path,
+    dataset: str,
+    image: str,
+    *,
+    resume: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    show_progress: bool = True,
+) -> MeshSummary:
+    """Build (or rebuild) the multi-resolution meshes of a label image, here or on a Dask cluster.
+
+    The meshes go where ``tiling.derived`` keeps a label image's derived data; the previous build stays
+    served until the new one is complete.
+    """
+    from tiling.meshes import MESH_DIR, build_meshes
+
+    record = catalog.get_image(dataset, image)
+    if record.kind != "segmentation":
+        raise ImportProblem(f"image {image!r} of {dataset!r} is not a segmentation: only label images have meshes")
+    folder = derived_dir(record.uri, record.managed, images_dir, record.id) / MESH_DIR
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with dask_client(workers, scheduler) as client:
+        return build_meshes(record.uri, folder, client=client, threads=workers, resume=resume,
+                            show_progress=show_progress)
 
 
 def _free_name(catalog: Catalog, dataset: str, name: str | None, location: str) -> str:

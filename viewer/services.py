@@ -22,7 +22,9 @@ from annotations.shared_views import SharedViews
 from annotations.transforms import TransformRecord, Transforms
 from annotations.viewer_annotations import ViewerAnnotations
 from annotations.viewer_sessions import ViewerSessions
-from tiling.errors import InvalidTransform
+from tiling.derived import derived_dir
+from tiling.errors import InvalidTransform, MeshesNotFound
+from tiling.meshes import MESH_DIR, MeshFolder, open_meshes
 from tiling.omezarr import make_context, open_volume
 from tiling.precomputed import ChunkCache, PrecomputedImage
 from tiling.transforms import ThinPlateSpline
@@ -44,6 +46,7 @@ class ImageRegistry:
     """
 
     RECORD_TTL_SECONDS = 10.0  # how long a process trusts its copy of a catalog entry
+    MESH_TTL_SECONDS = 10.0  # how long a process may go on naming a mesh build that has been replaced
 
     def __init__(
         self,
@@ -63,6 +66,8 @@ class ImageRegistry:
         self.jpeg_quality = settings.jpeg_quality
         self._opened: dict[Any, PrecomputedImage] = {}
         self._opening: dict[Any, asyncio.Future[PrecomputedImage]] = {}
+        self.images_dir = settings.images_dir
+        self._meshes: dict[int, tuple[float, MeshFolder | None]] = {}
 
     async def resolve(self, dataset_ref: str, image_name: str) -> tuple[ImageRecord, PrecomputedImage]:
         """The catalog entry and opened image behind a data URL; the hot path of every chunk request.
@@ -79,6 +84,28 @@ class ImageRegistry:
         else:
             record = cached[1]
         return record, await self.get(record)
+
+    async def meshes(self, record: ImageRecord) -> MeshFolder | None:
+        """The current mesh build of a label image (None for images and labels without meshes); read from its
+        folder again after ``MESH_TTL_SECONDS``, so a rebuild reaches every process within that time."""
+        if record.kind != "segmentation":
+            return None
+        now = time.monotonic()
+        cached = self._meshes.get(record.id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        folder = derived_dir(record.uri, record.managed, self.images_dir, record.id) / MESH_DIR
+        found = await asyncio.to_thread(open_meshes, folder)
+        self._meshes[record.id] = (now + self.MESH_TTL_SECONDS, found)
+        return found
+
+    async def mesh_build(self, record: ImageRecord, build: str) -> MeshFolder:
+        """The mesh build named in a URL, if it is still the current one."""
+        found = await self.meshes(record)
+        if found is None:
+            raise MeshesNotFound(f"image {record.name!r} has no meshes")
+        found.check(build)
+        return found
 
     async def resolve_id(self, dataset_ref: str, image_id: int) -> tuple[ImageRecord, PrecomputedImage]:
         """Like ``resolve``, for an image named by id (a transform's reference image)."""

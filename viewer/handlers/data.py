@@ -39,9 +39,43 @@ class PrecomputedInfoHandler(ImageDataHandler):
     @op(summary="Neuroglancer precomputed info: one scale per stored OME-Zarr level", response=ANY_JSON,
         also={304: "not modified"})
     async def get(self, dataset_ref: str, image_name: str) -> None:
-        _, image = await self.image(dataset_ref, image_name)
+        record, image = await self.image(dataset_ref, image_name)
+        info = image.info()
+        meshes = await self.services.images.meshes(record)
+        if meshes is not None:
+            info = {**info, "mesh": f"mesh/{meshes.build}"}
         self.cache_for(META_MAX_AGE)
-        self.write_json(image.info())
+        self.write_json(info)
+
+
+class MeshInfoHandler(ImageDataHandler):
+    @op(summary="The info of a label image's multi-resolution meshes (neuroglancer_multilod_draco, sharded), "
+        "under the name of one build", response=ANY_JSON, also={304: "not modified"})
+    async def get(self, dataset_ref: str, image_name: str, build: str) -> None:
+        record, _ = await self.image(dataset_ref, image_name)
+        meshes = await self.services.images.mesh_build(record, build)
+        self.cache_for(CHUNK_MAX_AGE)  # a build never changes; a new one has a new name
+        self.write_json(meshes.info)
+
+
+class MeshShardHandler(ImageDataHandler):
+    @op(summary="One shard file of a label image's meshes (manifests and Draco fragments), with a single "
+        "byte range", response=BINARY, content=STORED_TYPES,
+        also={206: "the range asked for", 304: "not modified"})
+    async def get(self, dataset_ref: str, image_name: str, build: str, shard: str) -> None:
+        record, _ = await self.image(dataset_ref, image_name)
+        meshes = await self.services.images.mesh_build(record, build)
+        byte_range = parse_range_header(self.request.headers.get("Range"))
+        value = await meshes.store.read(shard, byte_range)
+        self.set_header("Accept-Ranges", "bytes")
+        self.cache_for(CHUNK_MAX_AGE)
+        if self.check_not_modified(value.etag):
+            return
+        self.set_header("Content-Type", "application/octet-stream")
+        if byte_range is not None:
+            self.set_status(206)
+            self.set_header("Content-Range", value.content_range)
+        self.finish(value.data)
 
 
 class PrecomputedChunkHandler(ImageDataHandler):

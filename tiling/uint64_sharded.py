@@ -125,12 +125,14 @@ class ShardWriter:
         self._body = bytearray()  # the shard after its index: chunks, and the finished minishards' indexes
         self._index = np.zeros((1 << spec.minishard_bits, 2), dtype="<u8")
         self._minishard = -1
-        self._first = 0  # where the current minishard's first chunk starts in the body
+        self._end = 0  # where the current minishard's last chunk ends in the body (0 before its first)
         self._keys = array("Q")
+        self._starts = array("Q")  # per chunk, its start less the end of the chunk before it in the minishard
         self._sizes = array("Q")
 
-    def add(self, key: int, data: bytes) -> Iterator[tuple[str, bytes]]:
-        """Add one chunk; yields the previous shard when this key starts a new one."""
+    def add(self, key: int, data: bytes, before: bytes = b"") -> Iterator[tuple[str, bytes]]:
+        """Add one chunk; yields the previous shard when this key starts a new one. ``before`` is stored just
+        ahead of the chunk, outside it (a multi-resolution mesh's fragments precede its manifest)."""
         if key <= self._last:
             raise ValueError(f"keys must ascend: {key} after {self._last}")
         self._last = key
@@ -141,24 +143,28 @@ class ShardWriter:
         minishard = self.spec.minishard_of(key)
         if minishard != self._minishard:
             self._close_minishard()
-            self._minishard, self._first = minishard, len(self._body)
+            self._minishard, self._end = minishard, 0
+        self._body += before
+        start = len(self._body)
         self._keys.append(key)
+        self._starts.append(start - self._end)
         self._sizes.append(len(data))
         self._body += data
+        self._end = len(self._body)
 
     def _close_minishard(self) -> None:
-        """Append the current minishard's index: keys delta-encoded, its first chunk's start (the others follow
-        each other: 0 past the previous end), sizes."""
+        """Append the current minishard's index: keys delta-encoded, starts delta-encoded from the end of the
+        chunk before (the first from the start of the body), sizes."""
         if not self._keys:
             return
         table = np.zeros((3, len(self._keys)), dtype="<u8")
         table[0] = np.diff(np.frombuffer(self._keys, dtype=np.uint64), prepend=np.uint64(0))
-        table[1, 0] = self._first
+        table[1] = np.frombuffer(self._starts, dtype=np.uint64)
         table[2] = np.frombuffer(self._sizes, dtype=np.uint64)
         start = len(self._body)
         self._body += table.tobytes()
         self._index[self._minishard] = (start, len(self._body))
-        self._keys, self._sizes = array("Q"), array("Q")
+        self._keys, self._starts, self._sizes = array("Q"), array("Q"), array("Q")
 
     def finish(self) -> Iterator[tuple[str, bytes]]:
         """The shard being filled, if any."""

@@ -1,0 +1,475 @@
+"""Multi-resolution surface meshes of a label image, as Neuroglancer's ``neuroglancer_multilod_draco``.
+
+Format: upstream ``src/datasource/precomputed/meshes.md`` (sharded storage, ``sharded.md``). What is built:
+
+- **Stored model space** is level-0 voxels with voxel ``i`` spanning ``[i, i + 1)`` (the precomputed corner
+  frame); the info's ``transform`` scales it to nanometres, so meshes land on the segmentation layer.
+- **Levels of detail.** Level of detail ``l`` is meshed from the pyramid level whose largest downsampling
+  factor is ``2 ** l`` (mode-downsampled labels: ``tiling.pyramid``), in octree nodes of ``CHUNK * 2 ** l``
+  level-0 voxels. Levels stop when one node covers the volume or the pyramid runs out.
+- **Blocks without seams.** Each node is meshed on its own by zmesh (marching cubes, then quadric
+  simplification) from its voxels plus one voxel on the high side of each axis, the volume padded with
+  background, so every surface is made exactly once, each object is closed, and two nodes that share a face
+  share its vertices exactly (the simplifier keeps open boundary edges where they are). Nodes of a coarser
+  level are meshed as 2x2x2 sub-blocks, which is the partition Neuroglancer requires above level 0.
+- **Vertices** are quantized to ``QUANTIZATION_BITS`` within their node and Draco-encoded so that the decoded
+  integers are those values (Draco's own quantization set to the identity, as the format needs).
+- **Octree.** A segment's nodes at each level are written in Z-curve order, with an empty node wherever a finer
+  node would otherwise have no parent; a segment's levels stop at its coarsest non-empty one.
+
+The build runs in two passes, in bounded memory. Pass one meshes work units (a few nodes of one level each)
+in worker processes (zmesh holds the GIL) or on a Dask cluster; each unit writes one part file, so an
+interrupted build resumes where it stopped. Pass two sorts the fragment table (about 40 bytes per fragment),
+sizes the shards and writes them one at a time from the part files. The finished folder replaces the
+previous build in one rename; its ``build`` names it, so URLs of one build never change meaning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import mmap
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiling.errors import ImportProblem, MeshesNotFound
+from tiling.omezarr import Volume, make_context, open_volume
+from tiling.stores import LocalStore
+from tiling.uint64_sharded import ShardSizer, ShardSpec, ShardWriter
+
+CHUNK = 64  # level-0 voxels along each axis of a level-0 octree node
+UNIT_NODES = 2  # a work unit is up to UNIT_NODES ** 3 nodes of one level (128³ voxels and a margin)
+QUANTIZATION_BITS = 10
+MAX_ERROR = 1.0  # the simplifier may move a vertex by up to this many voxels of the level it meshes
+REDUCTION = 10  # and aims at this factor fewer triangles (it stops at MAX_ERROR first)
+DRACO_LEVEL = 7  # Draco compression level (0-10): smaller files, encode time is small beside meshing
+SHARD_BYTES = 64 << 20  # what one shard file may hold, where the segment ids allow
+MESH_DIR = "meshes"
+INFO = "info"
+_FRAGMENT = np.dtype([("id", "<u8"), ("x", "<u4"), ("y", "<u4"), ("z", "<u4"), ("size", "<u4")])
+_TABLE = np.dtype([("id", "<u8"), ("lod", "u1"), ("morton", "<u8"), ("x", "<u4"), ("y", "<u4"), ("z", "<u4"),
+                   ("size", "<u4"), ("part", "<u4"), ("offset", "<u8")])
+
+
+class MeshBuildError(ImportProblem):
+    """A label image that cannot be meshed (not integer labels, or levels that do not halve)."""
+
+
+@dataclass(frozen=True)
+class Lod:
+    """One level of detail: the pyramid level it is meshed from and its nodes in that level's voxels."""
+
+    lod: int
+    level: int
+    factor: tuple[int, int, int]  # level-0 voxels per voxel of ``level``, (x, y, z)
+    node: tuple[int, int, int]  # a node's edge in voxels of ``level``, (x, y, z)
+    grid: tuple[int, int, int]  # nodes along (x, y, z)
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    uri: str
+    shape: tuple[int, int, int]  # level 0, (x, y, z)
+    resolution: tuple[float, float, float]  # nm, (x, y, z)
+    offset: tuple[int, int, int]  # the precomputed voxel_offset of level 0
+    lods: tuple[Lod, ...]
+
+    def units(self) -> list[tuple[int, tuple[int, int, int]]]:
+        """Every work unit: (level of detail, its first node's grid position)."""
+        return [(lod.lod, start) for lod in self.lods for start in _unit_starts(lod.grid)]
+
+    def info(self, spec: ShardSpec, build: str) -> dict[str, Any]:
+        rx, ry, rz = self.resolution
+        ox, oy, oz = (o * r for o, r in zip(self.offset, self.resolution, strict=True))
+        return {
+            "@type": "neuroglancer_multilod_draco",
+            "vertex_quantization_bits": QUANTIZATION_BITS,
+            "transform": [rx, 0, 0, ox, 0, ry, 0, oy, 0, 0, rz, oz],
+            "lod_scale_multiplier": 1.0,
+            "sharding": spec.info(),
+            "build": build,
+        }
+
+
+@dataclass(frozen=True)
+class MeshSummary:
+    build: str
+    segments: int
+    fragments: int
+    lods: int
+    bytes: int
+    seconds: float
+
+
+def _unit_starts(grid: tuple[int, int, int]) -> Iterator[tuple[int, int, int]]:
+    for z in range(0, grid[2], UNIT_NODES):
+        for y in range(0, grid[1], UNIT_NODES):
+            for x in range(0, grid[0], UNIT_NODES):
+                yield (x, y, z)
+
+
+def _open(uri: str) -> Volume:
+    return asyncio.run(open_volume(uri, make_context(64 << 20)))
+
+
+def plan_meshes(uri: str) -> MeshPlan:
+    """The levels of detail of the label image at ``uri`` and their octree grids.
+
+    Raises:
+        MeshBuildError: the image is not integer labels, or its levels are not downsampled by powers of two.
+    """
+    volume = _open(uri)
+    if volume.dtype.kind not in "ui" or volume.num_channels != 1:
+        raise MeshBuildError(f"{uri}: meshes need one channel of integer labels, not {volume.num_channels} "
+                             f"channel(s) of {volume.dtype}")
+    base = volume.geometry[0]
+    shape = tuple(reversed(base.shape))
+    resolution = tuple(reversed(base.voxel_size_nm))
+    offset = tuple(round(t / s) for t, s in zip(reversed(base.translation_nm), resolution, strict=True))
+    by_factor: dict[int, tuple[int, tuple[int, int, int]]] = {}
+    for geometry in volume.geometry:
+        ratios = [s / b for s, b in zip(reversed(geometry.voxel_size_nm), resolution, strict=True)]
+        factor = tuple(round(r) for r in ratios)
+        if any(abs(r - f) > 1e-3 * f or f & (f - 1) for r, f in zip(ratios, factor, strict=True)):
+            raise MeshBuildError(f"{uri}: level {geometry.index} is not a power-of-two downsampling of level 0 "
+                                 f"(factors {[round(r, 3) for r in ratios]})")
+        by_factor.setdefault(max(factor), (geometry.index, factor))  # type: ignore[arg-type]
+    lods = []
+    for lod in range(64):
+        found = by_factor.get(1 << lod)
+        if found is None:
+            break
+        level, factor = found
+        node = tuple(CHUNK * (1 << lod) // f for f in factor)
+        size = [-(-n // f) for n, f in zip(shape, factor, strict=True)]
+        grid = tuple(-(-(n + 1) // b) for n, b in zip(size, node, strict=True))
+        lods.append(Lod(lod, level, factor, node, grid))  # type: ignore[arg-type]
+        if grid == (1, 1, 1):
+            break
+    return MeshPlan(uri, shape, resolution, offset, tuple(lods))  # type: ignore[arg-type]
+
+
+def _read_padded(volume: Volume, level: int, low: list[int], high: list[int]) -> np.ndarray:
+    """Voxels ``[low, high)`` of ``level`` (x, y, z) in padded coordinates (index + 1), background outside;
+    as an (x, y, z) Fortran-ordered array, the layout zmesh reads without a copy."""
+    shape = tuple(reversed(volume.geometry[level].shape))
+    out = np.zeros([h - lo for lo, h in zip(low, high, strict=True)], dtype=volume.dtype, order="F")
+    inner_low = [max(lo - 1, 0) for lo in low]
+    inner_high = [min(h - 1, n) for h, n in zip(high, shape, strict=True)]
+    if any(h <= lo for lo, h in zip(inner_low, inner_high, strict=True)):
+        return out
+    zyx = tuple(slice(lo, h) for lo, h in zip(reversed(inner_low), reversed(inner_high), strict=True))
+    data = asyncio.run(volume.read(level, zyx))[0]  # type: ignore[arg-type]
+    where = tuple(slice(lo + 1 - a, h + 1 - a) for lo, h, a in zip(inner_low, inner_high, low, strict=True))
+    out[where] = data.T
+    return out
+
+
+def _encode(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+    import DracoPy
+
+    top = (1 << QUANTIZATION_BITS) - 1
+    return DracoPy.encode(vertices, faces, quantization_bits=QUANTIZATION_BITS, quantization_range=top,
+                          quantization_origin=(0.0, 0.0, 0.0), compression_level=DRACO_LEVEL)
+
+
+def _mesh_node(mesher: Any, labels: np.ndarray, node: tuple[int, int, int], split: bool) -> dict[int, bytes]:
+    """Draco fragments of every segment in one node (``labels`` holds its voxels and the high margin)."""
+    top = (1 << QUANTIZATION_BITS) - 1
+    scale = np.array([top / n for n in node], dtype=np.float64)
+    parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    halves = [(0, n // 2, n) if split else (0, n) for n in node]
+    for x0, x1 in itertools.pairwise(halves[0]):
+        for y0, y1 in itertools.pairwise(halves[1]):
+            for z0, z1 in itertools.pairwise(halves[2]):
+                block = labels[x0:x1 + 1, y0:y1 + 1, z0:z1 + 1]
+                if not block.any():
+                    continue
+                mesher.mesh(np.asfortranarray(block))
+                for segment in mesher.ids():
+                    mesh = mesher.get(segment, normals=False, reduction_factor=REDUCTION, max_error=MAX_ERROR)
+                    if len(mesh.faces):
+                        vertices = (mesh.vertices + np.array([x0, y0, z0])) * scale
+                        parts.setdefault(int(segment), []).append((np.rint(vertices), mesh.faces))
+                mesher.clear()
+    fragments = {}
+    for segment, pieces in parts.items():
+        vertices = np.concatenate([v for v, _ in pieces]).clip(0, top)
+        offsets = np.cumsum([0] + [len(v) for v, _ in pieces[:-1]])
+        faces = np.concatenate([f.astype(np.uint32) + o for (_, f), o in zip(pieces, offsets, strict=True)])
+        fragments[segment] = _encode(vertices, faces)
+    return fragments
+
+
+def mesh_unit(plan: MeshPlan, lod_index: int, start: tuple[int, int, int], parts: Path) -> int:
+    """Mesh one work unit into its part file (skipped when it exists); the number of fragments written."""
+    import zmesh
+
+    lod = plan.lods[lod_index]
+    path = parts / f"{lod.lod}-{start[0]}-{start[1]}-{start[2]}.part"
+    if path.exists():
+        return -1
+    count = [min(UNIT_NODES, g - s) for g, s in zip(lod.grid, start, strict=True)]
+    low = [s * n for s, n in zip(start, lod.node, strict=True)]
+    high = [lo + c * n + 1 for lo, c, n in zip(low, count, lod.node, strict=True)]
+    volume = _open(plan.uri)
+    labels = _read_padded(volume, lod.level, low, high)
+    mesher = zmesh.Mesher((1, 1, 1))
+    headers, blobs = [], []
+    for dz in range(count[2]):
+        for dy in range(count[1]):
+            for dx in range(count[0]):
+                at = [d * n for d, n in zip((dx, dy, dz), lod.node, strict=True)]
+                block = labels[at[0]:at[0] + lod.node[0] + 1, at[1]:at[1] + lod.node[1] + 1,
+                               at[2]:at[2] + lod.node[2] + 1]
+                if not block.any():
+                    continue
+                position = (start[0] + dx, start[1] + dy, start[2] + dz)
+                for segment, data in sorted(_mesh_node(mesher, block, lod.node, lod.lod > 0).items()):
+                    headers.append((segment, *position, len(data)))
+                    blobs.append(data)
+    table = np.array(headers, dtype=_FRAGMENT)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "wb") as out:
+        out.write(np.uint64(len(table)).tobytes())
+        out.write(table.tobytes())
+        for blob in blobs:
+            out.write(blob)
+    os.replace(temporary, path)
+    return len(table)
+
+
+def _morton(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Z-curve codes with x in the lowest bit of each triple, as Neuroglancer orders octree nodes."""
+    code = np.zeros(x.shape, dtype=np.uint64)
+    for bit in range(21):
+        for axis, values in enumerate((x, y, z)):
+            code |= ((values.astype(np.uint64) >> np.uint64(bit)) & np.uint64(1)) << np.uint64(3 * bit + axis)
+    return code
+
+
+def _fragment_table(parts: Path, part_files: list[Path]) -> np.ndarray:
+    tables = []
+    for index, path in enumerate(part_files):
+        lod = int(path.name.split("-", 1)[0])
+        with open(path, "rb") as source:
+            count = int(np.frombuffer(source.read(8), dtype="<u8")[0])
+            headers = np.frombuffer(source.read(count * _FRAGMENT.itemsize), dtype=_FRAGMENT)
+        table = np.zeros(count, dtype=_TABLE)
+        for name in ("id", "x", "y", "z", "size"):
+            table[name] = headers[name]
+        table["lod"] = lod
+        table["part"] = index
+        sizes = headers["size"].astype(np.uint64)
+        table["offset"] = 8 + count * _FRAGMENT.itemsize + np.cumsum(sizes) - sizes
+        tables.append(table)
+    table = np.concatenate(tables) if tables else np.zeros(0, dtype=_TABLE)
+    table["morton"] = _morton(table["x"], table["y"], table["z"])
+    return table[np.lexsort((table["morton"], table["lod"], table["id"]))]
+
+
+def _segment_nodes(rows: np.ndarray) -> tuple[int, list[np.ndarray]]:
+    """A segment's levels and, per level, its nodes (x, y, z, size, row index or -1 for an empty parent) in
+    Z-curve order, every finer node with its parent present."""
+    lods = int(rows["lod"].max()) + 1
+    per_lod: list[np.ndarray] = []
+    below: np.ndarray | None = None
+    for lod in range(lods):
+        mine = np.nonzero(rows["lod"] == lod)[0]
+        nodes = np.stack([rows["x"][mine], rows["y"][mine], rows["z"][mine]], axis=1).astype(np.int64)
+        index = mine.astype(np.int64)
+        if below is not None and len(below):
+            parents = np.unique(below[:, :3] >> 1, axis=0)
+            if len(nodes):
+                known = {tuple(p) for p in nodes.tolist()}
+                parents = np.array([p for p in parents.tolist() if tuple(p) not in known], dtype=np.int64)
+                parents = parents.reshape(-1, 3)
+            nodes = np.concatenate([nodes, parents])
+            index = np.concatenate([index, np.full(len(parents), -1, dtype=np.int64)])
+        order = np.argsort(_morton(nodes[:, 0], nodes[:, 1], nodes[:, 2]), kind="stable")
+        level = np.concatenate([nodes[order], index[order, None]], axis=1)
+        per_lod.append(level)
+        below = level
+    return lods, per_lod
+
+
+def _manifest(lods: int, per_lod: list[np.ndarray], sizes: np.ndarray, plan: MeshPlan) -> bytes:
+    vertex_offsets = np.zeros((lods, 3), dtype="<f4")
+    for lod in range(lods):
+        vertex_offsets[lod] = [-0.5 * f for f in plan.lods[lod].factor]
+    pieces = [
+        np.full(3, CHUNK, dtype="<f4").tobytes(),
+        np.zeros(3, dtype="<f4").tobytes(),
+        np.uint32(lods).astype("<u4").tobytes(),
+        np.array([1 << lod for lod in range(lods)], dtype="<f4").tobytes(),
+        vertex_offsets.tobytes(),
+        np.array([len(level) for level in per_lod], dtype="<u4").tobytes(),
+    ]
+    for level in per_lod:
+        pieces.append(np.ascontiguousarray(level[:, :3].T).astype("<u4").tobytes())
+        size = np.where(level[:, 3] >= 0, sizes[np.maximum(level[:, 3], 0)], 0)
+        pieces.append(size.astype("<u4").tobytes())
+    return b"".join(pieces)
+
+
+def _segments(table: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    if not len(table):
+        return
+    starts = np.flatnonzero(np.diff(table["id"], prepend=table["id"][0] - 1) != 0)
+    ends = np.append(starts[1:], len(table))
+    for begin, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        yield int(table["id"][begin]), table[begin:end]
+
+
+def _write_shards(plan: MeshPlan, table: np.ndarray, parts: list[Path], out: Path, build: str) -> tuple[int, int]:
+    manifests: dict[int, bytes] = {}
+    sizer = ShardSizer(SHARD_BYTES)
+    for segment, rows in _segments(table):
+        lods, per_lod = _segment_nodes(rows)
+        manifest = _manifest(lods, per_lod, rows["size"], plan)
+        manifests[segment] = manifest
+        sizer.add(segment, len(manifest) + int(rows["size"].sum()))
+    spec = sizer.spec()
+    writer = ShardWriter(spec)
+    maps = [mmap.mmap(os.open(path, os.O_RDONLY), 0, access=mmap.ACCESS_READ) if path.stat().st_size else None
+            for path in parts]
+    written = 0
+
+    def save(shards: Iterator[tuple[str, bytes]]) -> None:
+        nonlocal written
+        for name, data in shards:
+            (out / name).write_bytes(data)
+            written += len(data)
+
+    try:
+        for segment, rows in _segments(table):
+            _, per_lod = _segment_nodes(rows)
+            fragments = []
+            for level in per_lod:
+                for row in level[:, 3].tolist():
+                    if row >= 0:
+                        part, offset, size = (int(rows[name][row]) for name in ("part", "offset", "size"))
+                        fragments.append(maps[part][offset:offset + size])  # type: ignore[index]
+            save(writer.add(segment, manifests.pop(segment), before=b"".join(fragments)))
+        save(writer.finish())
+    finally:
+        for handle in maps:
+            if handle is not None:
+                handle.close()
+    (out / INFO).write_text(json.dumps(plan.info(spec, build)))
+    return len(np.unique(table["id"])) if len(table) else 0, written
+
+
+def build_meshes(
+    labels: str,
+    destination: Path,
+    *,
+    client: Any | None = None,
+    threads: int | None = None,
+    resume: bool = False,
+    show_progress: bool = False,
+    on_unit: Callable[[], None] | None = None,
+) -> MeshSummary:
+    """Build the multi-resolution meshes of the label image at ``labels`` into the folder ``destination``.
+
+    Work units run on ``client`` (a Dask distributed client) when given, else in ``threads`` worker processes
+    (the machine's cores by default). With ``resume``, units finished by an interrupted build are kept.
+    The previous build in ``destination``, if any, stays readable until the new one replaces it.
+
+    Raises:
+        MeshBuildError: the image cannot be meshed.
+    """
+    started = time.perf_counter()
+    plan = plan_meshes(labels)
+    building = destination.with_name(destination.name + ".building")
+    parts = building / "parts"
+    if not resume:
+        shutil.rmtree(building, ignore_errors=True)
+    parts.mkdir(parents=True, exist_ok=True)
+    units = plan.units()
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(units), unit="block", desc="meshes")
+
+    def done() -> None:
+        if bar is not None:
+            bar.update(1)
+        if on_unit is not None:
+            on_unit()
+
+    try:
+        if client is not None:
+            futures = [client.submit(mesh_unit, plan, plan.lods.index(_lod(plan, lod)), start, parts, pure=False)
+                       for lod, start in units]
+            from distributed import as_completed as dask_completed
+
+            for future in dask_completed(futures):
+                future.result()
+                done()
+        else:
+            workers = max(1, threads or os.cpu_count() or 1)
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                pending = [pool.submit(mesh_unit, plan, plan.lods.index(_lod(plan, lod)), start, parts)
+                           for lod, start in units]
+                for future in as_completed(pending):
+                    future.result()
+                    done()
+    finally:
+        if bar is not None:
+            bar.close()
+    part_files = sorted(parts.glob("*.part"))
+    table = _fragment_table(parts, part_files)
+    out = building / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    build = secrets.token_hex(6)
+    segments, written = _write_shards(plan, table, part_files, out, build)
+    old = destination.with_name(destination.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if destination.exists():
+        destination.rename(old)
+    out.rename(destination)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(building, ignore_errors=True)
+    return MeshSummary(build, segments, len(table), len(plan.lods), written, time.perf_counter() - started)
+
+
+def _lod(plan: MeshPlan, lod: int) -> Lod:
+    return next(item for item in plan.lods if item.lod == lod)
+
+
+@dataclass(frozen=True)
+class MeshFolder:
+    """A finished mesh build: its name, its info and its files."""
+
+    build: str
+    info: dict[str, Any]
+    store: LocalStore
+
+    def check(self, build: str) -> None:
+        if build != self.build:
+            raise MeshesNotFound(f"mesh build {build[:20]!r} has been replaced by {self.build!r}: read the info again")
+
+
+def open_meshes(folder: Path) -> MeshFolder | None:
+    """The meshes built in ``folder`` (a label image's ``derived_dir / MESH_DIR``), or None when there are none."""
+    try:
+        info = json.loads((folder / INFO).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    public = {key: value for key, value in info.items() if key != "build"}
+    return MeshFolder(str(info.get("build", "")), public, LocalStore(folder))
+
