@@ -68,7 +68,7 @@ def run_igneous(args: argparse.Namespace) -> dict[str, Any]:
     # (2) merge: per shard, gather fragments, LODs by simplification, octree split, Draco, shard files.
     mark = time.perf_counter()
     tasks = tc.create_sharded_multires_mesh_tasks(
-        layer, num_lod=args.nlod, draco_compression_level=args.draco_level, vertex_quantization_bits=16,
+        layer, num_lod=args.nlod, draco_compression_level=args.draco_level, vertex_quantization_bits=args.vqb,
         min_chunk_size=args.min_chunk, max_labels_per_shard=args.max_labels_per_shard, min_shards=args.min_shards,
         mesh_dir=args.mesh_dir, progress=False,
     )
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     igneous.add_argument("--nlod", type=int, default=1, help="levels of detail beyond the first")
     igneous.add_argument("--min-chunk", type=triple, default=(256, 256, 256))
     igneous.add_argument("--draco-level", type=int, default=7)
+    igneous.add_argument("--vqb", type=int, default=16, choices=[10, 16], help="vertex quantization bits")
     igneous.add_argument("--max-labels-per-shard", type=int, default=1000)
     igneous.add_argument("--min-shards", type=int, default=1)
     args = parser.parse_args(argv)

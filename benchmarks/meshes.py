@@ -80,7 +80,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -433,7 +432,8 @@ def tools(volume: Volume, args: argparse.Namespace) -> list[Tool]:
         settings = igneous_settings(volume, args)
         flags = ["--parallel", str(args.cores), "--shape", ",".join(map(str, settings["shape"])),
                  "--nlod", str(settings["nlod"]), "--min-chunk", ",".join(map(str, settings["min_chunk"])),
-                 "--draco-level", str(settings["draco_level"]), "--min-shards", str(settings["min_shards"]),
+                 "--draco-level", str(settings["draco_level"]), "--vqb", str(settings["vqb"]),
+                 "--min-shards", str(settings["min_shards"]),
                  "--max-error", str(settings["max_error"])]
         chosen.append(Tool(
             "igneous", "igneous", " ".join(flags),
@@ -458,6 +458,7 @@ def igneous_settings(volume: Volume, args: argparse.Namespace) -> dict[str, Any]
         "nlod": args.igneous_nlod if args.igneous_nlod is not None else max(volume.levels - 1, 0),
         "min_chunk": tuple(args.igneous_min_chunk),
         "draco_level": args.igneous_draco_level,
+        "vqb": args.igneous_vqb,
         "min_shards": args.igneous_min_shards if args.igneous_min_shards is not None else args.cores,
         "max_error": args.igneous_max_error,
     }
@@ -558,11 +559,11 @@ def verify_meshes(tool: Tool, volume: Volume, count: int) -> dict[str, Any]:
                 entry["lods"] = int(manifest.num_lods) if manifest is not None else 0
                 mesh = cv.mesh.get(segment, lod=0)
                 mesh = mesh[segment] if isinstance(mesh, dict) else mesh
-            except Exception as error:  # noqa: BLE001 - every failure is a finding
+            except Exception as error:
                 problems.append(f"segment {segment}: {type(error).__name__}: {error}")
                 checked.append(entry)
                 continue
-            entry.update(vertices=int(len(mesh.vertices)), faces=int(len(mesh.faces)))
+            entry.update(vertices=len(mesh.vertices), faces=len(mesh.faces))
             if not len(mesh.faces):
                 problems.append(f"segment {segment}: empty mesh")
             else:
@@ -570,12 +571,13 @@ def verify_meshes(tool: Tool, volume: Volume, count: int) -> dict[str, Any]:
                 expected_low = np.array(box[:3][::-1]) * voxel
                 expected_high = np.array(box[3:][::-1]) * voxel
                 low, high = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
-                deviation = max(np.max(np.abs(low - expected_low) / voxel), np.max(np.abs(high - expected_high) / voxel))
+                deviation = max(np.max(np.abs(low - expected_low) / voxel),
+                                np.max(np.abs(high - expected_high) / voxel))
                 entry["bbox_deviation_voxels"] = round(float(deviation), 2)
                 if deviation > 3:
                     problems.append(f"segment {segment}: mesh bounding box {deviation:.1f} voxels off the voxels'")
             checked.append(entry)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         problems.append(f"{type(error).__name__}: {error}")
         meshed = -1
     return {"ok": not problems, "problems": problems, "segments_meshed": meshed,
@@ -680,6 +682,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--igneous-min-chunk", type=triple, default=(64, 64, 64),
                         help="multires min_chunk_size [%(default)s; igneous' CLI default 256,256,256]")
     parser.add_argument("--igneous-draco-level", type=int, default=7, help="[igneous' default, %(default)s]")
+    parser.add_argument("--igneous-vqb", type=int, choices=[10, 16], default=16,
+                        help="vertex quantization bits [igneous' default, %(default)s; Lamella writes 10]")
     parser.add_argument("--igneous-min-shards", type=int, default=None, help="[default: --cores]")
     parser.add_argument("--igneous-max-error", type=float, default=40.0,
                         help="forge simplification max error, nm [igneous' default, %(default)s]")
