@@ -48,7 +48,7 @@ The builds, each in a fresh process (``benchmarks/mesh_peer.py``):
 
 Measured per run: wall time of the build only (imports and process start excluded for both), so
 throughput = level-0 voxels / build seconds, including levels of detail and sharding; peak memory
-of the process tree, sampled every 50 ms from /proc (the peak of the sum of RSS, and of PSS, over
+of the process tree, sampled every 100 ms from /proc (the peak of the sum of RSS, and of PSS every 0.5 s, over
 the build process and every worker it spawns: igneous' pathos pool spawns ``CORES`` workers, each
 importing igneous; Lamella is one process), and the ru_maxrss of the build process itself; the
 bytes of the written meshes (Lamella's destination; igneous' shard files + info, and apart from
@@ -99,7 +99,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 from tiling.pyramid import PyramidOptions, plan_pyramid, write_pyramid
 
@@ -325,27 +324,64 @@ def prepare_volume(name: str, work: Path, args: argparse.Namespace) -> Volume:
 # --------------------------------------------------------------------------- measurement
 
 
-def _rollup(pid: int) -> dict[str, int]:
-    """Rss, Pss and Anonymous kB of one process (/proc/PID/smaps_rollup); empty once it is gone."""
+def _status(pid: int) -> dict[str, int]:
+    """VmRSS and RssAnon kB of one process (/proc/PID/status: cheap); empty once it is gone."""
     try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return {}
     found = {}
-    for key in ("Rss", "Pss", "Anonymous"):
+    for key in ("VmRSS", "RssAnon"):
         match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
         if match:
             found[key] = int(match.group(1))
     return found
 
 
-class TreeSampler(threading.Thread):
-    """Samples the memory (sum over the process tree) and CPU time of a process and its descendants."""
+def _pss(pid: int) -> int:
+    """Pss kB of one process (/proc/PID/smaps_rollup: walks its page tables, so read less often), 0 if gone."""
+    try:
+        match = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.MULTILINE)
+    except OSError:
+        return 0
+    return int(match.group(1)) if match else 0
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (/proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (/proc/PID/task/TID/children)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    queue.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+class TreeSampler(threading.Thread):
+    """Samples the memory (sum over the process tree) and CPU time of a process and its descendants.
+
+    Every ``interval`` s: the tree, each process's VmRSS and RssAnon and CPU time; every ``pss_every``
+    samples, its PSS as well (shared pages split among the processes that map them). Cheap enough
+    (about 1% of a core) not to disturb what it measures.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.1, pss_every: int = 5) -> None:
         super().__init__(daemon=True)
-        self.root = psutil.Process(pid)
+        self.root = pid
         self.interval = interval
+        self.pss_every = pss_every
         self.stop = threading.Event()
         self.peak = {"Rss": 0, "Pss": 0, "Anonymous": 0}
         self.peak_processes = 0
@@ -353,27 +389,27 @@ class TreeSampler(threading.Thread):
         self.cpu: dict[int, float] = {}
 
     def run(self) -> None:
+        tick = 0
         while not self.stop.is_set():
-            try:
-                tree = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:
-                tree = []
-            totals = {"Rss": 0, "Pss": 0, "Anonymous": 0}
-            alive = 0
-            for process in tree:
-                values = _rollup(process.pid)
+            rss = anon = pss = alive = 0
+            for pid in _descendants(self.root):
+                values = _status(pid)
                 if not values:
                     continue
                 alive += 1
-                self.pids.add(process.pid)
-                for key in totals:
-                    totals[key] += values.get(key, 0)
-                with contextlib.suppress(psutil.Error):
-                    times = process.cpu_times()
-                    self.cpu[process.pid] = times.user + times.system
-            for key, value in totals.items():
-                self.peak[key] = max(self.peak[key], value)
+                self.pids.add(pid)
+                rss += values.get("VmRSS", 0)
+                anon += values.get("RssAnon", 0)
+                if tick % self.pss_every == 0:
+                    pss += _pss(pid)
+                seconds = _cpu_seconds(pid)
+                if seconds is not None:
+                    self.cpu[pid] = seconds
+            self.peak["Rss"] = max(self.peak["Rss"], rss)
+            self.peak["Anonymous"] = max(self.peak["Anonymous"], anon)
+            self.peak["Pss"] = max(self.peak["Pss"], pss)
             self.peak_processes = max(self.peak_processes, alive)
+            tick += 1
             self.stop.wait(self.interval)
 
 
@@ -642,8 +678,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{check.get('segments_meshed', -1):9d} {'-'.join(map(str, lods)) if lods else '?':>9} {faces:9d}  "
               f"{'yes' if check.get('ok') else 'NO: ' + '; '.join(check.get('problems', ['not checked']))[:200]}")
     print("(wall s = the mesh build alone, LODs and sharding included; Mvox/s = level-0 voxels per second; tree RSS / "
-          "PSS = peak of the sum over the process tree, MiB, sampled every 50 ms; main RSS = ru_maxrss of the "
-          "build process; procs = processes in the tree; meshes = final mesh files (igneous: shards + info); "
+          "PSS = peak of the sum over the process tree, MiB, sampled every 0.1 s (PSS 0.5 s); main RSS = ru_maxrss of "
+          "the build process; procs = processes in the tree; meshes = final mesh files (igneous: shards + info); "
           "LODs = levels of detail of the segments checked; faces = their LOD-0 triangles, summed; igneous=q: igneous "
           "with Lamella's simplification error and quantization)")
 
