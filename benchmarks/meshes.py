@@ -662,7 +662,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (f"{'volume':<10} {'tool':<8} {'wall s':>8} {'Mvox/s':>8} {'tree RSS':>9} {'PSS':>7} {'main RSS':>9} "
-              f"{'procs':>5} {'CPU %':>6} {'meshes MiB':>10} {'segments':>9} {'LODs':>9} {'faces':>9}  verified")
+              f"{'procs':>5} {'CPU %':>6} {'other %':>7} {'meshes MiB':>10} {'segments':>9} {'LODs':>9} {'faces':>9}  "
+              "verified")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -674,12 +675,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         faces = sum(c.get("faces", 0) for c in check.get("checked", []))
         print(f"{row['volume']:<10} {row['label']:<8} {row['wall_s']:8.2f} {row['throughput_vox_s'] / 1e6:8.2f} "
               f"{row['peak_rss_mib']:9.0f} {row['peak_pss_mib']:7.0f} {row['ru_maxrss_main_mib']:9.0f} "
-              f"{row['processes']:5d} {row['cpu_percent']:6.0f} {row['mesh_bytes'] / (1 << 20):10.2f} "
+              f"{row['processes']:5d} {row['cpu_percent']:6.0f} {row['foreign_cpu_percent']:7.0f} "
+              f"{row['mesh_bytes'] / (1 << 20):10.2f} "
               f"{check.get('segments_meshed', -1):9d} {'-'.join(map(str, lods)) if lods else '?':>9} {faces:9d}  "
               f"{'yes' if check.get('ok') else 'NO: ' + '; '.join(check.get('problems', ['not checked']))[:200]}")
     print("(wall s = the mesh build alone, LODs and sharding included; Mvox/s = level-0 voxels per second; tree RSS / "
           "PSS = peak of the sum over the process tree, MiB, sampled every 0.1 s (PSS 0.5 s); main RSS = ru_maxrss of "
-          "the build process; procs = processes in the tree; meshes = final mesh files (igneous: shards + info); "
+          "the build process; procs = processes in the tree; CPU % = the tree's CPU time per wall second (100 = one "
+          "core); other % = CPU taken by other processes during the run, % of the machine; meshes = final mesh files "
+          "(igneous: shards + info); "
           "LODs = levels of detail of the segments checked; faces = their LOD-0 triangles, summed; igneous=q: igneous "
           "with Lamella's simplification error and quantization)")
 
