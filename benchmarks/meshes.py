@@ -829,25 +829,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for volume in volumes:
         by_tool = {r["name"]: r for r in rows if r["volume"] == volume.name and r.get("exit_code") == 0}
-        lamella, igneous = by_tool.get("lamella"), by_tool.get("igneous")
-        if lamella is None or igneous is None:
-            continue
-        found[volume.name] = {
-            "throughput": lamella["throughput_vox_s"] / igneous["throughput_vox_s"],
-            "peak_rss": lamella["peak_rss_mib"] / igneous["peak_rss_mib"],
-            "peak_pss": lamella["peak_pss_mib"] / igneous["peak_pss_mib"],
-            "mesh_bytes": lamella["mesh_bytes"] / igneous["mesh_bytes"] if igneous["mesh_bytes"] else None,
-        }
-        print(f"{volume.name} ({volume.shape[2]} x {volume.shape[1]} x {volume.shape[0]}, {volume.voxels / 1e6:.1f} "
-              f"Mvoxels, {len(volume.segments)} segments), Lamella vs igneous:")
-        print(ratio_line("throughput (Lamella / igneous)", found[volume.name]["throughput"], TARGET_THROUGHPUT_RATIO,
-                         "higher"))
-        print(ratio_line("peak tree RSS (Lamella / igneous)", found[volume.name]["peak_rss"], TARGET_MEMORY_RATIO,
-                         "lower"))
-        print(ratio_line("peak tree PSS (Lamella / igneous)", found[volume.name]["peak_pss"], TARGET_MEMORY_RATIO,
-                         "lower"))
-        size = found[volume.name]["mesh_bytes"]
-        print(f"  {'mesh bytes (Lamella / igneous)':<44} {size:7.2f}x" if size else "")
+        lamella = by_tool.get("lamella")
+        for peer, label in (("igneous", "igneous"), ("igneous-matched", "igneous=q")):
+            other = by_tool.get(peer)
+            if lamella is None or other is None:
+                continue
+            key = volume.name if peer == "igneous" else f"{volume.name} vs {label}"
+            found[key] = {
+                "throughput": lamella["throughput_vox_s"] / other["throughput_vox_s"],
+                "peak_rss": lamella["peak_rss_mib"] / other["peak_rss_mib"],
+                "peak_pss": lamella["peak_pss_mib"] / other["peak_pss_mib"],
+                "mesh_bytes": lamella["mesh_bytes"] / other["mesh_bytes"] if other["mesh_bytes"] else None,
+            }
+            print(f"{volume.name} ({volume.shape[2]} x {volume.shape[1]} x {volume.shape[0]}, "
+                  f"{volume.voxels / 1e6:.1f} Mvoxels, {len(volume.segments)} segments), Lamella vs {label}:")
+            print(ratio_line(f"throughput (Lamella / {label})", found[key]["throughput"], TARGET_THROUGHPUT_RATIO,
+                             "higher"))
+            print(ratio_line(f"peak tree RSS (Lamella / {label})", found[key]["peak_rss"], TARGET_MEMORY_RATIO,
+                             "lower"))
+            print(ratio_line(f"peak tree PSS (Lamella / {label})", found[key]["peak_pss"], TARGET_MEMORY_RATIO,
+                             "lower"))
+            size = found[key]["mesh_bytes"]
+            if size:
+                print(f"  {f'mesh bytes (Lamella / {label})':<44} {size:7.2f}x")
     failed = [f"{r['volume']} {r['label']}" for r in rows
               if r.get("exit_code") != 0 or not (r.get("verification") or {}).get("ok")]
     if failed:
