@@ -30,8 +30,10 @@ The builds, each in a fresh process (``benchmarks/mesh_peer.py``):
   chosen for speed on this machine and for the same output (see ``--igneous-*``):
   - task shape: igneous' default 448³ where that makes at least 2 tasks per core, else the largest of
     256³ / 128³ / 64³ that does (448³ is a single task for a 250³ volume: one core idle). Measured on
-    the 2-core VM, fibsem: 128³ (8 tasks) beat 64³ (64 tasks, more fragments to join) and
-    256,256,128 (2 tasks, unequal). ``--igneous-shape`` overrides.
+    the 2-core VM, fibsem, whole build: 128³ (8 tasks) 31 s, 64³ (64 tasks, more fragments to join)
+    52 s, 256,256,128 (2 unequal tasks) 38 s. The generated volume keeps 448³ (18 tasks, 4 of them
+    full 448³ cubes, the rest cut by the volume's edge; not yet compared with other shapes there).
+    ``--igneous-shape`` overrides.
   - shards: at least one per core (``min_shards=CORES``; igneous' default of up to 1000 labels per
     shard gives one shard, so one merge task, for the 526 fibsem bodies).
   - levels of detail: as many as Lamella's label pyramid has levels (``num_lod`` = levels - 1), with
