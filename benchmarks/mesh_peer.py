@@ -11,7 +11,7 @@
   ``taskqueue.LocalTaskQueue(parallel=N)`` (a pathos process pool of N spawned workers), as
   ``igneous -p N mesh forge --sharded`` and ``igneous -p N mesh merge-sharded`` do.
 
-Only the build is timed (imports are not); the process's own and its children's ru_maxrss go into
+Only the build is timed (imports are not); the process's own peak RSS (VmHWM) and CPU time go into
 the JSON line printed last on stdout. The caller samples the memory of the whole process tree.
 
 Usage: mesh_peer.py lamella LABELS.ome.zarr DEST [--threads N]
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import sys
 import time
@@ -102,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run_lamella(args) if args.tool == "lamella" else run_igneous(args)
     own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a process started by a large parent
+    # (subprocess uses vfork) reports the parent's peak; VmHWM belongs to this process's own memory.
+    peak = re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
     result.update(
-        ru_maxrss_self_mib=own.ru_maxrss / 1024, ru_maxrss_children_mib=children.ru_maxrss / 1024,
-        cpu_self_s=own.ru_utime + own.ru_stime, cpu_children_s=children.ru_utime + children.ru_stime,
+        peak_rss_self_mib=int(peak.group(1)) / 1024 if peak else None, cpu_self_s=own.ru_utime + own.ru_stime,
     )
     sys.stdout.flush()
     print(json.dumps(result), flush=True)

@@ -52,7 +52,8 @@ Measured per run: wall time of the build only (imports and process start exclude
 throughput = level-0 voxels / build seconds, including levels of detail and sharding; peak memory
 of the process tree, sampled every 100 ms from /proc (the peak of the sum of RSS, and of PSS every 0.5 s, over
 the build process and every worker it spawns: igneous' pathos pool spawns ``CORES`` workers, each
-importing igneous; Lamella is one process), and the ru_maxrss of the build process itself; the
+importing igneous; Lamella's build spawns ``CORES`` worker processes too), and the peak RSS (VmHWM)
+of the build process itself; the
 bytes of the written meshes (Lamella's destination; igneous' shard files + info, and apart from
 those, the fragments and spatial index its forge step leaves in the mesh folder). Every run gets a
 fresh output folder, ``sync`` and a warm read of its input before it starts and waits for idle CPUs
@@ -553,7 +554,7 @@ def run_tool(tool: Tool, volume: Volume, args: argparse.Namespace) -> dict[str, 
         throughput_vox_s=volume.voxels / result["wall_s"],
         peak_rss_mib=sampler.peak["Rss"] / 1024, peak_pss_mib=sampler.peak["Pss"] / 1024,
         peak_anon_mib=sampler.peak["Anonymous"] / 1024, processes=len(sampler.pids),
-        processes_at_once=sampler.peak_processes, ru_maxrss_main_mib=result["ru_maxrss_self_mib"],
+        processes_at_once=sampler.peak_processes, peak_rss_main_mib=result["peak_rss_self_mib"],
         cpu_s=tree_cpu, cpu_percent=100 * tree_cpu / elapsed,
         foreign_cpu_percent=max(0.0, 100 * (busy - tree_cpu) / (elapsed * (os.cpu_count() or 1))),
     )
@@ -676,18 +677,19 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         lods = sorted({c.get("lods", 0) for c in check.get("checked", [])})
         faces = sum(c.get("faces", 0) for c in check.get("checked", []))
         print(f"{row['volume']:<10} {row['label']:<8} {row['wall_s']:8.2f} {row['throughput_vox_s'] / 1e6:8.2f} "
-              f"{row['peak_rss_mib']:9.0f} {row['peak_pss_mib']:7.0f} {row['ru_maxrss_main_mib']:9.0f} "
+              f"{row['peak_rss_mib']:9.0f} {row['peak_pss_mib']:7.0f} {row['peak_rss_main_mib']:9.0f} "
               f"{row['processes']:5d} {row['cpu_percent']:6.0f} {row['foreign_cpu_percent']:7.0f} "
               f"{row['mesh_bytes'] / (1 << 20):10.2f} "
               f"{check.get('segments_meshed', -1):9d} {'-'.join(map(str, lods)) if lods else '?':>9} {faces:9d}  "
               f"{'yes' if check.get('ok') else 'NO: ' + '; '.join(check.get('problems', ['not checked']))[:200]}")
-    print("(wall s = the mesh build alone, LODs and sharding included; Mvox/s = level-0 voxels per second; tree RSS / "
-          "PSS = peak of the sum over the process tree, MiB, sampled every 0.1 s (PSS 0.5 s); main RSS = ru_maxrss of "
-          "the build process; procs = processes in the tree; CPU % = the tree's CPU time per wall second (100 = one "
-          "core); other % = CPU taken by other processes during the run, % of the machine; meshes = final mesh files "
-          "(igneous: shards + info); "
-          "LODs = levels of detail of the segments checked; faces = their LOD-0 triangles, summed; igneous=q: igneous "
-          "with Lamella's simplification error and quantization)")
+    print("(wall s = the mesh build alone, LODs and sharding included; Mvox/s = level-0 voxels per second; "
+          "tree RSS / PSS = peak of the sum over the process tree, MiB, sampled every 0.1 s (PSS 0.5 s); "
+          "main RSS = peak RSS (VmHWM) of the build process itself; procs = processes in the tree; "
+          "CPU % = the tree's CPU time per wall second (100 = one core); other % = CPU taken by other processes "
+          "during the run, % of the machine; meshes = final mesh files (igneous: shards + info); "
+          "segments = segments with a mesh; LODs = levels of detail of the segments checked; "
+          "faces = their LOD-0 triangles, summed; igneous=q: igneous with Lamella's simplification error and "
+          "quantization)")
 
 
 def ratio_line(label: str, value: float | None, target: float, better: str) -> str:
