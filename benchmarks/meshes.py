@@ -665,8 +665,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (f"{'volume':<10} {'tool':<8} {'wall s':>8} {'Mvox/s':>8} {'tree RSS':>9} {'PSS':>7} {'main RSS':>9} "
-              f"{'procs':>5} {'CPU %':>6} {'other %':>7} {'meshes MiB':>10} {'segments':>9} {'LODs':>9} {'faces':>9}  "
-              "verified")
+              f"{'procs':>5} {'CPU s':>7} {'CPU %':>6} {'other %':>7} {'meshes MiB':>10} {'segments':>9} {'LODs':>9} "
+              f"{'faces':>9}  verified")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -678,14 +678,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         faces = sum(c.get("faces", 0) for c in check.get("checked", []))
         print(f"{row['volume']:<10} {row['label']:<8} {row['wall_s']:8.2f} {row['throughput_vox_s'] / 1e6:8.2f} "
               f"{row['peak_rss_mib']:9.0f} {row['peak_pss_mib']:7.0f} {row['peak_rss_main_mib']:9.0f} "
-              f"{row['processes']:5d} {row['cpu_percent']:6.0f} {row['foreign_cpu_percent']:7.0f} "
+              f"{row['processes']:5d} {row['cpu_s']:7.1f} {row['cpu_percent']:6.0f} {row['foreign_cpu_percent']:7.0f} "
               f"{row['mesh_bytes'] / (1 << 20):10.2f} "
               f"{check.get('segments_meshed', -1):9d} {'-'.join(map(str, lods)) if lods else '?':>9} {faces:9d}  "
               f"{'yes' if check.get('ok') else 'NO: ' + '; '.join(check.get('problems', ['not checked']))[:200]}")
     print("(wall s = the mesh build alone, LODs and sharding included; Mvox/s = level-0 voxels per second; "
           "tree RSS / PSS = peak of the sum over the process tree, MiB, sampled every 0.1 s (PSS 0.5 s); "
           "main RSS = peak RSS (VmHWM) of the build process itself; procs = processes in the tree; "
-          "CPU % = the tree's CPU time per wall second (100 = one core); other % = CPU taken by other processes "
+          "CPU s = the tree's CPU time (sampled); CPU % = that per wall second (100 = one core); "
+          "other % = CPU taken by other processes "
           "during the run, % of the machine; meshes = final mesh files (igneous: shards + info); "
           "segments = segments with a mesh; LODs = levels of detail of the segments checked; "
           "faces = their LOD-0 triangles, summed; igneous=q: igneous with Lamella's simplification error and "
@@ -844,6 +845,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "peak_rss": lamella["peak_rss_mib"] / other["peak_rss_mib"],
                 "peak_pss": lamella["peak_pss_mib"] / other["peak_pss_mib"],
                 "mesh_bytes": lamella["mesh_bytes"] / other["mesh_bytes"] if other["mesh_bytes"] else None,
+                "cpu_time": other["cpu_s"] / lamella["cpu_s"] if lamella["cpu_s"] else None,
             }
             print(f"{volume.name} ({volume.shape[2]} x {volume.shape[1]} x {volume.shape[0]}, "
                   f"{volume.voxels / 1e6:.1f} Mvoxels, {len(volume.segments)} segments), Lamella vs {label}:")
@@ -856,6 +858,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             size = found[key]["mesh_bytes"]
             if size:
                 print(f"  {f'mesh bytes (Lamella / {label})':<44} {size:7.2f}x")
+            if found[key]["cpu_time"]:  # steadier than wall time when other processes share the machine
+                print(f"  {f'CPU seconds ({label} / Lamella)':<44} {found[key]['cpu_time']:7.2f}x")
     failed = [f"{r['volume']} {r['label']}" for r in rows
               if r.get("exit_code") != 0 or not (r.get("verification") or {}).get("ok")]
     if failed:
