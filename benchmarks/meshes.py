@@ -66,12 +66,18 @@ sizes, at LOD 0): non-empty meshes whose bounding boxes are within 3 voxels of t
 bounding box.
 
 What limits each: igneous' forge is dominated by zmesh's quadric simplification of every marching-
-cubes mesh (about 95% of its CPU on fibsem), one task per process, so it scales with the cores
-only while there are at least as many tasks as workers; its merge re-reads every fragment file of
-a segment's spatial-index cell, simplifies the joined mesh once per level of detail and re-chunks
-it into the octree. Each worker process spawns and imports igneous (about 2-3 s and ~150 MB per
-worker, included: it is how igneous runs locally). Lamella's limits are those of
-``tiling.meshes`` (see its docstring).
+cubes mesh (``MeshTask.compute_meshes`` was 88% of a one-process igneous build of fibsem under
+cProfile; marching cubes alone is a few % of that), one task per process, so it uses every core only
+while there are at least as many tasks left as workers, and each worker holds a whole task cutout
+and its meshes (about 0.9 GB per worker with 448³ tasks on the generated volume); its merge
+(a few % of the time here) reads every fragment file of the segments of its shard, simplifies
+each joined mesh once per level of detail and cuts it into the octree. The workers are spawned
+processes that import igneous and cloud-volume (included: it is how igneous runs locally).
+igneous gives a segment levels of detail only when it spans at least ``min_chunk_size * 2`` voxels
+on every axis, so on the generated volume (objects under ~150 voxels across) it builds one level
+where Lamella builds up to five: part of Lamella's larger output. Lamella's limits are those of
+``tiling.meshes`` (see its docstring). Wall time moves by tens of % on a shared VM (the ``other %``
+column); the CPU seconds of each build, also printed, move less.
 
 Usage: .venv/bin/python benchmarks/meshes.py [--quick] [--volumes fibsem generated] [--repeat N]
        [--tools lamella igneous] [--work-dir DIR] [--cores N]
