@@ -91,6 +91,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/serve_chunks.py
 	$(BIN)/python benchmarks/import_pyramid.py
 	$(BIN)/python benchmarks/tps_chunks.py
+	$(BIN)/python benchmarks/meshes.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
