@@ -61,7 +61,7 @@ def emitted_placement(state: dict[str, Any], name: str, moving_nm: np.ndarray, o
 
 def test_demo_has_fluorescence_placed_by_its_known_affine(server: Server) -> None:
     state = new_session(server, "demo")["state"]
-    assert [item["name"] for item in state["layers"]] == ["em", "fluorescence"]
+    assert [item["name"] for item in state["layers"]] == ["em", "organelles", "fluorescence"]
     fluorescence = layer(state, "fluorescence")
     assert fluorescence["blend"] == "additive" and fluorescence["shaderControls"]["color"].startswith("#")
     moving_nm = base_resolution(server, "demo", "fluorescence")
