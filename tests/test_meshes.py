@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +141,20 @@ def test_what_cannot_be_meshed_is_refused(tmp_path: Path) -> None:
     write_pyramid(ArraySource(np.zeros((8, 8, 8), dtype=np.float32)), image, voxel_size=(1.0, 1.0, 1.0))
     with pytest.raises(MeshBuildError, match="integer labels"):
         plan_meshes(str(image))
+
+
+def test_a_rebuild_is_served_at_once_under_its_new_name(scratch_server: Server, sample: Sample) -> None:
+    """``lamella mesh`` beside a running server: the label image's info names the new build and the old name is
+    a 404 straight away, never the new files under the old name."""
+    if sample.bodies is None:
+        pytest.skip("../shared/data is absent")
+    old = scratch_server.get(f"{BODIES}/info").json()["mesh"].split("/")[1]
+    assert scratch_server.get(f"{BODIES}/mesh/{old}/info").status_code == 200  # the server holds this build
+    built = subprocess.run([sys.executable, "-m", "viewer.cli", "mesh", "fibsem", "bodies", "--quiet",
+                            "--data-dir", str(scratch_server.data_dir)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    new = scratch_server.get(f"{BODIES}/info").json()["mesh"].split("/")[1]
+    assert new != old and new in built.stdout
+    gone = scratch_server.get(f"{BODIES}/mesh/{old}/0.shard", headers={"Range": "bytes=0-15"})
+    assert gone.status_code == 404 and gone.json()["code"] == "mesh_not_found"
+    assert scratch_server.get(f"{BODIES}/mesh/{new}/info").status_code == 200

@@ -476,6 +476,11 @@ class MeshFolder:
     build: str
     info: dict[str, Any]
     store: LocalStore
+    stamp: tuple[int, int]  # the info file's inode and modification time when it was read
+
+    def current(self) -> bool:
+        """Whether the folder still holds this build (a rebuild replaces the folder, info file and all)."""
+        return _stamp(self.store.root / INFO) == self.stamp
 
     def check(self, build: str) -> None:
         if build != self.build:
@@ -485,11 +490,20 @@ class MeshFolder:
 def open_meshes(folder: Path) -> MeshFolder | None:
     """The meshes built in ``folder`` (a label image's ``derived_dir / MESH_DIR``), or None when there are none."""
     try:
+        stamp = _stamp(folder / INFO)
         info = json.loads((folder / INFO).read_text())
     except (FileNotFoundError, NotADirectoryError):
         return None
     public = {key: value for key, value in info.items() if key != "build"}
-    return MeshFolder(str(info.get("build", "")), public, LocalStore(folder))
+    return MeshFolder(str(info.get("build", "")), public, LocalStore(folder), stamp)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return status.st_ino, status.st_mtime_ns
 
 
 

@@ -47,7 +47,7 @@ class ImageRegistry:
     """
 
     RECORD_TTL_SECONDS = 10.0  # how long a process trusts its copy of a catalog entry
-    MESH_TTL_SECONDS = 10.0  # how long a process may go on naming a mesh build that has been replaced
+    MESH_TTL_SECONDS = 10.0  # how long a process may take to see meshes built where there were none
 
     def __init__(
         self,
@@ -87,13 +87,14 @@ class ImageRegistry:
         return record, await self.get(record)
 
     async def meshes(self, record: ImageRecord) -> MeshFolder | None:
-        """The current mesh build of a label image (None for images and labels without meshes); read from its
-        folder again after ``MESH_TTL_SECONDS``, so a rebuild reaches every process within that time."""
+        """The current mesh build of a label image (None for images and labels without meshes)."""
         if record.kind != "segmentation":
             return None
         now = time.monotonic()
         cached = self._meshes.get(record.id)
-        if cached is not None and cached[0] > now:
+        # A build found is checked on disk (a stat) every time, so a replaced one is never served under its old
+        # name; a new build where there was none is seen within MESH_TTL_SECONDS.
+        if cached is not None and cached[0] > now and (cached[1] is None or cached[1].current()):
             return cached[1]
         folder = derived_dir(record.uri, record.managed, self.images_dir, record.id) / MESH_DIR
         found = await asyncio.to_thread(open_meshes, folder)
