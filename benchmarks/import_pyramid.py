@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 import tifffile
+from machine import cpu_busy_seconds, machine, ratio_line
 
 from tiling.demo import make_demo_volume
 from tiling.pyramid import PyramidOptions, plan_pyramid
@@ -448,24 +449,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def machine() -> dict[str, Any]:
-    memory = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
-    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": model.group(1) if model else platform.processor(),
-        "memory_gib": round(int(memory.group(1)) / (1 << 20), 1) if memory else None,
-        "kernel": platform.release(),
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-    }
 
-
-def cpu_busy_seconds() -> float:
-    """Busy CPU seconds of the whole machine so far (all cores, from /proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for_idle_cpu(limit_s: float, busy_fraction: float = 0.1, window_s: float = 2.0) -> float:
@@ -505,13 +489,6 @@ def wait_for_quiet(limit_s: float, interval_s: float = 30.0) -> float:
 
 # --------------------------------------------------------------------------- report
 
-
-def ratio_line(label: str, value: float | None, target: float, better: str) -> str:
-    if value is None:
-        return f"  {label:<46} n/a"
-    met = value >= target if better == "higher" else value <= target
-    sign = ">=" if better == "higher" else "<="
-    return f"  {label:<46} {value:7.2f}x   (target {sign} {target:g}x: {'MET' if met else 'NOT MET'})"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

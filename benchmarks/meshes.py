@@ -108,6 +108,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_busy_seconds, machine, ratio_line
 
 from tiling.pyramid import PyramidOptions, plan_pyramid, write_pyramid
 
@@ -422,13 +423,6 @@ class TreeSampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
-def cpu_busy_seconds() -> float:
-    """Busy CPU seconds of the whole machine so far (all cores, from /proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def wait_for_idle_cpu(limit_s: float, busy_fraction: float = 0.1, window_s: float = 2.0) -> float:
     """Wait (at most ``limit_s``) until the CPUs are less than ``busy_fraction`` busy; returns seconds waited."""
     cores = os.cpu_count() or 1
@@ -699,14 +693,6 @@ def print_table(rows: list[dict[str, Any]]) -> None:
           "quantization)")
 
 
-def ratio_line(label: str, value: float | None, target: float, better: str) -> str:
-    if value is None:
-        return f"  {label:<44} n/a"
-    met = value >= target if better == "higher" else value <= target
-    sign = ">=" if better == "higher" else "<="
-    return f"  {label:<44} {value:7.2f}x   (target {sign} {target:g}x: {'MET' if met else 'NOT MET'})"
-
-
 def versions() -> dict[str, str]:
     found: dict[str, str] = {"python": platform.python_version()}
     for name in ("lamella", "igneous-pipeline", "cloud-volume", "zmesh", "DracoPy", "task-queue", "pathos",
@@ -719,15 +705,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def machine() -> dict[str, Any]:
-    memory = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
-    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-    return {
-        "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": model.group(1) if model else platform.processor(),
-        "memory_gib": round(int(memory.group(1)) / (1 << 20), 1) if memory else None,
-        "kernel": platform.release(), "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-    }
+
 
 
 # --------------------------------------------------------------------------- main
@@ -856,11 +834,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{volume.name} ({volume.shape[2]} x {volume.shape[1]} x {volume.shape[0]}, "
                   f"{volume.voxels / 1e6:.1f} Mvoxels, {len(volume.segments)} segments), Lamella vs {label}:")
             print(ratio_line(f"throughput (Lamella / {label})", found[key]["throughput"], TARGET_THROUGHPUT_RATIO,
-                             "higher"))
+                             "higher", width=44))
             print(ratio_line(f"peak tree RSS (Lamella / {label})", found[key]["peak_rss"], TARGET_MEMORY_RATIO,
-                             "lower"))
+                             "lower", width=44))
             print(ratio_line(f"peak tree PSS (Lamella / {label})", found[key]["peak_pss"], TARGET_MEMORY_RATIO,
-                             "lower"))
+                             "lower", width=44))
             size = found[key]["mesh_bytes"]
             if size:
                 print(f"  {f'mesh bytes (Lamella / {label})':<44} {size:7.2f}x")
