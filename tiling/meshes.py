@@ -87,7 +87,7 @@ class MeshPlan:
     lods: tuple[Lod, ...]
 
     def units(self) -> list[tuple[int, tuple[int, int, int]]]:
-        """Every work unit: (level of detail, its first node's grid position)."""
+        """Every work unit: (level of detail, which is also its index in ``lods``, its first node's grid position)."""
         return [(lod.lod, start) for lod in self.lods for start in _unit_starts(lod.grid)]
 
     def info(self, spec: ShardSpec, build: str) -> dict[str, Any]:
@@ -430,7 +430,7 @@ def build_meshes(
 
     try:
         if client is not None:
-            futures = [client.submit(mesh_unit, plan, plan.lods.index(_lod(plan, lod)), start, parts, pure=False)
+            futures = [client.submit(mesh_unit, plan, lod, start, parts, pure=False)
                        for lod, start in units]
             from distributed import as_completed as dask_completed
 
@@ -440,7 +440,7 @@ def build_meshes(
         else:
             workers = max(1, threads or os.cpu_count() or 1)
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                pending = [pool.submit(mesh_unit, plan, plan.lods.index(_lod(plan, lod)), start, parts)
+                pending = [pool.submit(mesh_unit, plan, lod, start, parts)
                            for lod, start in units]
                 for future in as_completed(pending):
                     future.result()
@@ -463,10 +463,6 @@ def build_meshes(
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(building, ignore_errors=True)
     return MeshSummary(build, segments, len(table), len(plan.lods), written, time.perf_counter() - started)
-
-
-def _lod(plan: MeshPlan, lod: int) -> Lod:
-    return next(item for item in plan.lods if item.lod == lod)
 
 
 @dataclass(frozen=True)
