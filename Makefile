@@ -19,8 +19,14 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.test-installed: $(VENV)/.installed
+# The published OME-Zarr transformation conformance cases and their runner (oztc), for tests/test_scene.py. The wheel
+# declares Python >=3.12 but its runner needs only 3.11's standard library (tomllib, typing.Self) and it has no
+# dependencies: installed by name and version, without the version check.
+CONFORMANCE := ome-zarr-transformations-conformance==0.1.2
+
+$(VENV)/.test-installed: $(VENV)/.installed Makefile
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps --ignore-requires-python '$(CONFORMANCE)'
 	touch $@
 
 $(VENV)/.bench-installed: $(VENV)/.test-installed
@@ -55,8 +61,10 @@ system-test-deps:
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
+# Three pytest-xdist workers, each taking whole test files (their module fixtures: servers, a browser); much of
+# the suite waits on servers, browsers and subprocesses, so three keep two cores busy.
 test: $(VENV)/.test-installed system-test-deps $(VENDOR)/swagger-ui-bundle.js lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile
 
 # The user guide, warnings as errors (tests/test_docs.py builds it too): build/docs/index.html.
 docs: $(VENV)/.test-installed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from annotations.annotation_folders import (
 )
 from annotations.annotation_store import geometry_fields, load_layer, view_clause
 from annotations.archives import tar_stream, zip_stream
-from annotations.catalog import as_utc
+from annotations.catalog import as_utc, dataset_record
 from annotations.cells import DEFAULT_LIMIT
 from annotations.errors import InvalidView
 from annotations.exchange_formats import (
@@ -49,13 +50,15 @@ from annotations.exchange_formats import (
     zero_of,
 )
 from annotations.layer_specs import LABEL_PROPERTY, LayerSpec
-from annotations.models import AnnotationLayer, AnnotationVersion
+from annotations.mifa import mifa_record
+from annotations.models import AnnotationLayer, AnnotationVersion, Dataset
 from annotations.views import View
 
-ExportFormat = Literal["csv", "ng-json", "precomputed-zip", "precomputed-tar"]
+ExportFormat = Literal["csv", "ng-json", "precomputed-zip", "precomputed-tar", "mifa"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 MEDIA_TYPES = {"csv": ("text/csv; charset=utf-8", "csv"), "ng-json": ("application/json", "json"),
-               "precomputed-zip": ("application/zip", "zip"), "precomputed-tar": ("application/x-tar", "tar")}
+               "precomputed-zip": ("application/zip", "zip"), "precomputed-tar": ("application/x-tar", "tar"),
+               "mifa": ("application/json", "mifa.json")}
 CHUNK = 256 * 1024  # bytes handed out at a time (larger files pass whole)
 
 
@@ -96,8 +99,11 @@ class LayerExport(Iterator[bytes]):
 
 
 def export_layer(sessions: sessionmaker[Session], actor: Actor, access: DatasetAccess, layer_id: int,
-                 fmt: str, view: View | None = None, limit: int = DEFAULT_LIMIT) -> LayerExport:
+                 fmt: str, view: View | None = None, limit: int = DEFAULT_LIMIT, origin: str = "") -> LayerExport:
     """The layer (as ``view`` selects: as of a time, by author, label, update time) in format ``fmt``.
+
+    ``mifa`` is the layer's MIFA record alone; the precomputed archives hold it too, as ``mifa.json`` beside the
+    folders. ``origin`` (scheme and host) makes the record's source image URLs absolute.
 
     Raises at once (before any byte): the access errors of ``require``, LayerNotFound, InvalidView for a
     format that is not one of ``EXPORT_FORMATS``. ``limit``: annotations per spatial cell above the finest
@@ -118,9 +124,13 @@ def export_layer(sessions: sessionmaker[Session], actor: Actor, access: DatasetA
             pieces = _csv(session, layer)
         elif fmt == "ng-json":
             pieces = _ng_json(session, layer, row)
+        elif fmt == "mifa":
+            pieces = iter([_mifa_json(session, layer, row, access, origin)])
         else:
-            files = ((f"{root}/{kind}/{path}", data) for kind in layer.spec.types
-                     for path, data in folder_files(session, layer, kind, limit))
+            mifa = _mifa_json(session, layer, row, access, origin)
+            files = itertools.chain([(f"{root}/mifa.json", mifa)], (
+                (f"{root}/{kind}/{path}", data) for kind in layer.spec.types
+                for path, data in folder_files(session, layer, kind, limit)))
             pieces = tar_stream(files) if fmt == "precomputed-tar" else zip_stream(files)
     except BaseException:
         session.close()
@@ -256,3 +266,24 @@ def _ng_json(session: Session, layer: LayerSnapshot, row: AnnotationLayer) -> It
         yield (b"" if first else b",") + orjson.dumps(item)
         first = False
     yield b"]}"
+
+
+# MIFA
+
+
+def _mifa_json(session: Session, layer: LayerSnapshot, row: AnnotationLayer, access: DatasetAccess,
+               origin: str) -> bytes:
+    dataset = dataset_record(session.get_one(Dataset, access.id))
+    reference = dataset.reference()
+    source: dict[str, Any] = {"dataset": dataset.name, "title": dataset.title, "accession": dataset.accession,
+                              "image": None}
+    if reference is not None:
+        base = f"{origin}/api/datasets/{dataset.id}/images/{reference.name}"
+        source.update(image=reference.name, modality=reference.modality, voxel_size_nm_zyx=reference.voxel_size_nm,
+                      zarr_url=f"{base}/zarr/", neuroglancer_source=f"precomputed://{base}/precomputed",
+                      coordinates="nm, x y z, in this image's physical space (Neuroglancer's convention)")
+    versions = ((kind, label, values, author, as_utc(written))
+                for _, kind, _, label, _, values, _, author, written in _versions(session, layer))
+    record = mifa_record(row.name, row.description, layer.spec, layer.lower, layer.upper, versions, source,
+                         str(layer.view))
+    return json.dumps(record, allow_nan=False, indent=1).encode()

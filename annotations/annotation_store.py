@@ -12,8 +12,8 @@ changes in the same transaction as the versions. Every method takes the actor fi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -28,6 +28,7 @@ from annotations.access import Action, Actor, DatasetAccess, require, require_ma
 from annotations.annotation_encoding import Entry, Layout
 from annotations.catalog import UtcDatetime, as_utc
 from annotations.cells import DEFAULT_LIMIT, LevelPlan
+from annotations.db import writing
 from annotations.errors import (
     AnnotationNotFound,
     BatchTooLarge,
@@ -516,15 +517,9 @@ class AnnotationStore:
 
     # Helpers
 
-    @contextmanager
-    def _writing(self) -> Iterator[Session]:
-        """One write transaction; on SQLite it takes the database's write lock at once (a read followed by a
-        write in a deferred transaction would fail, not wait, when another writer got in between)."""
-        with self.sessions.begin() as session:
-            connection = session.connection()
-            if connection.dialect.name == "sqlite":
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-            yield session
+    def _writing(self) -> AbstractContextManager[Session]:
+        """One write transaction (``annotations.db.writing``)."""
+        return writing(self.sessions)
 
     @staticmethod
     def _bounds(session: Session, dataset_id: int, layer: LayerIn) -> tuple[list[float], list[float]]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy import select
@@ -13,8 +14,11 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from annotations.access import Actor, check_visibility, dataset_where, is_public, not_found, visible_clause
 from annotations.errors import ImageNotFound, InvalidAccess, InvalidMetadata, NameTaken
 from annotations.metadata import DatasetMetadata
-from annotations.models import Dataset, Image, Membership
+from annotations.models import Dataset, Image, ImageTransform, Membership
 from annotations.names import NoNulSchema, check_name, no_nul
+
+if TYPE_CHECKING:
+    from annotations.transforms import TransformSpec
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -124,7 +128,8 @@ def _image_record(row: Image) -> ImageRecord:
     return ImageRecord.model_validate(row, from_attributes=True)
 
 
-def _dataset_record(row: Dataset) -> DatasetRecord:
+def dataset_record(row: Dataset) -> DatasetRecord:
+    """The record of a dataset row (its images loaded, or loadable in the row's session)."""
     return DatasetRecord(
         id=row.id,
         name=row.name,
@@ -159,7 +164,7 @@ class Catalog:
         if actor is not None:
             query = query.where(visible_clause(actor))
         with self.sessions() as session:
-            return [_dataset_record(row) for row in session.scalars(query)]
+            return [dataset_record(row) for row in session.scalars(query)]
 
     def create_dataset(self, name: str, spec: NewDataset) -> DatasetRecord:
         """A new, empty dataset; its ``curator`` (an account id) becomes its curator."""
@@ -205,7 +210,7 @@ class Catalog:
 
     def get_dataset(self, ref: str | int) -> DatasetRecord:
         with self.sessions() as session:
-            return _dataset_record(self._find(session, ref))
+            return dataset_record(self._find(session, ref))
 
     def get_image(self, dataset_ref: str | int, image_name: str) -> ImageRecord:
         return self.get_dataset(dataset_ref).image(image_name)
@@ -260,6 +265,49 @@ class Catalog:
                 session.flush()
             except IntegrityError:
                 raise NameTaken(f"dataset {dataset_name!r} already has an image {image.name!r}") from None
+            dataset_id = dataset.id
+        return self.get_dataset(dataset_id)
+
+    def register_entry(
+        self,
+        dataset_name: str,
+        images: Sequence[ImageSpec],
+        metadata: DatasetMetadata,
+        new: NewDataset | None = None,
+        transforms: Sequence[tuple[str, str, TransformSpec]] = (),
+    ) -> DatasetRecord:
+        """A new dataset holding ``images``, its metadata and the transforms between them, in one transaction.
+
+        ``transforms`` are (moving image, reference image, checked transform) by image name. Nothing is
+        stored unless everything is: the dataset row appears only with all its images and transforms.
+
+        Raises:
+            NameTaken: the dataset exists, or two images share a name.
+            ImageNotFound: a transform names an image not in ``images``.
+        """
+        check_name(dataset_name, "dataset")
+        names = [check_name(image.name, "image") for image in images]
+        if len(set(names)) != len(names):
+            raise NameTaken(f"two images of dataset {dataset_name!r} would share a name")
+        with self.sessions.begin() as session:
+            dataset = self._new_dataset(session, dataset_name, new or NewDataset())
+            dataset.title = metadata.title or metadata.study.title or dataset.title
+            dataset.description = metadata.description or metadata.study.description or ""
+            dataset.accession = metadata.accession
+            dataset.licence = metadata.licence
+            dataset.rembi = metadata.rembi()
+            rows = {image.name: Image(dataset_id=dataset.id, **image.model_dump()) for image in images}
+            session.add_all(rows.values())
+            session.flush()
+            for moving, reference, spec in transforms:
+                if moving not in rows or reference not in rows:
+                    missing = moving if moving not in rows else reference
+                    raise ImageNotFound(f"dataset {dataset_name!r} has no image {missing!r} for a transform")
+                session.add(ImageTransform(image_id=rows[moving].id, reference_image_id=rows[reference].id,
+                                           **spec.model_dump()))
+            if transforms:  # stored transforms map into the dataset's reference space
+                dataset.reference_image = transforms[0][1]
+            session.flush()
             dataset_id = dataset.id
         return self.get_dataset(dataset_id)
 

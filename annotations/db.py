@@ -9,18 +9,21 @@ equals the migrated one).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import threading
+    from collections.abc import Iterator
     from pathlib import Path
 
     from sqlalchemy import Connection, Engine
     from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = "annotations:migrations"  # Alembic finds the scripts through the installed package
-HEAD_REVISION = "0008"  # the newest file in migrations/versions (a test checks it is Alembic's head)
+HEAD_REVISION = "0009"  # the newest file in migrations/versions (a test checks it is Alembic's head)
 SCHEMA_LOCK = 0x6C616D656C6C61  # PostgreSQL advisory lock held while a schema is created or migrated
 
 
@@ -125,3 +128,21 @@ def make_sessions(engine: Engine) -> sessionmaker[Session]:
     from sqlalchemy.orm import sessionmaker
 
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def writing(sessions: sessionmaker[Session], turns: threading.Lock | None = None) -> Iterator[Session]:
+    """One write transaction; on SQLite it takes the database's write lock at once (a read followed by a write
+    in a deferred transaction would fail, not wait, when another writer got in between).
+
+    ``turns``: on SQLite, the threads of a process take turns on this lock first. SQLite's busy handler has a
+    waiting writer sleep and retry (up to 100 ms a time), so with many threads one could lose again and again
+    for seconds; with it, at most one thread per process waits that way.
+    """
+    bind = sessions.kw.get("bind")
+    sqlite = bind is not None and bind.dialect.name == "sqlite"
+    with turns if sqlite and turns is not None else contextlib.nullcontext(), sessions.begin() as session:
+        connection = session.connection()
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        yield session

@@ -129,3 +129,37 @@ class SharedViewNotFound(CatalogError, KeyError):
 class InvalidImport(CatalogError, ValueError):
     """An import file that cannot be read or does not fit its layer; the message names the line or item and
     the field."""
+
+
+class ProjectNotFound(CatalogError, KeyError):
+    """No Citizen Science project with that name in the dataset."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "project not found"
+
+
+class TaskNotFound(CatalogError, KeyError):
+    """No task with that id in the project."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "task not found"
+
+
+class InvalidProject(CatalogError, ValueError):
+    """A project, workflow, task region or gold answer that cannot be used."""
+
+
+class InvalidSubmission(CatalogError, ValueError):
+    """A submission whose marks do not fit its task: wrong tool or label, outside the region, malformed."""
+
+
+class TaskUnavailable(CatalogError):
+    """A submission for a task that is retired, paused, not this volunteer's, or already answered by them (409)."""
+
+
+class SubmittingTooFast(TooManyAttempts):
+    """More submissions than the per-volunteer or per-address limit allows (429 with Retry-After)."""
+
+
+class InvalidEntry(InvalidMetadata):
+    """An archive entry (EMPIAR, BioImage Archive) that is malformed, lacks required fields, or cannot be registered."""

@@ -347,3 +347,149 @@ class SharedView(Base):
     state: Mapped[dict[str, Any]] = mapped_column()
     created_by: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+
+class CrowdProject(Base):
+    """A Citizen Science project on one image of a dataset: volunteers annotate its tasks with its workflow.
+
+    ``status``: ``active`` (volunteers get tasks), ``paused`` (none are handed out) or ``finished``. The
+    consensus of its submissions is kept in ``consensus_layer_id``, an annotation layer of the dataset.
+    """
+
+    __tablename__ = "crowd_projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str] = mapped_column(Text, default="")
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    # Consensus settings: votes weighted by volunteer quality or not; the agreement a mark needs.
+    weighted: Mapped[bool] = mapped_column(Boolean, default=False)
+    threshold: Mapped[float] = mapped_column(Float, default=0.5)
+    consensus_layer_id: Mapped[int | None] = mapped_column(
+        ForeignKey("annotation_layers.id", ondelete="SET NULL"), nullable=True)
+    salt: Mapped[str] = mapped_column(String(64))  # for the volunteer hashes of this project's exports
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WorkflowVersion(Base):
+    """One version of a project's workflow; rows are only added, the newest is current. Every submission
+    names the version it was made with."""
+
+    __tablename__ = "crowd_workflow_versions"
+    __table_args__ = (UniqueConstraint("project_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("crowd_projects.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    tutorial: Mapped[list[Any]] = mapped_column()  # steps: text and an example picture's region
+    tool: Mapped[str] = mapped_column(String(16))  # point | outline | box
+    labels: Mapped[list[Any]] = mapped_column()
+    task_shape: Mapped[list[Any]] = mapped_column()  # voxels, x y z
+    redundancy: Mapped[int] = mapped_column(Integer)
+    radius_nm: Mapped[float] = mapped_column(Float)  # how near two points must be to be one object
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CrowdTask(Base):
+    """A region of the project's image (level-0 voxels, x y z, upper exclusive) for volunteers to annotate.
+
+    ``handed_out`` counts the task's assignments that are open or submitted: an assignment is made only by a
+    conditional update that keeps it within the redundancy, so several server processes never over-assign.
+    A gold-standard task carries the expert's ``answer`` and is not retired by submissions.
+    """
+
+    __tablename__ = "crowd_tasks"
+    __table_args__ = (Index("ix_crowd_tasks_pick", "project_id", "gold", "status", "priority", "sort_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("crowd_projects.id", ondelete="CASCADE"))
+    lower: Mapped[list[Any]] = mapped_column()
+    upper: Mapped[list[Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | paused | retired
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    sort_key: Mapped[float] = mapped_column(Float)  # a fixed random order among equal priorities
+    gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    answer: Mapped[list[Any] | None] = mapped_column(nullable=True)  # gold: the expert's marks
+    handed_out: Mapped[int] = mapped_column(Integer, default=0)
+    submissions: Mapped[int] = mapped_column(Integer, default=0)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    consensus: Mapped[list[Any] | None] = mapped_column(nullable=True)  # annotation ids in the consensus layer
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Volunteer(Base):
+    """Someone taking part: an account, or an anonymous browser (only the SHA-256 of its cookie's id kept)."""
+
+    __tablename__ = "crowd_volunteers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), nullable=True, unique=True)
+    browser_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Participation(Base):
+    """A volunteer in one project: tutorial seen, counts, gold-standard record and quality."""
+
+    __tablename__ = "crowd_participations"
+    project_id: Mapped[int] = mapped_column(ForeignKey("crowd_projects.id", ondelete="CASCADE"), primary_key=True)
+    volunteer_id: Mapped[int] = mapped_column(
+        ForeignKey("crowd_volunteers.id", ondelete="CASCADE"), primary_key=True, index=True)
+    tutorial_done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    submitted: Mapped[int] = mapped_column(Integer, default=0)
+    gold_seen: Mapped[int] = mapped_column(Integer, default=0)
+    gold_f1: Mapped[list[Any]] = mapped_column(default=list)  # per gold task submitted
+    consensus_f1: Mapped[list[Any]] = mapped_column(default=list)  # per retired task, agreement with consensus
+    quality: Mapped[float] = mapped_column(Float, default=0.5)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Assignment(Base):
+    """A task handed to a volunteer: ``open`` until submitted or expired. One per task and volunteer, ever."""
+
+    __tablename__ = "crowd_assignments"
+    __table_args__ = (UniqueConstraint("task_id", "volunteer_id"),
+                      Index("ix_crowd_assignments_open", "volunteer_id", "project_id", "status"),
+                      Index("ix_crowd_assignments_expiry", "project_id", "status", "expires_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("crowd_projects.id", ondelete="CASCADE"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("crowd_tasks.id", ondelete="CASCADE"))
+    volunteer_id: Mapped[int] = mapped_column(ForeignKey("crowd_volunteers.id", ondelete="CASCADE"))
+    workflow_version_id: Mapped[int] = mapped_column(ForeignKey("crowd_workflow_versions.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | submitted | expired
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Submission(Base):
+    """A volunteer's answer to a task: their marks (image voxels, x y z) or "nothing here"."""
+
+    __tablename__ = "crowd_submissions"
+    __table_args__ = (Index("ix_crowd_submissions_project_time", "project_id", "created_at"),
+                      Index("ix_crowd_submissions_task", "task_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("crowd_assignments.id", ondelete="CASCADE"), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("crowd_projects.id", ondelete="CASCADE"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("crowd_tasks.id", ondelete="CASCADE"))
+    volunteer_id: Mapped[int] = mapped_column(ForeignKey("crowd_volunteers.id", ondelete="CASCADE"), index=True)
+    workflow_version_id: Mapped[int] = mapped_column(ForeignKey("crowd_workflow_versions.id", ondelete="CASCADE"))
+    nothing_here: Mapped[bool] = mapped_column(Boolean, default=False)
+    marks: Mapped[list[Any]] = mapped_column()
+    gold_f1: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RateEvent(Base):
+    """A rate-limited act (a submission) by subject ("volunteer:<id>", "address:<sha256>"): the limit counts these."""
+
+    __tablename__ = "crowd_rate_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (Index("ix_crowd_rate_events_subject_at", "subject", "at"),)

@@ -56,11 +56,19 @@ REPO = HERE.parent
 RESULTS_PATH = HERE / "results" / "annotations.json"
 # This file's name is the package's: look the package up from the repository, not from here.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("serve_chunks", HERE / "serve_chunks.py")
-assert _spec is not None and _spec.loader is not None
-harness = importlib.util.module_from_spec(_spec)
-sys.modules["serve_chunks"] = harness
-_spec.loader.exec_module(harness)  # the shared harness: processes, CPU accounting, quiet wait
+
+
+def _load(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _load("serve_chunks")  # the shared harness: processes, CPU accounting, quiet wait
+Latency = _load("machine").Latency
 
 BATCH = 100_000  # annotations in one bulk create (the most one request may add)
 SEED = 20261202
@@ -179,21 +187,6 @@ def database(backend: str, data_dir: Path) -> Iterator[list[str]]:
 
 
 # --------------------------------------------------------------------------- measurements
-
-
-@dataclass
-class Latency:
-    count: int = 0
-    p50_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    max_ms: float = float("nan")
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> Latency:
-        if not seconds:
-            return cls()
-        ms = np.array(seconds) * 1000
-        return cls(len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.max()))
 
 
 @dataclass

@@ -1,12 +1,17 @@
-"""What the side-by-side benchmarks share: the machine they ran on, its busy CPU time, a ratio against its target."""
+"""What the side-by-side benchmarks share: the machine they ran on, its busy CPU time, a ratio against its target,
+latency percentiles."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def machine() -> dict[str, Any]:
@@ -36,3 +41,20 @@ def ratio_line(label: str, value: float | None, target: float, better: str, widt
     met = value >= target if better == "higher" else value <= target
     sign = ">=" if better == "higher" else "<="
     return f"  {label:<{width}} {value:7.2f}x   (target {sign} {target:g}x: {'MET' if met else 'NOT MET'})"
+
+
+@dataclass
+class Latency:
+    """Percentiles of request latencies, in milliseconds."""
+
+    count: int = 0
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    max_ms: float = float("nan")
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Latency:
+        if not seconds:
+            return cls()
+        ms = np.array(seconds) * 1000
+        return cls(len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.max()))

@@ -66,15 +66,42 @@ def small_u8() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
-    """A data directory with the demo, two small test images and (if present) the real FIB-SEM cube."""
-    root = tmp_path_factory.mktemp("lamella-data")
+    """A data directory with the demo, two small test images and (if present) the real FIB-SEM cube.
+
+    Under pytest-xdist the first worker to get here builds it once, in the folder the workers share, and
+    every worker takes its own copy (``clone_data_dir``): what one worker's tests change, no other sees."""
+    import fcntl
+    import json
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build_data_dir(tmp_path_factory.mktemp("lamella-data"), tmp_path_factory.mktemp("stores"))
+    shared = tmp_path_factory.getbasetemp().parent
+    built, ready = shared / "lamella-data", shared / "lamella-data.json"
+    with open(shared / "lamella-data.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not ready.exists():
+            _, sample = build_data_dir(built, shared / "stores")
+            ready.write_text(json.dumps({"admin_token": sample.admin_token}))
+    admin_token = json.loads(ready.read_text())["admin_token"]
+    fibsem = bodies = None
+    if FIBSEM_TIFF.exists():
+        import tifffile
+
+        fibsem, bodies = tifffile.imread(FIBSEM_TIFF), tifffile.imread(FIBSEM_LABELS)
+    root = clone_data_dir(built, tmp_path_factory.mktemp("lamella-data"))
+    return root, Sample(u16=small_u16(), v2=small_u8(), fibsem=fibsem, bodies=bodies, admin_token=admin_token)
+
+
+def build_data_dir(root: Path, stores: Path) -> tuple[Path, Sample]:
+    """The test data directory in ``root``, its two small OME-Zarr stores (registered where they are) in ``stores``."""
+    root.mkdir(parents=True, exist_ok=True)
+    stores.mkdir(parents=True, exist_ok=True)
     engine = make_engine(sqlite_url(root))
     migrate(engine)
     sessions = make_sessions(engine)
     catalog = Catalog(sessions)
     ensure_demo(catalog, root / "images", Transforms(sessions))
     u16, v2 = small_u16(), small_u8()
-    stores = tmp_path_factory.mktemp("stores")
     write_pyramid(ArraySource(u16), stores / "u16.ome.zarr", voxel_size=(30.0, 4.0, 4.0),
                   options=PyramidOptions(chunk=32, name="u16"))
     write_pyramid(ArraySource(v2), stores / "v2.ome.zarr", voxel_size=(10.0, 10.0, 10.0),
@@ -115,7 +142,7 @@ class Server:
     data_dir: Path | None = None
 
     def get(self, path: str, **kwargs: object) -> requests.Response:
-        return requests.get(self.url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+        return requests.get(self.url + path, **{"timeout": 30, **kwargs})  # type: ignore[arg-type]
 
     @property
     def admin(self) -> dict[str, str]:
@@ -171,7 +198,8 @@ def server(data_dir: tuple[Path, Sample]) -> Iterator[Server]:
 
 def clone_data_dir(source: Path, destination: Path) -> Path:
     """A copy of a data directory for a test that changes it: the database by SQLite's backup API (a
-    consistent copy while a server may be using it), imported images as hard links (never rewritten)."""
+    consistent copy while a server may be using it), imported images as hard links (never rewritten), and the
+    copy's images registered at their copies (what a test builds into one, such as meshes, stays there)."""
     import shutil
     import sqlite3
 
@@ -180,6 +208,9 @@ def clone_data_dir(source: Path, destination: Path) -> Path:
     with sqlite3.connect(source / "lamella.sqlite") as original, \
             sqlite3.connect(destination / "lamella.sqlite") as copy:
         original.backup(copy)
+        old, new = f"{source / 'images'}/", f"{destination / 'images'}/"
+        copy.execute("UPDATE images SET uri = ? || substr(uri, ?) WHERE substr(uri, 1, ?) = ?",
+                     (new, len(old) + 1, len(old), old))
     return destination
 
 

@@ -137,6 +137,21 @@ def _editing_view(http: requests.Session, url: str, context: dict[str, str]) -> 
     return None
 
 
+def _make_project(http: requests.Session, url: str) -> dict[str, str]:
+    """A Citizen Science project on the demo with a few tasks; path values for its routes (and a region of
+    every image)."""
+    made = http.post(f"{url}/api/datasets/demo/projects", timeout=30, json={
+        "name": "fuzz", "title": "Fuzz", "image": "em", "workflow": {
+            "tool": "point", "labels": ["mitochondrion"], "task_shape": [64, 64, 4], "redundancy": 3,
+            "tutorial": [{"text": "t", "picture": {"lower": [0, 0, 0], "upper": [64, 64, 1]}}]}})
+    if made.status_code != 201:
+        return {"region": "0_0_0_8_8_8"}
+    http.post(f"{url}/api/datasets/demo/projects/fuzz/tasks", json={"lower": [0, 0, 0], "upper": [128, 128, 4]},
+              timeout=30)
+    task = http.get(f"{url}/api/datasets/demo/projects/fuzz/tasks", timeout=30).json()["tasks"][0]["id"]
+    return {"project": "fuzz", "task_id": str(task), "step": "0", "region": "0_0_0_8_8_8"}
+
+
 def sign_in(url: str, name: str, password: str) -> str:
     """The sign-in cookie's value for an account (a browser's sign-in: the _xsrf cookie echoed in a header)."""
     browser = requests.Session()
@@ -232,6 +247,11 @@ def discover(url: str, admin_token: str) -> World:
         session_dataset[anonymous.json()["token"]] = "demo"
         contexts.append({**next(c for c in contexts if c["dataset_ref"] == "demo"), "token": anonymous.json()["token"]})
     items += [("session", token) for token in session_dataset]
+    project = _make_project(http, url)
+    for context in contexts:
+        context.update(project)
+    if project:
+        items.append(("project", "demo", project["project"]))
     cookie = sign_in(url, *CURATOR)
     spend_sign_in_budget(url)
     return World(url, admin_token, cookie, contexts, session_dataset, images, items)
@@ -249,6 +269,7 @@ def read_item(http: requests.Session, url: str, item: Item) -> Any:
         "transforms": lambda: f"/api/datasets/{item[1]}/images/{item[2]}/transform?history=1",
         "session": lambda: f"/api/sessions/{item[1]}",
         "layer": lambda: f"/api/datasets/{item[1]}/annotation-layers/{item[2]}/annotations?limit=1000",
+        "project": lambda: f"/api/datasets/{item[1]}/projects/{item[2]}/tasks?limit=1000",
     }
     answer = http.get(url + paths[item[0]](), timeout=60)
     document = answer.json() if answer.headers.get("Content-Type", "").startswith("application/json") else None
@@ -268,7 +289,7 @@ def family(world: World, dataset: str) -> set[Item]:
     found: set[Item] = {("dataset", dataset), ("members", dataset)}
     found |= {("transforms", dataset, image) for image in world.images.get(dataset, [])}
     found |= {("session", token) for token, on in world.session_dataset.items() if on == dataset}
-    found |= {item for item in world.items if item[0] == "layer" and item[1] == dataset}
+    found |= {item for item in world.items if item[0] in ("layer", "project") and item[1] == dataset}
     return found
 
 

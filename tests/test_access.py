@@ -101,6 +101,10 @@ def _image(visibility: str) -> str:
     return f"/api/datasets/{DATASETS[visibility]}/images/{IMAGES[visibility][0]}"
 
 
+def _project(visibility: str) -> str:
+    return f"/api/datasets/{DATASETS[visibility]}/projects/no-such-project"
+
+
 def _source(visibility: str) -> str:
     return f"/api/datasets/{DATASETS[visibility]}/annotation-layers/999999/precomputed/point/current"
 
@@ -120,6 +124,8 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     "accounts": lambda m, v, s: ("/api/accounts", None),
     "datasets": lambda m, v, s: ("/api/datasets", REFUSED if s == "POST" else None),
     "dataset": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}", {"title": None} if s == "PATCH" else None),
+    "dataset-metadata": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/metadata?format=rembi", None),
+    "dataset-thumbnail": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/thumbnail", None),
     "visibility": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/visibility", REFUSED if s == "PUT" else None),
     "members": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/members", None),
     "member": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/members/nobody-here", {"role": "viewer"}),
@@ -139,6 +145,8 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     "segments": lambda m, v, s: (f"{_image(v)}/segments", None),
     "transform": lambda m, v, s: (f"{_image(v)}/transform", REFUSED if s == "PUT" else None),
     "landmarks": lambda m, v, s: (f"{_image(v)}/landmarks", REFUSED),
+    # Neither dataset has transforms: a reader's answer is the scene's 400 (invalid_transform), after the check.
+    "scene": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/scene", None),
     "warped-info": lambda m, v, s: (f"{_image(v)}/warped/{m.spline}/precomputed/info", None),
     # Annotation routes on a layer that does not exist (an allowed request is its 404 or a 400 of the body).
     "annotation-layers": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/annotation-layers",
@@ -161,6 +169,23 @@ REQUESTS: dict[str, Callable[[Matrix, str, str], tuple[str, Any]]] = {
     "annotation-source-related": lambda m, v, s: (f"{_source(v)}/rel_bodies/1", None),
     "warped-chunk": lambda m, v, s: (f"{_image(v)}/warped/{m.spline}/precomputed/0/0-64_0-64_0-64", None),
     "shared-view": lambda m, v, s: (f"/v/{m.shared[v]}", None),
+    "region-info": lambda m, v, s: (f"{_image(v)}/region/0_0_0_8_8_8/precomputed/info", None),
+    "region-chunk": lambda m, v, s: (f"{_image(v)}/region/0_0_0_8_8_8/precomputed/0/{IMAGES[v][1]}", None),
+    # Citizen Science routes of a project that does not exist (an allowed request is its 404 or a 400 of the body).
+    "project-page": lambda m, v, s: (f"/datasets/{DATASETS[v]}/projects/no-such-project", None),
+    "dashboard-page": lambda m, v, s: (f"/datasets/{DATASETS[v]}/projects/no-such-project/dashboard", None),
+    "projects": lambda m, v, s: (f"/api/datasets/{DATASETS[v]}/projects", REFUSED if s == "POST" else None),
+    "project": lambda m, v, s: (_project(v), REFUSED if s == "PATCH" else None),
+    "project-tasks": lambda m, v, s: (f"{_project(v)}/tasks", REFUSED if s == "POST" else None),
+    "project-task": lambda m, v, s: (f"{_project(v)}/tasks/1", REFUSED),
+    "project-gold": lambda m, v, s: (f"{_project(v)}/gold", REFUSED),
+    "project-volunteer": lambda m, v, s: (f"{_project(v)}/me", None),
+    "project-next": lambda m, v, s: (f"{_project(v)}/next", None),
+    "project-submission": lambda m, v, s: (f"{_project(v)}/tasks/1/submission", REFUSED),
+    "project-stats": lambda m, v, s: (f"{_project(v)}/stats", None),
+    "project-consensus": lambda m, v, s: (f"{_project(v)}/consensus", None),
+    "project-export": lambda m, v, s: (f"{_project(v)}/export?format=consensus", None),
+    "project-tutorial-picture": lambda m, v, s: (f"{_project(v)}/tutorial/0", None),
 }
 # Session routes: (path suffix after the token, body). The session's owner is what matters.
 SESSION_REQUESTS: dict[str, Callable[[str], tuple[str, Any]]] = {

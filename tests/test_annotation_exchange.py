@@ -277,7 +277,9 @@ def test_neuroglancers_reader_reads_the_exported_folders(site: Site, tmp_path: P
     records = listing(site, layer_id)
     for fmt in ("precomputed-tar", "precomputed-zip"):
         root = unpack(export(site, layer_id, fmt), fmt, tmp_path / fmt)
-        assert root.name == "cells-folders" and sorted(p.name for p in root.iterdir()) == sorted(GEOMETRY)
+        # a folder per geometry, and the layer's MIFA record beside them
+        assert root.name == "cells-folders" and sorted(p.name for p in root.iterdir()) == sorted([*GEOMETRY,
+                                                                                                  "mifa.json"])
         assert read_back(root.as_uri(), records, [deleted]) >= len(records)
     # A filtered view: only what it selects.
     chosen = listing(site, layer_id, author="bob", label="synapse")

@@ -199,7 +199,12 @@ def ids(models: list[type[BaseModel]]) -> list[str]:
 _LAYER_RULES = re.compile(r"is named twice|enum_values and enum_labels|have no enum values|is outside|"
                           r"must match \[a-z\]|is reserved|must be 1 to 64 letters|is not #rrggbb|expected an integer|"
                           r"expected a number|expected #rrggbb|not one of its enum values|not a finite float32")
-BEYOND_SCHEMA = {"LayerIn": _LAYER_RULES, "LayerChanges": _LAYER_RULES}
+# Citizen Science: distinct labels, lower < upper of a region, a mark's fields by its type, marks or "nothing here".
+_CROWD_RULES = re.compile(r"labels must be distinct|needs 0 <= lower < upper|mark has|mark something|"
+                          r"has no marks")
+BEYOND_SCHEMA = {"LayerIn": _LAYER_RULES, "LayerChanges": _LAYER_RULES, "ProjectIn": _CROWD_RULES,
+                 "ProjectChanges": _CROWD_RULES, "GoldTaskIn": _CROWD_RULES, "SubmissionIn": _CROWD_RULES,
+                 "SubmittedOut": _CROWD_RULES}
 
 
 @pytest.mark.parametrize("model", ALL_MODELS, ids=ids(ALL_MODELS))

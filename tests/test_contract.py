@@ -121,12 +121,22 @@ def path_values(server: Server) -> dict[str, str]:
                          json={"annotations": [{"type": "point", "point": middle, "label": "synapse"}]})
     annotation = {"layer_id": str(layer["id"]), "annotation_id": str(made.json()["ids"][0]), "kind": "point",
                   "view": "current", "level": "0", "cell": "0_0_0", "relationship": "bodies", "segment": "1"}
+    project = requests.post(f"{server.url}/api/datasets/demo/projects", headers=server.admin, timeout=10, json={
+        "name": "contract", "title": "Contract", "image": "em", "workflow": {
+            "tool": "point", "labels": ["mitochondrion"], "task_shape": [64, 64, 8], "redundancy": 2,
+            "tutorial": [{"text": "t", "picture": {"lower": [0, 0, 0], "upper": [64, 64, 1]}}]}})
+    assert project.status_code == 201, project.text
+    requests.post(f"{server.url}/api/datasets/demo/projects/contract/tasks", headers=server.admin, timeout=10,
+                  json={"lower": [0, 0, 0], "upper": [64, 64, 8]})
+    task = requests.get(f"{server.url}/api/datasets/demo/projects/contract/tasks", headers=server.admin,
+                        timeout=10).json()["tasks"][0]["id"]
     token = new_session(server)
     code = requests.post(f"{server.url}/api/sessions/{token}/share", timeout=10).json()["code"]
     return {**annotation, "dataset_ref": "demo", "image_name": "em", "token": token, "code": code,
             "transform_id": str(transform["id"]), "token_id": str(token_id), "account": "admin", "scale_key": "0",
             "chunk_name": "0-64_0-64_0-64", "key": "zarr.json", "name": "index.html", "path": "css/lamella.css",
-            "build": "0123456789ab", "shard": "0.shard"}
+            "build": "0123456789ab", "shard": "0.shard", "project": "contract", "task_id": str(task),
+            "region": "0_0_0_64_64_64", "step": "0"}
 
 
 def concrete(pattern: str, values: dict[str, str]) -> str:

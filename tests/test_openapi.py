@@ -38,6 +38,18 @@ def test_every_route_and_method_is_described(server: Server) -> None:
     assert schemes["xsrf"]["name"] == "X-XSRFToken"
 
 
+def test_a_path_parameter_may_hold_groups_of_its_own() -> None:
+    """A region's pattern nests groups: its path names one parameter, whose pattern is the whole of it."""
+    import re
+
+    region = next(route for route in routes() if route.name == "region-info")
+    path, groups = path_template(region.pattern)
+    assert path == "/api/datasets/{dataset_ref}/images/{image_name}/region/{region}/precomputed/info"
+    pattern = dict(groups)["region"]
+    assert re.fullmatch(pattern, "0_10_0_128_128_8") and not re.fullmatch(pattern, "0_10_0_128_128")
+    assert path_template(r"/a/(?P<x>[()]{1,2})/(?P<y>\(b(?:c)\))")[1] == [("x", "[()]{1,2}"), ("y", r"\(b(?:c)\)")]
+
+
 def test_api_viewer_is_served_from_this_server(server: Server) -> None:
     page = server.get("/api/docs")
     assert page.status_code == 200 and "/static/vendor/swagger-ui/swagger-ui-bundle.js" in page.text
@@ -107,6 +119,17 @@ checks.positive_data_acceptance.expected-statuses = ["2XX", 400, 401, 403, 404, 
 [[operations]]
 # A precomputed annotation source names a layer, one of its types and a view in its one spelling.
 include-path-regex = "/annotation-layers/[^/]+/precomputed/"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 429]
+
+[[operations]]
+# A project names the dataset's reference image, its tasks lie within it, a submission's marks fit its task (tool,
+# labels, region) and are given or "nothing here" said, and numbers are whole where the schema's integers take 1.0.
+include-path-regex = "/projects($|/)"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 409, 429]
+
+[[operations]]
+# A region is a box with lower < upper inside its image (and a chunk of its source one that meets it).
+include-path-regex = "/region/"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 400, 401, 403, 404, 429]
 
 [[operations]]

@@ -133,11 +133,15 @@ def answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def served(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``lamella demo`` then ``lamella serve`` from the fresh environment, in a folder outside the checkout."""
+def served(installed: Installed, data_dir: tuple[Path, object], tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[str]:
+    """``lamella serve`` from the fresh environment, in a folder outside the checkout, on a copy of the test data
+    directory (the demo as ``lamella demo`` makes it: its database opened and checked by the wheel's migrations)."""
+    from tests.conftest import clone_data_dir
+
     home = tmp_path_factory.mktemp("facility")
     env = clean_env(installed.venv)
-    run(installed.lamella, "demo", "--data-dir", "data", cwd=home, env=env)
+    clone_data_dir(data_dir[0], home / "data")
     process = subprocess.Popen([installed.lamella, "serve", "--data-dir", "data", "--port", "0"], cwd=home, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -7,7 +7,7 @@ import pytest
 from tornado.web import RequestHandler
 
 from viewer.app import routes
-from viewer.handlers import annotations, api, data, pages, segments, state_sync
+from viewer.handlers import annotations, api, correlation, data, pages, segments, state_sync
 from viewer.rules import Rule
 
 TABLE = routes()
@@ -32,6 +32,7 @@ CASES = [
      {"image_name": "bodies"}),
     ("/api/datasets/3/images/bodies/segments", segments.SegmentsHandler, {"image_name": "bodies"}),
     ("/api/datasets/demo/sessions", api.DatasetSessionsHandler, {"dataset_ref": "demo"}),
+    ("/api/datasets/demo/scene", correlation.SceneHandler, {"dataset_ref": "demo"}),
     ("/api/datasets/demo/annotation-layers", annotations.AnnotationLayersHandler, {"dataset_ref": "demo"}),
     ("/api/datasets/demo/annotation-layers/7", annotations.AnnotationLayerHandler, {"layer_id": "7"}),
     ("/api/datasets/demo/annotation-layers/7/annotations", annotations.AnnotationsHandler, {"layer_id": "7"}),

@@ -102,6 +102,11 @@ def test_viewer_client_is_bundled(server: Server) -> None:
     script = page.text.split('src="')[1].split('"')[0]
     asset = requests.get(f"{server.url}/v/{token}/{script}", timeout=10)
     assert asset.status_code == 200 and "immutable" in asset.headers["Cache-Control"]
+    # Gzipped for a browser that takes it (the bytes it unpacks are the file's), as it is for one that does not.
+    assert asset.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in asset.headers["Vary"]
+    plain = requests.get(f"{server.url}/v/{token}/{script}", headers={"Accept-Encoding": "identity"}, timeout=10)
+    assert "Content-Encoding" not in plain.headers and plain.content == asset.content
+    assert int(asset.headers["Content-Length"]) < len(plain.content) / 2
 
 
 def test_two_processes_behave_as_one(data_dir) -> None:

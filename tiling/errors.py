@@ -17,6 +17,10 @@ class StoreUnreadable(TilingError, OSError):
     """The store exists but its arrays cannot be opened or read (corrupt or unreachable)."""
 
 
+class StoreDenied(StoreUnreadable):
+    """Object storage that refused the credentials given (or their absence): 401 or 403 from the bucket."""
+
+
 class InvalidKey(TilingError, ValueError):
     """A stored key that is malformed or escapes the store."""
 

@@ -17,20 +17,67 @@ import numpy as np
 import tensorstore as ts
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tiling.errors import InvalidKey, InvalidMultiscale, KeyNotFound, StoreNotFound, StoreUnreadable
+from tiling.errors import InvalidKey, InvalidMultiscale, KeyNotFound, StoreUnreadable
 from tiling.pyramid import intensity_window
 from tiling.stores import LocalStore, Store, check_key, open_store
 
-# Factors to nanometres, for the unit names OME-Zarr allows (UDUNITS-2) that EM uses.
+# Factors to nanometres for every length unit OME-Zarr allows on space axes (the UDUNITS-2 names the
+# OME-NGFF 0.4/0.5 specifications list under "axes").
 UNIT_TO_NM: dict[str, float] = {
-    "angstrom": 0.1,
-    "nanometer": 1.0,
-    "micrometer": 1e3,
-    "millimeter": 1e6,
-    "centimeter": 1e7,
-    "meter": 1e9,
-    "picometer": 1e-3,
-}
+    "yoctometer": 1e-15, "zeptometer": 1e-12, "attometer": 1e-9, "femtometer": 1e-6, "picometer": 1e-3,
+    "angstrom": 0.1, "nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "centimeter": 1e7,
+    "decimeter": 1e8, "meter": 1e9, "hectometer": 1e11, "kilometer": 1e12, "megameter": 1e15,
+    "gigameter": 1e18, "terameter": 1e21, "petameter": 1e24, "exameter": 1e27, "parsec": 3.0856775814913673e25,
+    "zettameter": 1e30, "yottameter": 1e33, "inch": 2.54e7, "foot": 3.048e8, "yard": 9.144e8, "mile": 1.609344e12,
+}  # fmt: skip
+# Other spellings met in files written by other tools. Symbols are case-sensitive (Mm is not mm).
+UNIT_SYMBOLS: dict[str, str] = {
+    "ym": "yoctometer", "zm": "zeptometer", "am": "attometer", "fm": "femtometer", "pm": "picometer",
+    "å": "angstrom", "Å": "angstrom", "nm": "nanometer", "um": "micrometer", "µm": "micrometer",
+    "μm": "micrometer", "mm": "millimeter", "cm": "centimeter", "dm": "decimeter", "m": "meter",
+    "km": "kilometer", "Mm": "megameter", "in": "inch", "ft": "foot",
+}  # fmt: skip
+# Words, matched in any case, singular or plural, "-metre" or "-meter".
+UNIT_WORDS: dict[str, str] = {"micron": "micrometer", "angström": "angstrom", "ångström": "angstrom",
+                              "inches": "inch", "feet": "foot"}  # fmt: skip
+
+
+def length_unit(unit: str | None) -> str | None:
+    """The UDUNITS-2 name of a length unit in any common spelling, or None if it is not one.
+
+    ``micrometer``, ``micrometre``, ``Micrometers``, ``um``, ``µm`` and ``micron`` are all ``micrometer``.
+    """
+    if not isinstance(unit, str):
+        return None
+    text = unit.strip()
+    if text in UNIT_SYMBOLS:
+        return UNIT_SYMBOLS[text]
+    text = text.lower().replace("metre", "meter")
+    for spelling in (text, text.removesuffix("s")):
+        if spelling in UNIT_TO_NM:
+            return spelling
+        if spelling in UNIT_WORDS:
+            return UNIT_WORDS[spelling]
+    return None
+
+
+def nm_per_unit(unit: str | None, axis: str = "x") -> float:
+    """Nanometres per ``unit`` of a space axis; no unit means nanometres (Lamella's convention).
+
+    Raises:
+        InvalidMultiscale: the unit is not a length unit (never silently taken as nanometres).
+    """
+    if unit is None or unit == "":
+        return 1.0
+    name = length_unit(unit)
+    if name is None:
+        shown = unit if isinstance(unit, str) else repr(unit)
+        raise InvalidMultiscale(
+            f"axis {axis!r} has the unit {shown[:40]!r}, which is not a length unit "
+            "(OME-Zarr uses UDUNITS-2 names such as nanometer, micrometer, angstrom)"
+        )
+    return UNIT_TO_NM[name]
+
 
 SPATIAL_NAMES = ("z", "y", "x")
 METADATA_FILE = {"zarr3": "zarr.json", "zarr": ".zarray"}  # what tensorstore reads to open a level
@@ -159,9 +206,11 @@ def _problem(error: Exception) -> str:
     return "a value has the wrong type or shape"
 
 
-async def read_multiscale(store: Store) -> Multiscale:
-    """Read and parse the group metadata at the root of ``store``."""
-    for key, zarr_format in (("zarr.json", 3), (".zattrs", 2)):
+async def _group_attributes(store: Store, prefix: str = "") -> tuple[dict[str, Any], int] | None:
+    """The attributes of the Zarr group at ``prefix`` (v3 ``zarr.json``, else v2 ``.zattrs``) and its Zarr
+    format, or None when neither file is there."""
+    for name, zarr_format in (("zarr.json", 3), (".zattrs", 2)):
+        key = prefix + name
         try:
             value = await store.read(key)
         except KeyNotFound:
@@ -173,8 +222,46 @@ async def read_multiscale(store: Store) -> Multiscale:
         if not isinstance(document, dict):
             raise InvalidMultiscale(f"{key} in {store.uri} is not a JSON object")
         attributes = document.get("attributes", {}) if zarr_format == 3 else document
-        return parse_multiscale(attributes, zarr_format)
-    raise StoreNotFound(f"no OME-Zarr group at {store.uri} (neither zarr.json nor .zattrs)")
+        if not isinstance(attributes, dict):
+            raise InvalidMultiscale(f"{key} in {store.uri}: its attributes are not a JSON object")
+        return attributes, zarr_format
+    return None
+
+
+async def _root_attributes(store: Store) -> tuple[dict[str, Any], int]:
+    found = await _group_attributes(store)
+    if found is None:
+        raise await store.missing(f"no OME-Zarr group at {store.uri} (neither zarr.json nor .zattrs)")
+    return found
+
+
+async def read_multiscale(store: Store) -> Multiscale:
+    """Read and parse the group metadata at the root of ``store``."""
+    return parse_multiscale(*await _root_attributes(store))
+
+
+async def bioformats2raw_series(store: Store, root: tuple[dict[str, Any], int]) -> str | None:
+    """The path of the first image if ``store``, whose root group has the attributes and Zarr format
+    ``root``, holds the bioformats2raw layout, else None.
+
+    That layout (OME-Zarr 0.4 and 0.5, "bioformats2raw.layout": 3) has no multiscales at its root: the
+    images are series groups ``0``, ``1``, ... beside an ``OME`` group whose optional ``series`` attribute
+    lists their paths in order.
+    """
+    attributes, zarr_format = root
+    ome = attributes.get("ome", attributes) if zarr_format == 3 else attributes
+    if not isinstance(ome, dict) or "bioformats2raw.layout" not in ome or ome.get("multiscales"):
+        return None
+    if ome["bioformats2raw.layout"] != 3:
+        raise InvalidMultiscale(f"bioformats2raw layout {str(ome['bioformats2raw.layout'])[:20]} is not supported (3)")
+    listing = await _group_attributes(store, "OME/")
+    series = None
+    if listing is not None:
+        listed = listing[0].get("ome", listing[0]) if listing[1] == 3 else listing[0]
+        series = listed.get("series") if isinstance(listed, dict) else None
+    if series is not None and (not isinstance(series, list) or not series or not isinstance(series[0], str)):
+        raise InvalidMultiscale(f"the OME group of {store.uri} lists its series malformed")
+    return _level_path(series[0] if series else "0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +340,7 @@ class Volume:
     @property
     def unit_factor(self) -> float:
         x_axis = self.multiscale.axes[self._spatial_axes[2]]  # type: ignore[index]
-        return UNIT_TO_NM.get((x_axis.unit or "nanometer").lower(), 1.0)
+        return nm_per_unit(x_axis.unit, x_axis.name)
 
     def _geometry(self, index: int) -> LevelGeometry:
         array = self.arrays[index]
@@ -267,8 +354,7 @@ class Volume:
                 size.append(1.0)
                 offset.append(0.0)
                 continue
-            unit = self.multiscale.axes[axis].unit
-            factor = UNIT_TO_NM.get((unit or "nanometer").lower(), 1.0)
+            factor = nm_per_unit(self.multiscale.axes[axis].unit, self.multiscale.axes[axis].name)
             shape.append(int(array.shape[axis]))
             chunk.append(int(min(chunk_shape[axis], array.shape[axis])))
             size.append(level.scale[axis] * factor)
@@ -304,13 +390,21 @@ class Volume:
 async def open_volume(store_or_uri: Store | str, context: ts.Context) -> Volume:
     """Open every level of the OME-Zarr image at ``store_or_uri`` (a Store, path or URL).
 
+    A bioformats2raw layout opens its first series (``bioformats2raw_series``); ``Volume.store`` is then
+    that series' store.
+
     Raises:
         StoreNotFound: nothing is there.
         InvalidMultiscale: metadata is missing or malformed.
         StoreUnreadable: an array cannot be opened (corrupt or unreachable).
     """
     store = store_or_uri if isinstance(store_or_uri, Store) else open_store(store_or_uri, context)
-    multiscale = await read_multiscale(store)
+    root = await _root_attributes(store)
+    series = await bioformats2raw_series(store, root)
+    if series is not None:  # the image is the first series: opened (and registered) at its own address
+        store = open_store(f"{store.uri}/{series}", context)
+        root = await _root_attributes(store)
+    multiscale = parse_multiscale(*root)
     driver = "zarr3" if multiscale.zarr_format == 3 else "zarr"
     arrays = []
     for level in multiscale.levels:
@@ -336,7 +430,7 @@ async def open_volume(store_or_uri: Store | str, context: ts.Context) -> Volume:
     return Volume(store, multiscale, arrays)
 
 
-# Remote (http) reads: a failed or stalled read (viewer.config.bound_remote_stalls) is retried this often.
+# Remote (http, s3) reads: a failed or stalled read (viewer.config.bound_remote_stalls) is retried this often.
 REMOTE_RETRIES = {"max_retries": 3, "initial_delay": "0.5s", "max_delay": "4s"}
 
 
@@ -348,6 +442,7 @@ def make_context(cache_bytes: int = 512 << 20) -> ts.Context:
             "data_copy_concurrency": {"limit": "shared"},
             "file_io_concurrency": {"limit": 32},
             "http_request_retries": REMOTE_RETRIES,
+            "s3_request_retries": REMOTE_RETRIES,
         }
     )
 

@@ -28,7 +28,7 @@ from tiling.encoding import (
     encode_raw,
     gzip_bytes,
 )
-from tiling.errors import InvalidMultiscale, UnknownScale
+from tiling.errors import InvalidChunkKey, InvalidMultiscale, UnknownScale
 from tiling.integers import parse_natural
 from tiling.omezarr import Volume
 
@@ -141,8 +141,10 @@ class PrecomputedImage:
         """The level a scale key names: its index, spelt as in ``info`` ("0", not "00" or another script's 0)."""
         return parse_natural(scale_key, len(self.volume.geometry) - 1, UnknownScale, "scale")
 
-    async def chunk(self, scale_key: str, name: str, *, gzip_ok: bool = True) -> EncodedChunk:
-        """The encoded chunk ``name`` of scale ``scale_key``.
+    async def chunk(self, scale_key: str, name: str, *, gzip_ok: bool = True,
+                    grid: tuple[int, int, int] | None = None) -> EncodedChunk:
+        """The encoded chunk ``name`` of scale ``scale_key``; ``grid`` (z, y, x): a finer chunk grid than the
+        stored one (each of its sides divides the stored chunk's), as a region's source has.
 
         Raises:
             UnknownScale: no such scale.
@@ -150,15 +152,18 @@ class PrecomputedImage:
         """
         level = self.level_of(scale_key)
         geometry = self.volume.geometry[level]
+        step = geometry.chunk if grid is None else grid
+        if any(stored % side for stored, side in zip(geometry.chunk, step, strict=True)):
+            raise InvalidChunkKey(f"a chunk grid of {step} does not divide the stored chunks {geometry.chunk}")
         key = ChunkKey.parse(name)
         offset = self._offsets[level]
         shifted = ChunkKey(
             begin=tuple(b - o for b, o in zip(key.begin, offset, strict=True)),  # type: ignore[arg-type]
             end=tuple(e - o for e, o in zip(key.end, offset, strict=True)),  # type: ignore[arg-type]
         )
-        shifted.check(geometry.shape, geometry.chunk)
+        shifted.check(geometry.shape, step)
         use_gzip = gzip_ok and self.encoding == "raw"
-        cache_key = (self.cache_key, level, shifted.begin, self.encoding, use_gzip, self.jpeg_quality)
+        cache_key = (self.cache_key, level, shifted.begin, step, self.encoding, use_gzip, self.jpeg_quality)
         cached = self.cache.get(cache_key)
         if cached is not None:
             return cached

@@ -13,6 +13,7 @@ from viewer.handlers import (
     annotations,
     api,
     correlation,
+    crowd,
     curation,
     data,
     docs,
@@ -54,6 +55,9 @@ ACCOUNT = r"(?P<account>[a-z][a-z0-9_.\-]{0,63})"
 IMAGE_BASE = rf"/api/datasets/{DATASET}/images/{IMAGE}"
 LAYER_BASE = rf"/api/datasets/{DATASET}/annotation-layers/(?P<layer_id>{ID})"
 ANNOTATION_BASE = rf"{LAYER_BASE}/annotations/(?P<annotation_id>{ID})"
+PROJECT_BASE = rf"/api/datasets/{DATASET}/projects/(?P<project>[a-z][a-z0-9_\-]{{0,63}})"
+TASK_ID = rf"(?P<task_id>{ID})"
+REGION = r"(?P<region>[0-9]{1,9}(?:_[0-9]{1,9}){5})"  # x0_y0_z0_x1_y1_z1; tiling.regions wants each canonical
 MESH_BUILD = r"precomputed/mesh/(?P<build>[0-9a-f]{12})"  # tiling.meshes names each build with 12 hex digits
 SEGMENT = r"(?P<segment>[1-9][0-9]{0,19})"  # a segment id, canonical decimal (uint64)
 MESH_SHARD = r"(?P<shard>[0-9a-f]{1,16}\.shard)"
@@ -71,6 +75,9 @@ ANNOTATIONS_BODY = 64 * MiB  # a bulk create: 100,000 annotations with labels an
 IMPORT_BODY = 256 * MiB  # an import file (all or none): 250,000 annotations, polylines of many points among them
 ANNOTATION_BODY = 1 * MiB  # one annotation (a polyline of up to 10,000 points)
 LAYER_BODY = 1 * MiB  # a layer's declaration (up to 1,000 labels, 32 properties with enums)
+PROJECT_BODY = 1 * MiB  # a project with its workflow, tutorial and labels
+SUBMISSION_BODY = 1 * MiB  # 500 marks, or outlines of up to 2,000 points
+GOLD_BODY = 1 * MiB
 METADATA_BODY = 512 * KiB  # a dataset's title and description (20,000 characters, escaped)
 
 
@@ -93,6 +100,10 @@ def routes() -> list[Route]:
         Route(rf"{IMAGE_BASE}/{MESH_BUILD}/info", data.MeshInfoHandler, dataset(GET=READ), "mesh-info"),
         Route(rf"{IMAGE_BASE}/precomputed/segment_properties/info", segments.SegmentPropertiesHandler,
               dataset(GET=READ), "segment-properties"),
+        Route(rf"{IMAGE_BASE}/region/{REGION}/{PRECOMPUTED_CHUNK}", crowd.RegionChunkHandler, dataset(GET=READ),
+              "region-chunk"),
+        Route(rf"{IMAGE_BASE}/region/{REGION}/precomputed/info", crowd.RegionInfoHandler, dataset(GET=READ),
+              "region-info"),
         # Pixels first: Tornado tries the patterns in order, and a viewer asks for chunks most.
         Route(rf"{IMAGE_BASE}/{PRECOMPUTED_CHUNK}", data.PrecomputedChunkHandler, dataset(GET=READ),
               "precomputed-chunk"),
@@ -108,6 +119,10 @@ def routes() -> list[Route]:
         Route(r"/", pages.PageHandler, PUBLIC_PAGE, "catalog-page", {"page": "index.html"}),
         Route(rf"/datasets/{DATASET}", pages.PageHandler, dataset(GET=READ), "dataset-page",
               {"page": "dataset.html"}),
+        Route(rf"/datasets/{DATASET}/projects/(?P<project>[a-z][a-z0-9_\-]{{0,63}})", pages.PageHandler,
+              dataset(GET=READ), "project-page", {"page": "project.html"}),
+        Route(rf"/datasets/{DATASET}/projects/(?P<project>[a-z][a-z0-9_\-]{{0,63}})/dashboard", pages.PageHandler,
+              dataset(GET=READ), "dashboard-page", {"page": "dashboard.html"}),
         Route(r"/sign-in", pages.PageHandler, PUBLIC_PAGE, "sign-in-page", {"page": "sign-in.html"}),
         Route(r"/api/docs", pages.PageHandler, PUBLIC_PAGE, "api-docs-page", {"page": "api.html"}),
         Route(r"/api/openapi.json", docs.OpenApiHandler, PUBLIC_PAGE, "openapi", {"build": openapi_document}),
@@ -125,6 +140,8 @@ def routes() -> list[Route]:
               server(GET=ANYONE, POST=CREATE_DATASETS, body_limit=METADATA_BODY), "datasets"),
         Route(rf"/api/datasets/{DATASET}", api.DatasetHandler,
               dataset(GET=READ, PATCH=CURATE, body_limit=METADATA_BODY), "dataset"),
+        Route(rf"/api/datasets/{DATASET}/metadata", api.MetadataHandler, dataset(GET=READ), "dataset-metadata"),
+        Route(rf"/api/datasets/{DATASET}/thumbnail", api.ThumbnailHandler, dataset(GET=READ), "dataset-thumbnail"),
         Route(rf"/api/datasets/{DATASET}/visibility", curation.VisibilityHandler,
               dataset(GET=READ, PUT=CURATE), "visibility"),
         Route(rf"/api/datasets/{DATASET}/members", curation.MembersHandler, dataset(GET=CURATE), "members"),
@@ -157,11 +174,31 @@ def routes() -> list[Route]:
               dataset(GET=READ), "annotation-source-by-id"),
         Route(rf"{ANNOTATION_SOURCE}/rel_(?P<relationship>{NAME})/(?P<segment>0|[1-9][0-9]{{0,19}})",
               annotations.AnnotationSourceRelatedHandler, dataset(GET=READ), "annotation-source-related"),
+        # Citizen Science: curators run projects; volunteers (accounts, or anonymous browsers with a cookie
+        # identity, so their writes always need the XSRF header) take tasks and submit.
+        Route(rf"/api/datasets/{DATASET}/projects", crowd.ProjectsHandler,
+              dataset(GET=READ, POST=CURATE, body_limit=PROJECT_BODY), "projects"),
+        Route(PROJECT_BASE, crowd.ProjectHandler, dataset(GET=READ, PATCH=CURATE, body_limit=PROJECT_BODY), "project"),
+        Route(rf"{PROJECT_BASE}/tasks", crowd.TasksHandler, dataset(GET=CURATE, POST=CURATE), "project-tasks"),
+        Route(rf"{PROJECT_BASE}/tasks/{TASK_ID}", crowd.TaskHandler, dataset(PATCH=CURATE), "project-task"),
+        Route(rf"{PROJECT_BASE}/gold", crowd.GoldTasksHandler, dataset(POST=CURATE, body_limit=GOLD_BODY),
+              "project-gold"),
+        Route(rf"{PROJECT_BASE}/me", crowd.VolunteerHandler, dataset(GET=READ, POST=READ, xsrf="always"),
+              "project-volunteer"),
+        Route(rf"{PROJECT_BASE}/next", crowd.NextTaskHandler, dataset(POST=READ, xsrf="always"), "project-next"),
+        Route(rf"{PROJECT_BASE}/tasks/{TASK_ID}/submission", crowd.SubmissionHandler,
+              dataset(POST=READ, xsrf="always", body_limit=SUBMISSION_BODY), "project-submission"),
+        Route(rf"{PROJECT_BASE}/stats", crowd.StatsHandler, dataset(GET=CURATE), "project-stats"),
+        Route(rf"{PROJECT_BASE}/consensus", crowd.ConsensusHandler, dataset(POST=CURATE), "project-consensus"),
+        Route(rf"{PROJECT_BASE}/export", crowd.CrowdExportHandler, dataset(GET=CURATE), "project-export"),
+        Route(rf"{PROJECT_BASE}/tutorial/(?P<step>[0-9]{{1,2}})", crowd.TutorialPictureHandler, dataset(GET=READ),
+              "project-tutorial-picture"),
         # Correlative registration: transforms into the dataset's reference space.
         Route(rf"{IMAGE_BASE}/transform", correlation.TransformHandler,
               dataset(GET=READ, PUT=CURATE, body_limit=TRANSFORM_BODY), "transform"),
         Route(rf"{IMAGE_BASE}/landmarks", correlation.LandmarksHandler,
               dataset(fit, POST=READ, body_limit=LANDMARKS_BODY), "landmarks"),
+        Route(rf"/api/datasets/{DATASET}/scene", correlation.SceneHandler, dataset(GET=READ), "scene"),
         # Viewer sessions: the token is the credential; the session acts with its owner's rights.
         Route(rf"/api/sessions/{TOKEN}", api.SessionHandler, session(GET=READ, PUT=READ, body_limit=STATE_BODY),
               "session"),

@@ -20,11 +20,12 @@ import click
 
 from annotations.errors import CatalogError
 from tiling.errors import TilingError
-from tiling.pyramid import PyramidOptions
 from viewer.cli_access import COMMANDS, new_dataset, with_new_dataset
 from viewer.cli_annotations import annotations
 from viewer.cli_base import fail, open_catalog, open_database, open_sessions, with_common
-from viewer.config import Settings, SettingsError, bound_remote_stalls
+from viewer.cli_entries import add_entry
+from viewer.cli_scene import COMMANDS as SCENE_COMMANDS
+from viewer.config import Settings, SettingsError, bound_remote_stalls, configure_object_storage
 
 if TYPE_CHECKING:
     from annotations.catalog import Catalog
@@ -76,6 +77,14 @@ def parse_pair(_ctx: click.Context, param: click.Parameter, text: str | None) ->
     return low, high
 
 
+def default_zstd_level() -> int:
+    """``PyramidOptions.zstd_level``, read only when needed: tiling.pyramid brings tensorstore (about a second
+    of start-up that commands such as ``scene-map`` do not need)."""
+    from tiling.pyramid import PyramidOptions
+
+    return PyramidOptions.zstd_level
+
+
 UNITS_TO_NM = {"nm": 1.0, "um": 1e3, "µm": 1e3, "angstrom": 0.1, "A": 0.1, "mm": 1e6}
 
 
@@ -110,7 +119,9 @@ def main() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its problems reach the user as our one line
     logging.getLogger("pyvips").setLevel(logging.CRITICAL)  # likewise, and its INFO lines are per region read
-    bound_remote_stalls(Settings.from_env())
+    settings = Settings.from_env()
+    bound_remote_stalls(settings)
+    configure_object_storage(settings)
 
 
 @main.command()
@@ -134,10 +145,12 @@ def serve(demo: bool, access_log: bool, **options: Any) -> None:
         from annotations.catalog import Catalog
         from annotations.db import make_sessions
         from annotations.transforms import Transforms
+        from viewer.demo_project import ensure_demo_project
         from viewer.registration import ensure_demo
 
         sessions = make_sessions(engine)
         ensure_demo(Catalog(sessions), settings.images_dir, Transforms(sessions))
+        ensure_demo_project(sessions)
     engine.dispose()  # server processes open their own connections
     run(settings)
 
@@ -177,7 +190,7 @@ def demo(**options: Any) -> None:
 @with_new_dataset
 def add(location: str, dataset: str, name: str | None, modality: str, labels: bool,
         metadata: Path | None, private: bool, release: date | None, curator: str | None, **options: Any) -> None:
-    """Register an existing OME-Zarr (a path or http(s) URL) without copying it."""
+    """Register an existing OME-Zarr (a path, an http(s) URL or s3://bucket/path) without copying it."""
     from viewer.registration import add_existing
 
     settings = Settings.from_env(**options)
@@ -205,7 +218,7 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
               help="With --to-uint8: percentiles of a data sample that set the window.")
 @click.option("--format", "ome_version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True,
               help="OME-Zarr 0.5 (Zarr v3, sharded) or 0.4 (Zarr v2).")
-@click.option("--zstd-level", type=click.IntRange(1, 22), default=PyramidOptions.zstd_level, show_default=True,
+@click.option("--zstd-level", type=click.IntRange(1, 22), default=default_zstd_level, show_default="1",
               help="zstd level of the stored chunks (higher levels rarely shrink EM, and write slower).")
 @click.option("--metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="REMBI metadata for the dataset (JSON or YAML).")
@@ -224,20 +237,26 @@ def add(location: str, dataset: str, name: str | None, modality: str, labels: bo
               help="Run on a local Dask cluster of N processes.")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", help="Run on an existing Dask cluster.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--store", default=None, metavar="s3://BUCKET/PREFIX",
+              help="Put the image in an S3-compatible bucket (at PREFIX/DATASET/NAME.ome.zarr) instead of the data "
+                   "directory; endpoint and credentials from the AWS variables or LAMELLA_S3_ENDPOINT.")
 @with_new_dataset
 def import_(location: str, dataset: str, name: str | None, modality: str, voxel_size: tuple[float, ...] | None,
             ome_version: str, zstd_level: int, metadata: Path | None, labels_of: str | None, downsample: str,
             meshes: bool, resume: bool, workers: int | None, scheduler: str | None, quiet: bool, unit: str,
             to_uint8: bool, window: tuple[float, float] | None, percentiles: tuple[float, float], private: bool,
             release: date | None, curator: str | None, segments: bool, segment_names: Path | None,
-            **options: Any) -> None:
+            store: str | None, **options: Any) -> None:
     """Convert a TIFF stack, folder of slices or MRC file into an OME-Zarr pyramid."""
+    from tiling.pyramid import PyramidOptions
     from viewer.registration import build_label_meshes, default_image_name, import_file, import_labels
 
     gc.freeze()  # these modules too: collections during the conversion need not scan them (~0.07 s)
     settings = Settings.from_env(**options)
     if segment_names is not None and (labels_of is None or not segments):
         fail("--segment-names goes with --labels IMAGE (and not with --no-segments)")
+    if labels_of is not None and store is not None:
+        fail("--store goes with images; labels go beside their image (or in the data directory for one in a bucket)")
     if labels_of is not None:
         record = import_labels(open_catalog(settings), settings.images_dir, location, dataset, image=labels_of,
                                name=name, downsample=downsample, zstd_level=zstd_level, show_progress=not quiet,
@@ -260,7 +279,7 @@ def import_(location: str, dataset: str, name: str | None, modality: str, voxel_
         options=PyramidOptions(ome_version=ome_version, name=image_name, zstd_level=zstd_level),  # type: ignore[arg-type]
         show_progress=not quiet, resume=resume, workers=workers, scheduler=scheduler,
         to_uint8=to_uint8, window=window, percentiles=percentiles,
-        warn=lambda message: click.echo(f"lamella: warning: {message}", err=True), new=new,
+        warn=lambda message: click.echo(f"lamella: warning: {message}", err=True), new=new, store=store,
     )
     click.echo(f"imported {image_name!r} into dataset {record.name!r} (id {record.id})")
 
@@ -444,7 +463,7 @@ def check(repair: bool, **options: Any) -> None:
         fail(f"{broken} image(s) cannot be served")
 
 
-for command in [*COMMANDS, annotations]:
+for command in [*COMMANDS, *SCENE_COMMANDS, annotations, add_entry]:
     main.add_command(command)
 
 

@@ -18,7 +18,7 @@ import click
 from viewer.cli_base import fail, open_sessions, with_common
 from viewer.config import Settings
 
-EXPORT_CHOICES = ["csv", "ng-json", "precomputed-zip", "precomputed-tar"]
+EXPORT_CHOICES = ["csv", "ng-json", "precomputed-zip", "precomputed-tar", "mifa"]
 IMPORT_CHOICES = ["csv", "ng-json"]
 EXTENSIONS = {".csv": "csv", ".json": "ng-json"}
 
@@ -55,10 +55,11 @@ def annotations() -> None:
 @click.argument("dataset")
 @click.argument("layer")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_CHOICES), required=True,
-              help="csv, ng-json (Neuroglancer annotation JSON), or static precomputed annotation folders in a zip "
-                   "or tar archive (tar for very large layers).")
+              help="csv, ng-json (Neuroglancer annotation JSON), static precomputed annotation folders in a zip "
+                   "or tar archive (tar for very large layers; with mifa.json beside them), or mifa (the layer's "
+                   "MIFA annotation metadata).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="File to write ('-': standard output) [default: DATASET-LAYER.csv|json|zip|tar here].")
+              help="File to write ('-': standard output) [default: DATASET-LAYER.csv|json|zip|tar|mifa.json here].")
 @click.option("--author", default=None, help="Only annotations whose current version this account wrote.")
 @click.option("--label", default=None, help="Only annotations with this label.")
 @click.option("--since", default=None, callback=_moment, metavar="TIME", help="Only those updated at or after TIME "

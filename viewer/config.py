@@ -30,6 +30,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "header_timeout_seconds": (0.1, 86400.0),
     "body_timeout_seconds": (0.1, 86400.0),
     "annotation_cell_limit": (1, 1_000_000),
+    "volunteer_submissions_per_minute": (0, 1_000_000),
+    "address_submissions_per_minute": (0, 1_000_000),
 }
 
 
@@ -67,10 +69,27 @@ class Settings:
                                         "above its finest level (a random subsample), for layers made from now on "
                                         "(a layer keeps the limit it was made with)"},
     )
+    volunteer_submissions_per_minute: int = field(
+        default=30, metadata={"help": "Citizen Science submissions one volunteer may make per minute (0: no limit)"},
+    )
+    address_submissions_per_minute: int = field(
+        default=600, metadata={"help": "Citizen Science submissions one client address may make per minute, all "
+                                       "volunteers behind it together (a classroom shares one; 0: no limit)"},
+    )
     trusted_proxies: str = field(
         default="127.0.0.1,::1",
         metadata={"help": "peers whose X-Forwarded-For / X-Real-IP / X-Forwarded-Proto are believed (comma-separated "
                           "addresses or networks; empty: none). Anyone else's are ignored"},
+    )
+    s3_endpoint: str | None = field(
+        default=None,
+        metadata={"help": "endpoint of the S3-compatible object storage of s3:// stores, e.g. "
+                          "https://uk1s3.embassy.ebi.ac.uk (default: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else "
+                          "Amazon S3)"},
+    )
+    s3_region: str | None = field(
+        default=None, metadata={"help": "region signed into S3 requests (default: AWS_REGION or AWS_DEFAULT_REGION; "
+                                        "us-east-1 with an endpoint of one's own)"},
     )
     cookie_secret: str | None = field(
         default=None,
@@ -84,6 +103,8 @@ class Settings:
             if not (math.isfinite(value) and low <= value <= high):
                 raise SettingsError(f"{name} must lie between {low:g} and {high:g}, not {value!r}")
         self.proxy_networks()
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            raise SettingsError(f"s3_endpoint must be an http(s) URL, not {self.s3_endpoint[:80]!r}")
 
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``trusted_proxies`` as networks; SettingsError if one is not an address or network."""
@@ -149,3 +170,10 @@ def bound_remote_stalls(settings: Settings) -> None:
     operator already set win)."""
     os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(max(1, round(settings.remote_stall_seconds))))
     os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")
+
+
+def configure_object_storage(settings: Settings) -> None:
+    """Make ``s3_endpoint`` and ``s3_region`` the ones s3:// stores use (over the AWS variables)."""
+    from tiling.stores import set_s3_defaults
+
+    set_s3_defaults(settings.s3_endpoint, settings.s3_region)

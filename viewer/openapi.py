@@ -14,7 +14,7 @@ from annotations.access import DATASET_ACTIONS, Action
 from viewer.apidoc import ErrorOut, Op, operation
 from viewer.rules import WRITE_METHODS, Rule
 
-_GROUP = re.compile(r"\(\?P<(\w+)>([^()]*)\)")
+_NAMED = re.compile(r"\(\?P<(\w+)>")
 REF = "#/components/schemas/{model}"
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
@@ -28,7 +28,7 @@ SECURITY_SCHEMES = {
 TAGS = {"pages": "Pages", "docs": "API description", "accounts": "Accounts", "api": "Datasets",
         "curation": "Curation", "data": "Pixels", "segments": "Segments of label images",
         "annotations": "Annotations", "session_annotations": "Annotations in the viewer",
-        "correlation": "Correlation", "state_sync": "Neuroglancer state sync"}
+        "correlation": "Correlation", "crowd": "Citizen Science", "state_sync": "Neuroglancer state sync"}
 
 
 def package_version() -> str:
@@ -39,9 +39,31 @@ def package_version() -> str:
 
 
 def path_template(pattern: str) -> tuple[str, list[tuple[str, str]]]:
-    """``/api/datasets/(?P<dataset_ref>…)`` → (``/api/datasets/{dataset_ref}``, [(name, regex)])."""
-    groups = [(name, regex) for name, regex in _GROUP.findall(pattern)]
-    return _GROUP.sub(lambda m: "{" + m.group(1) + "}", pattern), groups
+    """``/api/datasets/(?P<dataset_ref>…)`` → (``/api/datasets/{dataset_ref}``, [(name, regex)]).
+
+    A named group may hold groups of its own (a region's ``(?:0|[1-9][0-9]{0,8})(?:_…){5}``)."""
+    groups, parts, at = [], [], 0
+    while (named := _NAMED.search(pattern, at)) is not None:
+        end = _group_end(pattern, named.end())
+        groups.append((named.group(1), pattern[named.end():end - 1]))
+        parts += [pattern[at:named.start()], "{" + named.group(1) + "}"]
+        at = end
+    return "".join([*parts, pattern[at:]]), groups
+
+
+def _group_end(pattern: str, index: int) -> int:
+    """The index just past the ``)`` that closes the group whose body starts at ``index``."""
+    depth = 1
+    while depth:
+        char = pattern[index]
+        if char == "\\":
+            index += 1  # an escaped character
+        elif char == "[":  # a character class: its brackets and parentheses are literal
+            index = pattern.index("]", index + 2 if pattern[index + 1] == "^" else index + 1)
+        elif char in "()":
+            depth += 1 if char == "(" else -1
+        index += 1
+    return index
 
 
 def security(rule: Rule, method: str, action: Action) -> list[dict[str, list[str]]]:

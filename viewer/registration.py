@@ -27,15 +27,19 @@ from annotations.errors import NameTaken
 from annotations.names import check_name
 from tiling.derived import derived_dir
 from tiling.errors import ImportProblem
+from tiling.object_storage import remove_upload
 from tiling.pyramid import PyramidOptions, list_label, write_pyramid
 from tiling.sources import ArraySource, RescaledSource, Source, open_source, percentile_window
+from tiling.stores import is_object_storage
 
 if TYPE_CHECKING:
     from annotations.catalog import Catalog, DatasetRecord, ImageSpec, NewDataset
     from annotations.metadata import DatasetMetadata
     from annotations.transforms import Transforms
     from tiling.meshes import MeshSummary
+    from tiling.stores import S3Store
 
+UPLOADS = ".uploads"  # in the images folder: images built here for a bucket, until uploaded
 DEMO_DATASET = "demo"
 DEMO_LABELS = "organelles"
 # A catalog given as a function that opens it is opened once this much of a conversion is stored,
@@ -97,11 +101,12 @@ def add_existing(
 ) -> DatasetRecord:
     """Register an OME-Zarr (path or URL) without copying it; ``new`` says how a new dataset starts."""
     name = _valid_names(dataset, name, uri)
-    spec = _describe(uri, name=name, modality=modality, kind=kind, managed=False)
+    spec = describe_image(uri, name=name, modality=modality, kind=kind, managed=False)
     return catalog.register(dataset, spec, metadata, new)
 
 
-def _describe(uri: str, **options: Any) -> ImageSpec:
+def describe_image(uri: str, **options: Any) -> ImageSpec:
+    """``tiling.omezarr.describe`` from synchronous code (the CLI's and the import threads')."""
     import asyncio
 
     return asyncio.run(describe(uri, **options))
@@ -127,8 +132,13 @@ def import_file(
     percentiles: tuple[float, float] = (0.5, 99.5),
     warn: Callable[[str], None] | None = None,
     new: NewDataset | None = None,
+    store: str | None = None,
 ) -> DatasetRecord:
     """Convert an image file, slice folder or array store into an OME-Zarr pyramid and register it.
+
+    ``store`` (``s3://bucket/prefix``) puts the image in a bucket, at ``<prefix>/<dataset>/<name>.ome.zarr``,
+    instead of the data directory: it is built on disk first, then uploaded (``tiling.object_storage``),
+    and registered once the upload is complete.
 
     ``workers`` starts a local Dask cluster of that many processes; ``scheduler`` uses an
     existing one (``tcp://host:port``). ``resume`` continues an interrupted conversion.
@@ -142,32 +152,92 @@ def import_file(
     name = _valid_names(dataset, name, location)
     name_is_free = _NameCheck(catalog, dataset, name)
     name_is_free()
-    destination = images_dir / dataset / f"{name}.ome.zarr"
-    if destination.exists():
-        name_is_free(wait=True)  # a registered image: say so rather than that its folder exists
     source = open_source(location)
-    if to_uint8:
-        window = window or percentile_window(source, *percentiles)
-        source = RescaledSource(source, *window)
-    for message in source.warnings:
-        if warn is not None:
-            warn(f"{location}: {message}")
+    target = None
     try:
-        voxel = voxel_size_nm or source.voxel_size_nm or (1.0,) * len(source.shape)
-        if len(voxel) != len(source.shape):
-            voxel = tuple(voxel[-len(source.shape):])
-        _convert(source, destination, tuple(voxel), options or PyramidOptions(name=name), f"import {name}",
-                 show_progress, resume=resume, workers=workers, scheduler=scheduler,
-                 opener=functools.partial(open_for_import, location, window if to_uint8 else None),
-                 on_block=name_is_free)
+        target = _bucket_target(store, dataset, name, resume, name_is_free) if store is not None else None
+        # An image for a bucket is built in the data directory's uploads folder, then uploaded.
+        destination = images_dir / (UPLOADS if target is not None else "") / dataset / f"{name}.ome.zarr"
+        if target is not None and destination.exists() and not resume:
+            shutil.rmtree(destination)  # built for an upload that was interrupted, and not resumed
+        if destination.exists() and target is None:
+            name_is_free(wait=True)  # a registered image: say so rather than that its folder exists
+        if not (target is not None and destination.exists()):  # else built already: an upload to resume
+            if to_uint8:
+                window = window or percentile_window(source, *percentiles)
+                source = RescaledSource(source, *window)
+            for message in source.warnings:
+                if warn is not None:
+                    warn(f"{location}: {message}")
+            voxel = voxel_size_nm or source.voxel_size_nm or (1.0,) * len(source.shape)
+            if len(voxel) != len(source.shape):
+                voxel = tuple(voxel[-len(source.shape):])
+            write_image_pyramid(source, destination, tuple(voxel), options or PyramidOptions(name=name),
+                                f"import {name}", show_progress, resume=resume, workers=workers,
+                                scheduler=scheduler,
+                                opener=functools.partial(open_for_import, location, window if to_uint8 else None),
+                                on_block=name_is_free)
+    except BaseException as error:
+        if target is not None and not isinstance(error, KeyboardInterrupt):
+            remove_upload(target)  # what a resumed upload had written, and the marker
+        raise
     finally:
         source.close()
+    if target is not None:
+        return _upload_and_register(name_is_free, destination, target, dataset, name, modality, metadata, new,
+                                    resume=resume, show_progress=show_progress)
     try:
         opened = name_is_free.catalog()
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
         raise
     return _register_written(opened, destination, dataset, name, modality, metadata, new)
+
+
+def _bucket_target(store: str, dataset: str, name: str, resume: bool, name_is_free: _NameCheck) -> S3Store:
+    """Where in the bucket the image goes, once the bucket answers, lets us write and has no image there."""
+    from tiling.object_storage import prepare_upload
+    from tiling.stores import S3Config, S3Store, is_object_storage
+
+    if not is_object_storage(store):
+        raise ImportProblem(f"--store takes an s3://bucket/prefix address, not {store[:80]!r}")
+    target = S3Store(f"{store.rstrip('/')}/{dataset}/{name}.ome.zarr", S3Config.from_env())
+    name_is_free(wait=True)  # before anything is written to the bucket
+    prepare_upload(target, resume=resume)
+    return target
+
+
+def _upload_and_register(
+    name_is_free: _NameCheck, built: Path, target: S3Store, dataset: str, name: str, modality: str,
+    metadata: DatasetMetadata | None, new: NewDataset | None, *, resume: bool, show_progress: bool,
+) -> DatasetRecord:
+    """Upload the image built at ``built`` to ``target``, register it there and remove ``built``.
+
+    A failure removes what was uploaded and the built image (nothing registered); Ctrl-C keeps both for
+    ``--resume``."""
+    from tiling.object_storage import upload_image
+
+    size = sum(path.stat().st_size for path in built.rglob("*") if path.is_file())
+    try:
+        with progress_bar(size, f"upload {name}", show_progress, unit="B") as bar:
+            upload_image(built, target, resume=resume, progress=None if bar is None else bar.update)
+        spec = describe_image(target.uri, name=name, modality=modality, kind="image", managed=True)
+        record = name_is_free.catalog().register(dataset, spec, metadata, new)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        remove_upload(target)
+        _remove_built(built)
+        raise
+    _remove_built(built)
+    return record
+
+
+def _remove_built(built: Path) -> None:
+    """Remove an image built for a bucket, and its dataset's uploads folder once empty."""
+    shutil.rmtree(built, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        built.parent.rmdir()
 
 
 def import_labels(
@@ -210,14 +280,12 @@ def import_labels(
         if declared is not None and any(abs(d - e) > 0.01 * e for d, e in zip(declared, expected, strict=True)):
             raise ImportProblem(f"{location}: labels declare voxels of {[round(v, 3) for v in declared]} nm but "
                                 f"image {image!r} has {[round(v, 3) for v in expected]} nm")
-        if parent.managed:
-            destination = Path(parent.uri) / "labels" / name
-        else:
-            destination = images_dir / dataset / f"{name}.labels.ome.zarr"
+        inside = parent.managed and not is_object_storage(parent.uri)  # labels of an image in a bucket: beside
+        destination = Path(parent.uri) / "labels" / name if inside else images_dir / dataset / f"{name}.labels.ome.zarr"
         options = PyramidOptions(ome_version=parent.ome_version, labels=True, label_downsample=downsample,  # type: ignore[arg-type]
                                  name=name, zstd_level=zstd_level)
         voxel = tuple(parent.voxel_size_nm[-len(source.shape):])
-        _convert(source, destination, voxel, options, f"labels {name}", show_progress)
+        write_image_pyramid(source, destination, voxel, options, f"labels {name}", show_progress)
     finally:
         source.close()
     try:
@@ -227,9 +295,9 @@ def import_labels(
             # Labels Lamella wrote keep their derived data inside their store (tiling.derived).
             build_segments(str(destination), destination, names, str(segment_names), show_progress,
                            f"segments of {name}")
-        if parent.managed:
+        if inside:
             list_label(Path(parent.uri), name, parent.ome_version)  # type: ignore[arg-type]
-        spec = _describe(str(destination), name=name, modality="segmentation", kind="segmentation", managed=True)
+        spec = describe_image(str(destination), name=name, modality="segmentation", kind="segmentation", managed=True)
         return catalog.register(dataset, spec.model_copy(update={"labels_of": parent.id}))
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)
@@ -326,7 +394,7 @@ def _in_thread(open_catalog: Callable[[], Catalog]) -> Future[Catalog]:
         pool.shutdown(wait=False)
 
 
-def _convert(
+def write_image_pyramid(
     source: Source,
     destination: Path,
     voxel: tuple[float, ...],
@@ -361,14 +429,14 @@ def _convert(
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, show: bool) -> Iterator[Any]:
+def progress_bar(total: int, description: str, show: bool, unit: str = "vox") -> Iterator[Any]:
     """A tqdm bar of voxels (rate, time left), or None when not shown (tqdm is then not imported)."""
     if not show:
         yield None
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="vox", unit_scale=True, desc=description) as bar:
+    with tqdm(total=total, unit=unit, unit_scale=True, desc=description) as bar:
         yield bar
 
 
@@ -402,7 +470,7 @@ def _register_written(
     new: NewDataset | None,
 ) -> DatasetRecord:
     try:
-        spec = _describe(str(destination), name=name, modality=modality, kind="image", managed=True)
+        spec = describe_image(str(destination), name=name, modality=modality, kind="image", managed=True)
         return catalog.register(dataset, spec, metadata, new)
     except BaseException:
         shutil.rmtree(destination, ignore_errors=True)

@@ -62,8 +62,8 @@ def server(xsrf: Xsrf = "cookie", body_limit: int = DEFAULT_BODY_LIMIT, **method
 
 
 def dataset(escalations: Mapping[str, Action] | None = None, body_limit: int = DEFAULT_BODY_LIMIT,
-            **methods: Action) -> Rule:
-    return Rule("dataset", methods, escalations or {}, body_limit=body_limit)
+            xsrf: Xsrf = "cookie", **methods: Action) -> Rule:
+    return Rule("dataset", methods, escalations or {}, xsrf=xsrf, body_limit=body_limit)
 
 
 def session(escalations: Mapping[str, Action] | None = None, xsrf: Xsrf = "cookie",

@@ -17,6 +17,7 @@ from annotations.accounts import Accounts
 from annotations.annotation_source import AnnotationSource
 from annotations.annotation_store import AnnotationStore
 from annotations.catalog import Catalog, DatasetRecord, ImageRecord
+from annotations.crowd import Crowd, RateLimits
 from annotations.db import make_engine, make_sessions
 from annotations.shared_views import SharedViews
 from annotations.transforms import TransformRecord, Transforms
@@ -195,6 +196,7 @@ class Services:
     access: Access
     annotations: AnnotationStore
     annotation_source: AnnotationSource
+    crowd: Crowd
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "lamella-db"))
     segments: SegmentTables = field(default_factory=SegmentTables)  # label images' segment tables, loaded
     images: ImageRegistry = field(init=False)
@@ -224,6 +226,7 @@ class Services:
     def create(cls, settings: Settings) -> Services:
         engine = make_engine(settings.resolved_database_url)
         sessions = make_sessions(engine)
+        annotations = AnnotationStore(sessions, settings.annotation_cell_limit)
         return cls(
             settings=settings,
             engine=engine,
@@ -232,8 +235,10 @@ class Services:
             transforms=Transforms(sessions),
             accounts=Accounts(sessions),
             access=Access(sessions),
-            annotations=AnnotationStore(sessions, settings.annotation_cell_limit),
+            annotations=annotations,
             annotation_source=AnnotationSource(sessions),
+            crowd=Crowd(sessions, annotations, RateLimits(settings.volunteer_submissions_per_minute,
+                                                          settings.address_submissions_per_minute)),
         )
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

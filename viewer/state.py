@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from annotations.catalog import DatasetRecord, ImageRecord
+from annotations.crowd_specs import TaskOffer
 from annotations.transforms import TransformRecord
 from annotations.viewer_layers import copied_state, state_layers
 from tiling.errors import InvalidTransform
+from tiling.regions import Region
 from tiling.transforms import MAX_COORDINATE_NM, neuroglancer_matrix
 
 OVERLAY_COLOURS = ["#00ff00", "#ff00ff", "#00ffff", "#ffff00", "#ff8000", "#0080ff"]
@@ -340,3 +342,34 @@ def session_origin(state: dict[str, Any]) -> str | None:
 
 
 DEFAULT_CONFIG: dict[str, Any] = {}
+
+
+CROWD_TOOLS = {"point": "annotatePoint", "box": "annotateBoundingBox", "outline": "annotatePolyline"}
+MARKS_LAYER = "marks"
+
+
+def task_state(origin: str, dataset: DatasetRecord, image: ImageRecord, offer: TaskOffer) -> dict[str, Any]:
+    """A volunteer's view of one task: the region's own source (only its chunks load), a single cross-section at
+    the region's middle slice, and one annotation layer with the workflow's tool, in voxel coordinates."""
+    region = Region(tuple(offer.lower), tuple(offer.upper))  # type: ignore[arg-type]
+    base = image_base_url(origin, dataset, image)
+    width, height = (offer.upper[0] - offer.lower[0], offer.upper[1] - offer.lower[1])
+    low, high = image.window
+    dimensions = output_dimensions(image)
+    return {
+        "dimensions": dimensions,
+        "position": [(offer.lower[0] + offer.upper[0]) / 2, (offer.lower[1] + offer.upper[1]) / 2,
+                     offer.slice + 0.5],
+        "crossSectionScale": max(width, height) / 560,
+        "layers": [
+            {"type": "image", "name": image.name, "source": f"precomputed://{base}/region/{region.format()}/precomputed",
+             "shader": GREY_SHADER, "shaderControls": {"normalized": {"range": [low, high]}}},
+            {"type": "annotation", "name": MARKS_LAYER,
+             "source": {"url": "local://annotations", "transform": {"outputDimensions": dimensions}},
+             "tool": CROWD_TOOLS[offer.workflow.tool], "annotationColor": "#ffd000", "annotations": []},
+        ],
+        "selectedLayer": {"layer": MARKS_LAYER, "visible": False},
+        "layout": "xy",
+        "showDefaultAnnotations": False,
+        "showAxisLines": False,
+    }

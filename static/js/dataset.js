@@ -1,6 +1,7 @@
 // The dataset page: metadata beside an embedded Neuroglancer whose state the server owns.
 import { mountAnnotations } from "./annotations.js";
 import { element, getJSON, mountAccount } from "./api.js";
+import { mountLinks } from "./links.js";
 import { mountOverlayControls } from "./overlay.js";
 import { mountSegments } from "./segments.js";
 
@@ -38,10 +39,28 @@ function showFacts(dataset) {
   }
 }
 
+// The dataset's Citizen Science projects: each links to its volunteers' page (and, for curators, its dashboard).
+async function showProjects(dataset) {
+  const { projects } = await getJSON(`/api/datasets/${dataset.id}/projects`);
+  const list = document.getElementById("projects");
+  for (const project of projects) {
+    const page = `/datasets/${encodeURIComponent(dataset.name)}/projects/${encodeURIComponent(project.name)}`;
+    const item = element("li", { "data-project": project.name },
+      element("a", { href: page, class: "project-link" }, project.title),
+      element("span", { class: "muted" }, ` · ${project.retired} of ${project.tasks} tasks done` +
+        (project.status === "active" ? "" : ` · ${project.status}`)));
+    if (dataset.can?.curate) item.append(" · ", element("a", { href: `${page}/dashboard`, class: "dashboard-link" },
+      "dashboard"));
+    list.append(item);
+  }
+  document.getElementById("projects-section").hidden = !projects.length;
+}
+
 try {
   const me = await mountAccount();
   const dataset = await getJSON(`/api/datasets/${encodeURIComponent(datasetRef)}`);
   showFacts(dataset);
+  showProjects(dataset).catch((error) => { status.textContent = `Projects unavailable: ${error.message}`; });
   // Reuse this tab's session so a reload keeps the view; the server holds its state. A session acts
   // with the rights of whoever opened it, so each account (and anonymous) has its own.
   const key = `lamella-session-${dataset.id}-${me.signed_in ? me.name : ""}`;
@@ -82,6 +101,7 @@ try {
   mountAnnotations(document.getElementById("annotation-panel"), dataset, token, me)
     .catch((error) => { status.textContent = `Annotation layers unavailable: ${error.message}`; });
   mountSegments(document.getElementById("segment-panel"), dataset, token);
+  mountLinks(document.getElementById("links"), dataset, token);
   // The viewer works without the side controls: report their failure, not the dataset's.
   mountOverlayControls(document.getElementById("controls"), dataset, token)
     .catch((error) => { status.textContent = `Overlay controls unavailable: ${error.message}`; });

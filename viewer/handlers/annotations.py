@@ -30,6 +30,7 @@ from annotations.views import View
 from viewer import bodies
 from viewer.apidoc import ANY_JSON, BINARY, op
 from viewer.errors import BadRequest
+from viewer.handlers.api import origin_of
 from viewer.handlers.base import BaseHandler
 
 ANNOTATION_LIST = TypeAdapter(list[AnnotationIn])
@@ -64,8 +65,9 @@ class ExportQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: ExportFormat = Field(description="csv, ng-json (Neuroglancer annotation JSON), or static precomputed "
-                                             "annotation folders in a zip or tar archive")
+    format: ExportFormat = Field(description="csv, ng-json (Neuroglancer annotation JSON), static precomputed "
+                                             "annotation folders in a zip or tar archive (with mifa.json beside "
+                                             "them), or mifa (the layer's MIFA annotation metadata as JSON)")
     author: str | None = Field(None, max_length=64)
     label: str | None = Field(None, max_length=64)
     since: Moment | None = None
@@ -157,13 +159,15 @@ class AnnotationsHandler(BaseHandler):
 
 
 class AnnotationExportHandler(BaseHandler):
-    @op(summary="Export a layer as CSV, Neuroglancer annotation JSON or static precomputed annotation folders (zip, "
-                "tar), streamed", query=ExportQuery, response=BINARY, content=EXPORT_TYPES)
+    @op(summary="Export a layer as CSV, Neuroglancer annotation JSON, static precomputed annotation folders (zip, "
+                "tar; with the MIFA record beside them), or its MIFA annotation metadata, streamed",
+        query=ExportQuery, response=BINARY, content=EXPORT_TYPES)
     async def get(self, dataset_ref: str, layer_id: str) -> None:
         query: ExportQuery = self.query()
         services = self.services
         export = await services.call(export_layer, services.annotations.sessions, self.actor, self.dataset_access,
-                                     int(layer_id), query.format, query.view, services.settings.annotation_cell_limit)
+                                     int(layer_id), query.format, query.view, services.settings.annotation_cell_limit,
+                                     origin_of(self))
         try:
             self.set_header("Content-Type", export.content_type)
             self.set_header("Content-Disposition", f'attachment; filename="{export.filename}"')

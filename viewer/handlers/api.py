@@ -9,9 +9,13 @@ from pydantic import BaseModel, Field
 
 from annotations.access import Action, Actor, DatasetAccess, may
 from annotations.catalog import DatasetChanges, DatasetRecord, ImageRecord, NewDataset
+from annotations.catalog_search import CatalogFilter, dataset_size, facets, filtered, imaging_method, organism
+from annotations.errors import ImageNotFound
+from annotations.metadata import correlation_records, rembi_document
 from annotations.names import NAME
 from annotations.shared_views import CODE as SHARE_CODE_PATTERN
-from viewer.apidoc import RELEASE_DATE_IS_PRIVATE, op
+from tiling.thumbnails import THUMBNAIL_DIR, thumbnail, thumbnail_path
+from viewer.apidoc import ANY_JSON, BINARY, RELEASE_DATE_IS_PRIVATE, op
 from viewer.bodies import Day, Text
 from viewer.handlers.base import BaseHandler
 from viewer.state import DEFAULT_CONFIG, dataset_state, image_base_url
@@ -52,6 +56,12 @@ class ImageOut(BaseModel):
     transform_url: str
 
 
+class SizeOut(BaseModel):
+    voxels: int  # of every image's full-resolution level
+    bytes: int  # those voxels uncompressed
+    extent_um: list[float] | None  # the reference image's x, y, z extent in micrometres
+
+
 class DatasetOut(BaseModel):
     id: int
     name: str
@@ -59,6 +69,10 @@ class DatasetOut(BaseModel):
     description: str
     accession: str | None
     licence: str | None
+    organism: str | None  # REMBI biosample
+    imaging_method: str | None  # REMBI image acquisition
+    size: SizeOut
+    thumbnail_url: str | None  # a JPEG of the reference image's middle slice (None without images)
     rembi: dict[str, Any]
     reference_image: str | None
     visibility: str  # public | private
@@ -83,8 +97,15 @@ def rights(actor: Actor, access: DatasetAccess | None) -> DatasetRights | None:
     return DatasetRights(annotate=may(actor, Action.ANNOTATE, access), curate=may(actor, Action.CURATE, access))
 
 
+class FacetsOut(BaseModel):
+    methods: list[str]  # the imaging methods of the datasets the actor may read
+    organisms: list[str]
+
+
 class DatasetsOut(BaseModel):
-    datasets: list[DatasetOut]
+    datasets: list[DatasetOut]  # those the filters kept
+    total: int  # datasets the actor may read, before the filters
+    facets: FacetsOut  # values the filters may take, over all the actor may read
 
 
 class ImagesOut(BaseModel):
@@ -108,9 +129,14 @@ def image_json(origin: str, dataset: DatasetRecord, image: ImageRecord) -> Image
 
 def dataset_json(origin: str, dataset: DatasetRecord, can: DatasetRights | None = None) -> DatasetOut:
     reference = dataset.reference()
+    size = dataset_size(dataset)
     return DatasetOut(
         id=dataset.id, name=dataset.name, title=dataset.title, description=dataset.description,
-        accession=dataset.accession, licence=dataset.licence, rembi=dataset.rembi,
+        accession=dataset.accession, licence=dataset.licence, organism=organism(dataset),
+        imaging_method=imaging_method(dataset),
+        size=SizeOut(voxels=size.voxels, bytes=size.bytes,
+                     extent_um=list(size.extent_um) if size.extent_um else None),
+        thumbnail_url=f"{origin}/api/datasets/{dataset.id}/thumbnail" if reference else None, rembi=dataset.rembi,
         reference_image=reference.name if reference else None, visibility=dataset.visibility,
         release_date=dataset.release_date, public=dataset.public, created_at=dataset.created_at,
         url=f"{origin}/datasets/{dataset.id}", images=[image_json(origin, dataset, image) for image in dataset.images],
@@ -141,11 +167,15 @@ class DatasetChangesBody(DatasetChanges):
 
 
 class DatasetsHandler(BaseHandler):
-    @op(summary="The datasets the actor may read", response=DatasetsOut)
+    @op(summary="The datasets the actor may read, searched and filtered (text, imaging method, organism, "
+                "accession), with the values the filters may take", query=CatalogFilter, response=DatasetsOut)
     async def get(self) -> None:
+        wanted: CatalogFilter = self.query()
         datasets = await self.services.call(self.services.catalog.list_datasets, self.actor)
         origin = origin_of(self)
-        self.write_json(DatasetsOut(datasets=[dataset_json(origin, d) for d in datasets]))
+        kept = filtered(datasets, wanted) if wanted.active() else datasets
+        self.write_json(DatasetsOut(datasets=[dataset_json(origin, d) for d in kept], total=len(datasets),
+                                    facets=FacetsOut(**facets(datasets))))
 
     @op(summary="Create an empty dataset (curators, admins); its creator curates it", body=NewDatasetBody,
         response=DatasetOut, status=201)
@@ -170,6 +200,49 @@ class DatasetHandler(BaseHandler):
         changes: DatasetChangesBody = await self.parse_body()
         dataset = await self.services.call(self.services.catalog.update_dataset, dataset_ref, changes)
         self.write_json(dataset_json(origin_of(self), dataset))
+
+
+class MetadataQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    format: Literal["rembi"] = Field("rembi", description="rembi: the REMBI modules as JSON")
+
+
+class MetadataHandler(BaseHandler):
+    @op(summary="A dataset's metadata as REMBI-shaped JSON (study, biosample, specimen, acquisition, image data "
+                "with each image's URLs, correlation, analysed data)", query=MetadataQuery, response=ANY_JSON)
+    async def get(self, dataset_ref: str) -> None:
+        self.query()
+        dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
+        origin = origin_of(self)
+        images = [image_json(origin, dataset, image).model_dump(mode="json") for image in dataset.images]
+        reference = dataset.reference()
+        current = {} if reference is None else await self.services.call(
+            self.services.transforms.current_for, [image.id for image in dataset.images], reference.id)
+        document = rembi_document(dataset, images, dataset_json(origin, dataset).url,
+                                  f"{origin}/api/datasets/{dataset.id}/annotation-layers",
+                                  correlation_records(dataset, current))
+        self.set_header("Content-Disposition", f'inline; filename="{dataset.name}-rembi.json"')
+        self.write_json(document)
+
+
+class ThumbnailHandler(BaseHandler):
+    @op(summary="The dataset's thumbnail: its reference image's middle slice from a coarse level, as a JPEG (made "
+                "once, then kept)", response=BINARY, content=("image/jpeg",), also={304: "not modified"})
+    async def get(self, dataset_ref: str) -> None:
+        dataset = await self.services.call(self.services.catalog.get_dataset, dataset_ref)
+        reference = dataset.reference()
+        if reference is None:
+            raise ImageNotFound(f"dataset {dataset.name!r} has no images")
+        record, image = await self.services.images.resolve(dataset_ref, reference.name)
+        folder = self.services.settings.data_dir / THUMBNAIL_DIR
+        body = await thumbnail(image.volume, record.window, thumbnail_path(folder, record.id, record.uri))
+        private = self.dataset_access is not None and not self.dataset_access.public()
+        self.set_header("Content-Type", "image/jpeg")
+        self.set_header("Cache-Control", f"{'private' if private else 'public'}, max-age=86400")
+        if private:
+            self.set_header("Vary", "Cookie, Authorization")
+        self.finish(body)  # Tornado adds an ETag of the body and answers a matching If-None-Match with 304
 
 
 class ImagesHandler(BaseHandler):

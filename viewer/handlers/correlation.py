@@ -7,8 +7,10 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from tornado.iostream import StreamClosedError
 
+from annotations.archives import tar_stream, zip_stream
 from annotations.transforms import TransformRecord
 from tiling.errors import InvalidTransform
 from viewer.apidoc import ANY_JSON, BINARY, CHUNK_TYPES, op
@@ -18,6 +20,7 @@ from viewer.errors import BadRequest
 from viewer.handlers.api import origin_of
 from viewer.handlers.base import BaseHandler
 from viewer.handlers.data import META_MAX_AGE, PrecomputedChunkHandler
+from viewer.scene_export import plan_dataset_scene
 from viewer.state import (
     apply_display,
     landmark_points,
@@ -311,3 +314,44 @@ class SessionRegisterHandler(CorrelationHandler):
         if registration.record is not None:
             await self.saved(dataset.id, image.name, previous)
         self.write_json(registration.to_json(), 201 if registration.record is not None else 200)
+
+
+class SceneQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["zip", "tar"] = Field("zip", description="zip (stored, zarr.json first) or tar")
+
+
+SCENE_TYPES = {"application/zip": BINARY, "application/x-tar": BINARY}
+
+
+class SceneHandler(BaseHandler):
+    @op(summary="The dataset as an OME-Zarr 0.6 scene: every image with its metadata at 0.6 and its chunks as "
+                "stored, each placed in the reference space by its current transform; a zip or tar, streamed",
+        query=SceneQuery, response=BINARY, content=SCENE_TYPES)
+    async def get(self, dataset_ref: str) -> None:
+        query: SceneQuery = self.query()
+        services = self.services
+        dataset, files = await services.call(plan_dataset_scene, services.correlation, dataset_ref)
+        members = ((file.path, file.read()) for file in files)  # one stored file in memory at a time
+        stream = zip_stream(members) if query.format == "zip" else tar_stream(members)
+        self.set_header("Content-Type", "application/zip" if query.format == "zip" else "application/x-tar")
+        self.set_header("Content-Disposition", f'attachment; filename="{dataset.name}.ome.zarr.{query.format}"')
+        self.set_header("Cache-Control", "no-store")
+        if self.request.method == "HEAD":
+            # A GET streams in chunks of unknown total length: HEAD says the same headers (RFC 9110 §9.3.2), not
+            # the Content-Length 0 and ETag of an empty body that finishing unflushed would add.
+            if self.request.version == "HTTP/1.1":
+                self.set_header("Transfer-Encoding", "chunked")
+            await self.flush()
+            self.finish()
+            return
+        try:
+            while (chunk := await services.call(next, stream, None)) is not None:
+                self.write(chunk)
+                await self.flush()  # waits for the client: memory stays flat
+        except StreamClosedError:
+            return  # the client went away
+        finally:
+            stream.close()
+        self.finish()

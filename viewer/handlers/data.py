@@ -131,10 +131,12 @@ class PrecomputedChunkHandler(ImageDataHandler):
         _, image = await self.image(dataset_ref, image_name)
         await self.send_chunk(image, scale_key, chunk_name)
 
-    async def send_chunk(self, image: PrecomputedImage, scale_key: str, chunk_name: str) -> None:
-        """One encoded chunk with caching headers (immutable: the URL names what it shows)."""
+    async def send_chunk(self, image: PrecomputedImage, scale_key: str, chunk_name: str,
+                         grid: tuple[int, int, int] | None = None) -> None:
+        """One encoded chunk with caching headers (immutable: the URL names what it shows); ``grid``: a finer
+        chunk grid than the stored one (a region's)."""
         gzip_ok = "gzip" in self.request.headers.get("Accept-Encoding", "")
-        chunk = await image.chunk(scale_key, chunk_name, gzip_ok=gzip_ok)
+        chunk = await image.chunk(scale_key, chunk_name, gzip_ok=gzip_ok, grid=grid)
         self.cache_for(CHUNK_MAX_AGE)
         vary = self._headers.get("Vary")
         self.set_header("Vary", f"{vary}, Accept-Encoding" if vary else "Accept-Encoding")

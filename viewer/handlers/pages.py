@@ -3,7 +3,9 @@ bundled Neuroglancer client."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import gzip
 import hashlib
 import importlib.resources
 import re
@@ -23,6 +25,7 @@ def package_folder(package: str, *parts: str) -> Path:
 STATIC_DIR = package_folder("viewer.static")  # the checkout's static/ (setup.cfg maps it)
 NEUROGLANCER_CLIENT = package_folder("neuroglancer.static", "client")
 _CLIENT_FILE = re.compile(r"^[a-z0-9][a-zA-Z0-9_\-.]*\.(?:js|map|css|wasm|html)$", re.ASCII)
+_COMPRESSIBLE = {".js", ".css", ".html", ".map", ".wasm", ".json", ".svg"}
 _MIME = {".js": "application/javascript", ".mjs": "application/javascript", ".css": "text/css",
          ".html": "text/html; charset=utf-8", ".map": "application/json", ".wasm": "application/wasm",
          ".json": "application/json", ".png": "image/png", ".svg": "image/svg+xml"}
@@ -40,7 +43,7 @@ class PageHandler(BaseHandler):
 
     @op(summary="An HTML page (catalog, dataset viewer, sign-in); sets the _xsrf cookie", response={"type": "string"},
         content="text/html")
-    async def get(self, dataset_ref: str | None = None) -> None:
+    async def get(self, dataset_ref: str | None = None, project: str | None = None) -> None:
         self.xsrf_token  # noqa: B018 (sets the _xsrf cookie the page's scripts send back on writes)
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
@@ -75,7 +78,11 @@ class AssetHandler(BaseHandler):
 
 
 class NeuroglancerClientHandler(BaseHandler):
-    """The client of the neuroglancer wheel under /v/<token>/ (it reads its token from the URL)."""
+    """The client of the neuroglancer wheel under /v/<token>/ (it reads its token from the URL).
+
+    Sent gzipped to browsers that take it (all do): the scripts it starts with are 1.5 MB as they stand,
+    0.43 MB gzipped, which on a slow connection is most of the time a viewer takes to open.
+    """
 
     @op(summary="Neuroglancer's client (from the neuroglancer wheel) for a viewer session", response=BINARY,
         content=FILE_TYPES)
@@ -91,6 +98,12 @@ class NeuroglancerClientHandler(BaseHandler):
         if not path.is_file():
             raise HTTPError(404)
         self.set_header("Content-Type", _MIME[path.suffix])
+        if path.suffix in _COMPRESSIBLE:
+            self.set_header("Vary", "Accept-Encoding")
+            if "gzip" in self.request.headers.get("Accept-Encoding", ""):
+                self.set_header("Content-Encoding", "gzip")
+                self.finish(await asyncio.to_thread(_gzipped_cached, path))  # compressed once, off the loop
+                return
         self.finish(_read_cached(path))
 
 
@@ -98,3 +111,9 @@ class NeuroglancerClientHandler(BaseHandler):
 def _read_cached(path: Path) -> bytes:
     # Pages, assets and the client's content-hashed files do not change while we run.
     return path.read_bytes()
+
+
+@functools.lru_cache(maxsize=64)
+def _gzipped_cached(path: Path) -> bytes:
+    # Compressed once per file and process (under 0.1 s for the largest), at the highest level.
+    return gzip.compress(_read_cached(path), compresslevel=9, mtime=0)
