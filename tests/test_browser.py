@@ -682,12 +682,44 @@ LAYER_LOADED = """
 const found = {};
 for (const name of arguments[0]) {
   const managed = viewer.layerManager.getLayerByName(name);
+  if (!managed) { found[name] = "missing"; continue; }
   const source = managed && managed.layer && managed.layer.dataSources && managed.layer.dataSources[0];
   const state = source && source.loadState;
   found[name] = state === undefined ? null : (state.error ? "error: " + state.error.message : "loaded");
 }
 return found;
 """
+
+# Neuroglancer's client (2.41.2, and its main branch as of 2026-12) can drop a layer while it restores a `#!`
+# state: its URL-hash binding writes the state back at most 400 ms after the restore's first change, synchronously
+# from inside the restore, and an annotation layer later in the list, not yet restored, cannot be written (its
+# toJSON reads a list that only its restoreState sets). The layer being restored at that moment is deleted and the
+# status line shows the error. A restore that takes that long happens on a busy machine; a reload opens the state.
+HASH_RESTORE_RACE = "Cannot read properties of undefined (reading 'length')"
+STATUS_TEXT = "return (document.getElementById('neuroglancer-status-container') || {}).textContent || ''"
+
+
+def open_hash_state(browser, url: str, names: list[str], attempts: int = 3) -> tuple[dict | None, int]:  # type: ignore[no-untyped-def,type-arg]
+    """Opens ``url`` (the bundled client, ``#!`` and a state) in a fresh page until the named layers have loaded
+    their sources; reloads only after Neuroglancer's own hash-restore race (above). Returns what loaded (``None``
+    after 120 s) and the attempts it took."""
+    found: dict | None = None  # type: ignore[type-arg]
+    for attempt in range(1, attempts + 1):
+        browser.get("about:blank")
+        browser.get(url)
+
+        def settled() -> dict | None:  # type: ignore[type-arg]
+            now = browser.execute_script(LAYER_LOADED, names)
+            if all(value not in (None, "missing") for value in now.values()):
+                return now
+            if "missing" in now.values() and HASH_RESTORE_RACE in browser.execute_script(STATUS_TEXT):
+                return {"race": now}
+            return None
+
+        found = wait_for(settled, 120)  # a new client, on a machine running other tests
+        if found is None or "race" not in found:
+            return found, attempt
+    return found, attempts
 
 
 def test_catalog_filters_narrow_the_list_and_the_copied_state_opens_in_the_bundled_client(  # type: ignore[no-untyped-def]
@@ -746,16 +778,10 @@ def test_catalog_filters_narrow_the_list_and_the_copied_state_opens_in_the_bundl
             f"precomputed://{server.url}/api/datasets/{layer['dataset_id']}/annotation-layers/{layer['id']}"
             "/precomputed/point/current"]
         token = browser.find_element("id", "viewer").get_attribute("data-token")
-        # Opened as a reader opens a copied state elsewhere: after the dataset page has closed and its chunk
-        # requests are done. Opened while those still keep the server busy, the client's first info answer comes
-        # late and Neuroglancer's image layer can stay without its source (a client race this test is not about).
-        browser.get("about:blank")
-        time.sleep(5)
-        browser.get(f"{server.url}/v/{token}/#!{quote(json.dumps(state))}")
         names = ["em", "front-door"]
-        loaded = wait_for(lambda: (lambda found: found if all(found.values()) else None)(
-            browser.execute_script(LAYER_LOADED, names)), 120)  # a new client, on a machine running other tests
-        assert loaded == {"em": "loaded", "front-door": "loaded"}, browser.execute_script(LAYER_LOADED, names)
+        loaded, attempts = open_hash_state(browser, f"{server.url}/v/{token}/#!{quote(json.dumps(state))}", names)
+        assert loaded == {"em": "loaded", "front-door": "loaded"}, (
+            attempts, browser.execute_script(LAYER_LOADED, names), browser.execute_script(STATUS_TEXT))
         opened = json.loads(browser.execute_script("return JSON.stringify(viewer.state.toJSON())"))
         assert [item["name"] for item in opened["layers"]][:len(state["layers"])] == [item["name"] for item in
                                                                                      state["layers"]]
