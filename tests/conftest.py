@@ -7,9 +7,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,23 @@ def stop_server(server: Server) -> None:
         server.process.wait(10)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+def kill_while_writing(server: Server, write: Callable[[int, Any, threading.Event], None], writers: Sequence[Any],
+                       seconds: float, join_seconds: float) -> None:
+    """One thread per writer runs ``write(index, writer, stop)`` for ``seconds``; then the server is killed with
+    SIGKILL (no shutdown, no flush) and the writers are stopped and joined."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=write, args=(i, w, stop), daemon=True) for i, w in enumerate(writers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    server.process.kill()
+    server.process.wait(10)
+    stop.set()
+    for thread in threads:
+        thread.join(join_seconds)
+        assert not thread.is_alive()
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ stored spatial index serve exactly what the database holds."""
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ import requests
 
 from annotations.db import make_engine
 from tests.annotation_index import check_index
-from tests.conftest import fresh_database, start_server, stop_server
+from tests.conftest import fresh_database, kill_while_writing, start_server, stop_server
 from tests.test_annotation_source import LAYER, LIMIT, compare, layer_path, listing, random_item, written
 from tests.test_annotations import Site, prepare_database
 
@@ -100,18 +100,7 @@ def test_a_killed_server_loses_no_acknowledged_write(database: Database) -> None
     assert made.status_code == 201, made.text
     layer_id = made.json()["id"]
     writers = [Writer() for _ in range(WRITERS)]
-    stop = threading.Event()
-    threads = [threading.Thread(target=write_until_refused, args=(site, layer_id, i, w, stop), daemon=True)
-               for i, w in enumerate(writers)]
-    for thread in threads:
-        thread.start()
-    time.sleep(RUN_SECONDS)
-    server.process.kill()  # SIGKILL: no shutdown, no flush
-    server.process.wait(10)
-    stop.set()
-    for thread in threads:
-        thread.join(60)
-        assert not thread.is_alive()
+    kill_while_writing(server, functools.partial(write_until_refused, site, layer_id), writers, RUN_SECONDS, 60)
     acknowledged = sum(w.acknowledged for w in writers)
     in_flight = [w.in_flight for w in writers if w.in_flight is not None]
     assert acknowledged >= 2 * WRITERS and in_flight, (acknowledged, len(in_flight))

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import random
@@ -33,7 +34,7 @@ from sqlalchemy import Engine, text
 from annotations.accounts import Accounts
 from annotations.catalog import Catalog
 from annotations.db import make_engine, make_sessions, migrate
-from tests.conftest import Server, fresh_database, small_u8, start_server, stop_server
+from tests.conftest import Server, fresh_database, kill_while_writing, small_u8, start_server, stop_server
 from tiling.pyramid import PyramidOptions, write_pyramid
 from tiling.sources import ArraySource
 from viewer.registration import add_existing
@@ -373,18 +374,7 @@ def test_a_killed_server_loses_no_acknowledged_submission(site: Site) -> None:
     project_id, count = site.project("crash", KILL_TASK_SHAPE, KILL_REDUNDANCY)
     assert count == 240
     writers = [Writer() for _ in range(WRITERS)]
-    stop = threading.Event()
-    threads = [threading.Thread(target=submit_until_refused, args=(server.url, "crash", i, w, stop), daemon=True)
-               for i, w in enumerate(writers)]
-    for thread in threads:
-        thread.start()
-    time.sleep(RUN_SECONDS)
-    server.process.kill()  # SIGKILL: no shutdown, no flush
-    server.process.wait(10)
-    stop.set()
-    for thread in threads:
-        thread.join(120)
-        assert not thread.is_alive()
+    kill_while_writing(server, functools.partial(submit_until_refused, server.url, "crash"), writers, RUN_SECONDS, 120)
     assert [e for w in writers for e in w.errors] == []
     acknowledged = {i: a for w in writers for i, a in w.acknowledged.items()}
     in_flight = [w.in_flight for w in writers if w.in_flight is not None]
