@@ -19,14 +19,16 @@ level-0 chunks:
   a private one read with an API token (``Authorization: Bearer``), beside plain nginx in the
   same nginx instance;
 * the cost of access checks: precomputed JPEG from Lamella as it is (a public dataset read
-  anonymously, and a private one read with an API token) beside the same from the last commit
-  without access checks (``--access-baseline``, run from a git worktree of it), taking turns.
+  anonymously, and a private one read with an API token) beside the same code with its access
+  layer switched off (benchmarks/no_access_checks.py: every request admitted as anonymous), and
+  beside the last commit before accounts, access checks and the hostile-input hardening
+  (``--access-baseline``, run from a git worktree of it), taking turns, ``--access-rounds`` times.
 
 Lamella and nginx run with 1 and then 2 processes/workers. wrk runs on the same cores as
 the servers, so the numbers are a lower bound for what a separate client would see.
 
 Usage: .venv/bin/python benchmarks/serve_chunks.py [--duration S] [--quick] [--processes 1,2]
-                                                   [--nginx-only] [--access-baseline REV]
+                                                   [--nginx-only] [--access-baseline REV] [--access-rounds N]
                                                    [--quiet-wait S] [--keep]
 Results are printed and written to benchmarks/results/serve_chunks.json. Before each run
 the script waits (up to --quiet-wait seconds) for load from other programs to stop, and it
@@ -45,6 +47,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +71,7 @@ WRK_SCRIPT = HERE / "wrk_paths.lua"
 NGINX_TEMPLATE = HERE / "nginx-bench.conf.in"
 SITE_TEMPLATE = HERE.parent / "docs" / "nginx" / "lamella.conf"
 NEUROGLANCER_PEER = HERE / "neuroglancer_peer.py"
+NO_ACCESS_CHECKS = HERE / "no_access_checks.py"
 RESULTS_PATH = HERE / "results" / "serve_chunks.json"
 
 SHAPE = (256, 256, 256)  # z, y, x
@@ -83,9 +87,11 @@ TARGET_JPEG_RATIO = 5.0  # Lamella warm JPEG / Neuroglancer JPEG, at 8 connectio
 TARGET_PASSTHROUGH_RATIO = 0.25  # Lamella passthrough / nginx, at every concurrency
 TARGET_DEPLOY_PUBLIC_RATIO = 0.8  # the nginx deployment, public dataset / nginx, at every concurrency
 TARGET_DEPLOY_PRIVATE_RATIO = 0.25  # the nginx deployment, private dataset with a token / nginx
-TARGET_ACCESS_RATIO = 0.9  # precomputed JPEG with access checks / without them, at every concurrency
-# The last commit before accounts, private datasets and access checks: the "without" of that ratio.
+TARGET_ACCESS_RATIO = 0.9  # precomputed JPEG with access checks / the same code without them, every concurrency
+# The last commit before accounts, private datasets, access checks and the hostile-input hardening: shown beside
+# (what all of that costs together), not the "without" of the target (the code has changed in other ways since).
 ACCESS_BASELINE = "a92efa7"
+ACCESS_ROUNDS = 3  # turns of the access comparison at each concurrency; each server's median run is kept
 REPO = HERE.parent
 
 
@@ -389,9 +395,12 @@ def wait_until(port: int, path: str, process: subprocess.Popen[bytes], procs: Pr
 
 def start_lamella(procs: Processes, lamella: Path, bench: Bench, name: str, processes: int,
                   extra: Sequence[str] = (), env: dict[str, str] | None = None,
-                  baseline: Baseline | None = None) -> tuple[subprocess.Popen[bytes], int]:
-    """``lamella serve`` on the bench's data (or, given ``baseline``, that commit's code on its own data)."""
-    if baseline is None:
+                  baseline: Baseline | None = None, checks_off: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+    """``lamella serve`` on the bench's data (or, given ``baseline``, that commit's code on its own data; with
+    ``checks_off``, the current code with its access layer switched off)."""
+    if checks_off:
+        argv = [sys.executable, str(NO_ACCESS_CHECKS), "serve", "--data-dir", str(bench.data_dir)]
+    elif baseline is None:
         argv = [str(lamella), "serve", "--data-dir", str(bench.data_dir)]
     else:
         argv = [*baseline.lamella, "serve", "--data-dir", str(baseline.data_dir)]
@@ -673,6 +682,15 @@ class Result:
     other_cpu_pct: float  # other processes on the machine, plus hypervisor steal (should be near 0)
     irq_cpu_pct: float  # interrupts, mostly the loopback TCP traffic of the run itself
     server_cpu_by_process_pct: list[float] = field(default_factory=list)
+    rounds_requests_per_s: list[float] = field(default_factory=list)  # every run when measured in rounds
+    rounds_cpu_us_per_request: list[float] = field(default_factory=list)  # the server's CPU per answer, each run
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """The server's CPU time per answer (µs): the median of the rounds when measured in rounds."""
+        if self.rounds_cpu_us_per_request:
+            return statistics.median(self.rounds_cpu_us_per_request)
+        return 1e4 * self.server_cpu_pct / self.requests_per_s if self.requests_per_s else 0.0
 
 
 @dataclass(frozen=True)
@@ -704,18 +722,32 @@ class Runner:
         self.side_by_side([Measured(server, payload, processes, port, requests_file, mean_body, server_roots,
                                     headers_file)])
 
-    def side_by_side(self, servers: Sequence[Measured]) -> None:
+    def side_by_side(self, servers: Sequence[Measured], rounds: int = 1) -> None:
         """Each server at each concurrency, the servers taking turns at each concurrency: servers
-        compared with each other are measured minutes apart at most, not one after the other."""
+        compared with each other are measured minutes apart at most, not one after the other.
+        With ``rounds`` > 1 they take ``rounds`` turns (in alternating order) and each server's
+        median run (by requests/s) is kept, with every run's figure beside it."""
         # A short untimed run at 8 connections: reaches every process (the LRU is per process)
         # and fills caches the same way for every server.
         for m in servers:
             run_wrk(self.wrk, m.port, m.requests_file, 8, self.warmup, self.out_dir, m.headers_file)
         for connections in self.concurrency:
-            for m in servers:
-                self._run(m, connections)
+            runs: dict[int, list[Result]] = defaultdict(list)
+            for turn in range(rounds):
+                for index in (range(len(servers)) if turn % 2 == 0 else reversed(range(len(servers)))):
+                    runs[index].append(self._run(servers[index], connections, quiet=rounds > 1))
+            if rounds > 1:
+                for index, m in enumerate(servers):
+                    ordered = sorted(runs[index], key=lambda r: r.requests_per_s)
+                    median = ordered[(len(ordered) - 1) // 2]
+                    median.rounds_requests_per_s = [round(r.requests_per_s) for r in runs[index]]
+                    median.rounds_cpu_us_per_request = [round(r.cpu_us_per_request, 1) for r in runs[index]]
+                    self.results.append(median)
+                    print(f"  {label(median):<36} {m.payload:<12} c={connections:<3} median "
+                          f"{median.requests_per_s:>7.0f} req/s of {median.rounds_requests_per_s}; server CPU "
+                          f"{median.cpu_us_per_request:.0f} µs per answer", flush=True)
 
-    def _run(self, m: Measured, connections: int) -> None:
+    def _run(self, m: Measured, connections: int, quiet: bool = False) -> Result:
         server, payload, processes, port, requests_file = m.server, m.payload, m.processes, m.port, m.requests_file
         mean_body, server_roots, headers_file = m.mean_body, m.server_roots, m.headers_file
         idle_busy = wait_for_quiet(self.quiet_wait) if self.quiet_wait > 0 else 0.0
@@ -736,13 +768,15 @@ class Runner:
             server_cpu_pct=sum(by_process), wrk_cpu_pct=wrk_pct, other_cpu_pct=other, irq_cpu_pct=irq,
             server_cpu_by_process_pct=[round(v, 1) for v in by_process if v >= 0.5],
         )
-        self.results.append(result)
+        if not quiet:
+            self.results.append(result)
         flag = f"  ERRORS: {stats.errors}" if stats.errors else ""
-        print(f"  {label(result):<28} {payload:<12} c={connections:<3} {stats.requests_per_s:>9.0f} req/s  "
+        print(f"  {label(result):<36} {payload:<12} c={connections:<3} {stats.requests_per_s:>9.0f} req/s  "
               f"p50 {stats.p50_ms:7.2f} ms  p99 {stats.p99_ms:7.2f} ms  "
               f"CPU% server {result.server_cpu_pct:3.0f} wrk {wrk_pct:3.0f} irq {irq:3.0f} "
               f"other {other:3.0f}{flag}",
               flush=True)
+        return result
 
 
 def label(result: Result) -> str:
@@ -754,8 +788,12 @@ def label(result: Result) -> str:
         return f"nginx+lamella accel ({result.processes}+{result.processes})"
     if result.server in ("deploy-public", "deploy-private"):
         return f"deployment, {result.server[7:]} ({result.processes}+{result.processes})"
-    if result.server == "lamella-no-access-checks":
-        return f"lamella {ACCESS_BASELINE} no checks ({result.processes})"
+    if result.server == "lamella-before-access":
+        return f"lamella {ACCESS_BASELINE}, before ({result.processes} proc)"
+    if result.server == "lamella-checks-off":
+        return f"lamella, access checks off ({result.processes} proc)"
+    if result.server == "lamella-checks-off-token":
+        return f"lamella, checks off, +token ({result.processes} proc)"
     if result.server == "lamella-private-token":
         return f"lamella private+token ({result.processes} proc)"
     return f"{result.server} ({result.processes} proc)"
@@ -830,11 +868,12 @@ def remove_baseline(baseline: Baseline | None) -> None:
 
 def measure_lamella(runner: Runner, procs: Processes, lamella: Path, bench: Bench, processes: int,
                     with_extras: bool, jpeg_set: RequestSet, chunk_set: RequestSet, range_set: RequestSet,
-                    private_jpeg_set: RequestSet, baseline: Baseline | None) -> None:
+                    private_jpeg_set: RequestSet, baseline: Baseline | None, access_rounds: int) -> None:
     """Lamella alone: precomputed JPEG (LRU warm, and off unless --quick) and the Zarr passthrough.
 
-    With a baseline, JPEG is measured taking turns with the baseline commit's server (no access checks)
-    and with the private dataset read with a token: what access checks cost.
+    JPEG is measured taking turns with the same code with its access layer switched off, with the
+    private dataset read with a token, and (given a baseline) with the baseline commit's server:
+    what access checks cost.
     """
     (jpeg, jpeg_file), (lamella_chunks, chunks_file), (lamella_ranges, ranges_file) = jpeg_set, chunk_set, range_set
     private_jpeg, private_jpeg_file = private_jpeg_set
@@ -844,20 +883,28 @@ def measure_lamella(runner: Runner, procs: Processes, lamella: Path, bench: Benc
     if scale["voxel_offset"] != [0, 0, 0] or scale["chunk_sizes"] != [[CHUNK] * 3]:
         raise BenchError(f"unexpected level 0 of the precomputed info: {scale}")
     size = verify(port, jpeg, bench.volume, "lamella jpeg")
-    if baseline is None:
-        runner.measure("lamella", "jpeg", processes, port, jpeg_file, size, [process.pid])
-    else:
+    token = {"Authorization": f"Bearer {bench.token}"}
+    off, off_port = start_lamella(procs, lamella, bench, f"lamella-checks-off-{processes}", processes,
+                                  checks_off=True)
+    private_size = verify(port, private_jpeg, bench.volume, "lamella private jpeg", token)
+    compared = [  # the same requests with checks on and off: the private ones with the token's header too
+        Measured("lamella-checks-off", "jpeg", processes, off_port, jpeg_file,
+                 verify(off_port, jpeg, bench.volume, "lamella jpeg, access checks off"), [off.pid]),
+        Measured("lamella", "jpeg", processes, port, jpeg_file, size, [process.pid]),
+        Measured("lamella-checks-off-token", "jpeg", processes, off_port, private_jpeg_file, private_size,
+                 [off.pid], bench.token_headers),
+        Measured("lamella-private-token", "jpeg", processes, port, private_jpeg_file, private_size, [process.pid],
+                 bench.token_headers),
+    ]
+    old = None
+    if baseline is not None:
         old, old_port = start_lamella(procs, lamella, bench, f"lamella-{baseline.rev}-{processes}", processes,
                                       baseline=baseline)
-        token = {"Authorization": f"Bearer {bench.token}"}
-        runner.side_by_side([
-            Measured("lamella-no-access-checks", "jpeg", processes, old_port, jpeg_file,
-                     verify(old_port, jpeg, bench.volume, f"lamella {baseline.rev} jpeg"), [old.pid]),
-            Measured("lamella", "jpeg", processes, port, jpeg_file, size, [process.pid]),
-            Measured("lamella-private-token", "jpeg", processes, port, private_jpeg_file,
-                     verify(port, private_jpeg, bench.volume, "lamella private jpeg", token), [process.pid],
-                     bench.token_headers),
-        ])
+        compared.append(Measured("lamella-before-access", "jpeg", processes, old_port, jpeg_file,
+                                 verify(old_port, jpeg, bench.volume, f"lamella {baseline.rev} jpeg"), [old.pid]))
+    runner.side_by_side(compared, rounds=access_rounds)
+    procs.stop(off)
+    if old is not None:
         procs.stop(old)
     size = verify(port, lamella_chunks, bench.volume, "lamella zarr chunks")
     runner.measure("lamella", "zarr-chunk", processes, port, chunks_file, size, [process.pid])
@@ -921,7 +968,10 @@ def _run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, proc
     runner = Runner(wrk, args.duration, args.warmup, CONCURRENCY, bench.tmp, args.quiet_wait)
     notes: dict[str, Any] = {}
     if baseline is not None:
-        notes["access-check baseline"] = f"commit {baseline.rev} (the last without accounts and access checks)"
+        notes["before access checks"] = (f"commit {baseline.rev} (the last without accounts, access checks and the "
+                                         "hostile-input hardening)")
+    notes["access checks off"] = ("the current code started through benchmarks/no_access_checks.py: every request "
+                                  "admitted as anonymous, nothing else changed")
 
     jpeg = jpeg_requests(bench)
     jpeg_file = write_requests_file(bench, "lamella-jpeg", jpeg)
@@ -956,7 +1006,7 @@ def _run_all(args: argparse.Namespace, wrk: str, nginx: str, lamella: Path, proc
             print(f"\nLamella, {processes} process(es):", flush=True)
             measure_lamella(runner, procs, lamella, bench, processes, with_extras, (jpeg, jpeg_file),
                             (lamella_chunks, lamella_chunks_file), (lamella_ranges, lamella_ranges_file),
-                            (private_jpeg, private_jpeg_file), baseline)
+                            (private_jpeg, private_jpeg_file), baseline, args.access_rounds)
 
         print(f"\nnginx, {processes} worker(s); the deployment of docs/deploy-nginx.md; nginx in front of "
               "Lamella --accel-redirect:", flush=True)
@@ -1019,6 +1069,9 @@ class Ratio:
     concurrency: int
     value: float
     target: float | None = None
+    # Answers per second of server CPU, over the same of the denominator (its CPU per answer over ours): the
+    # cost per request, less moved by the load from outside the benchmark than requests/s (measured in rounds)
+    cpu_value: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -1051,10 +1104,14 @@ def ratios(results: Sequence[Result], process_counts: Sequence[int]) -> list[Rat
          False, TARGET_DEPLOY_PUBLIC_RATIO, None),
         ("deployment private range / nginx range", ("deploy-private", "shard-range"), ("nginx", "shard-range"),
          False, TARGET_DEPLOY_PRIVATE_RATIO, None),
-        ("JPEG public, access checks / none", ("lamella", "jpeg"), ("lamella-no-access-checks", "jpeg"), False,
+        ("JPEG public, access checks on / off", ("lamella", "jpeg"), ("lamella-checks-off", "jpeg"), False,
          TARGET_ACCESS_RATIO, None),
-        ("JPEG private+token, access checks / none", ("lamella-private-token", "jpeg"),
-         ("lamella-no-access-checks", "jpeg"), False, TARGET_ACCESS_RATIO, None),
+        ("JPEG private+token, checks on / off", ("lamella-private-token", "jpeg"),
+         ("lamella-checks-off-token", "jpeg"), False, TARGET_ACCESS_RATIO, None),
+        (f"JPEG public / {ACCESS_BASELINE} (before)", ("lamella", "jpeg"), ("lamella-before-access", "jpeg"),
+         False, None, None),
+        (f"JPEG private+token / {ACCESS_BASELINE} (before)", ("lamella-private-token", "jpeg"),
+         ("lamella-before-access", "jpeg"), False, None, None),
     ]
     for name, (num_server, num_payload), (den_server, den_payload), single, target, target_at in specs:
         for processes in process_counts:
@@ -1064,8 +1121,11 @@ def ratios(results: Sequence[Result], process_counts: Sequence[int]) -> list[Rat
                 if num is None or den is None or den.requests_per_s == 0:
                     continue
                 applies = target_at is None or concurrency in target_at
+                cpu = None
+                if num.rounds_cpu_us_per_request and den.rounds_cpu_us_per_request:
+                    cpu = den.cpu_us_per_request / num.cpu_us_per_request
                 out.append(Ratio(name, processes, concurrency, num.requests_per_s / den.requests_per_s,
-                                 target if applies else None))
+                                 target if applies else None, cpu))
     return out
 
 
@@ -1089,8 +1149,9 @@ def print_report(results: Sequence[Result], ratio_list: Sequence[Ratio], notes: 
               f"{r.wrk_cpu_pct:>7.0f} {r.irq_cpu_pct:>5.0f} {r.other_cpu_pct:>5.0f} {r.errors:>6}")
     print("\nRatios (req/s over req/s; Neuroglancer always runs as its one process):")
     for ratio in ratio_list:
-        print(f"  {ratio.name:<42} procs={ratio.processes} c={ratio.concurrency:<3} {ratio.value:7.2f}x"
-              + (f"  (target >= {ratio.target:g}x: {ratio.verdict})" if ratio.target is not None else ""))
+        print(f"  {ratio.name:<44} procs={ratio.processes} c={ratio.concurrency:<3} {ratio.value:7.2f}x"
+              + (f"  (target >= {ratio.target:g}x: {ratio.verdict})" if ratio.target is not None else "")
+              + (f"  [per server CPU: {ratio.cpu_value:.2f}x]" if ratio.cpu_value is not None else ""))
     print("\nJPEG: Lamella encodes at quality 85 (imagecodecs), Neuroglancer at Pillow's default 75; "
           "'body KB' is the mean chunk size.")
     for key, value in notes.items():
@@ -1145,8 +1206,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="only plain nginx, the nginx deployment and nginx in front of Lamella (no Neuroglancer, "
                              "no Lamella alone)")
     parser.add_argument("--access-baseline", default=ACCESS_BASELINE, metavar="REV",
-                        help="the commit whose server (run from a git worktree) is JPEG without access checks; "
-                             "'' to skip [default: %(default)s, the last one before them]")
+                        help="a commit whose server (run from a git worktree) is measured beside JPEG with access "
+                             "checks; '' to skip [default: %(default)s, the last one before accounts, access "
+                             "checks and the hostile-input hardening]")
+    parser.add_argument("--access-rounds", type=int, default=ACCESS_ROUNDS,
+                        help="turns of the access comparison at each concurrency (the median is kept) "
+                             "[default: %(default)s]")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs, data)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
     args = parser.parse_args(argv)
