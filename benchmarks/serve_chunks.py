@@ -1069,8 +1069,8 @@ class Ratio:
     concurrency: int
     value: float
     target: float | None = None
-    # Answers per second of server CPU, over the same of the denominator (its CPU per answer over ours): the
-    # cost per request, less moved by the load from outside the benchmark than requests/s (measured in rounds)
+    # The denominator's server CPU per answer over ours (medians of the rounds): the cost per request, beside the
+    # requests/s that wrk and outside load on the same cores also move
     cpu_value: float | None = None
 
     @property
@@ -1209,7 +1209,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a commit whose server (run from a git worktree) is measured beside JPEG with access "
                              "checks; '' to skip [default: %(default)s, the last one before accounts, access "
                              "checks and the hostile-input hardening]")
-    parser.add_argument("--access-rounds", type=int, default=ACCESS_ROUNDS,
+    parser.add_argument("--access-rounds", type=lambda v: max(1, int(v)), default=ACCESS_ROUNDS,
                         help="turns of the access comparison at each concurrency (the median is kept) "
                              "[default: %(default)s]")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs, data)")
