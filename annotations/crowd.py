@@ -184,8 +184,7 @@ class Crowd:
                 project.threshold = float(changes.threshold)
             if changes.workflow is not None:
                 current = self._workflow(session, project.id)
-                image = session.get(Image, project.image_id)
-                assert image is not None
+                image = self._image(session, project)
                 if current.tool != changes.workflow.tool:
                     layer = session.get(AnnotationLayer, project.consensus_layer_id)
                     if layer is not None and layer.generation > 0:
@@ -250,9 +249,7 @@ class Crowd:
         require(actor, Action.CURATE, access)
         with self._writing() as session:
             project = self._project(session, access, name)
-            image = session.get(Image, project.image_id)
-            assert image is not None
-            shape = xyz(image.shape)
+            shape = xyz(self._image(session, project).shape)
             lower = body.lower or [0, 0, 0]
             upper = body.upper or list(shape)
             check_region(lower, upper, shape)
@@ -280,9 +277,7 @@ class Crowd:
         require(actor, Action.CURATE, access)
         with self._writing() as session:
             project = self._project(session, access, name)
-            image = session.get(Image, project.image_id)
-            assert image is not None
-            shape = xyz(image.shape)
+            shape = xyz(self._image(session, project).shape)
             check_region(body.lower, body.upper, shape)
             workflow = self._workflow(session, project.id)
             answer = check_marks(body.answer, workflow.tool, workflow.labels, body.lower, body.upper)
