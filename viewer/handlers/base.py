@@ -139,7 +139,9 @@ class BaseHandler(RequestHandler):
         action = self.rule.action(method)
         if action is None:
             raise MethodNotAllowed(method)
-        if self._declared_length() > self.rule.body_limit:
+        # A handler that does not stream has its whole body already (the server's largest route limit bounds it).
+        length = self._declared_length() if self._stream_request_body else len(self.request.body)  # type: ignore[attr-defined]
+        if length > self.rule.body_limit:
             raise BodyTooLarge(self.rule.body_limit)
         actor = self.services.identity.known_actor(self.request)
         if actor is None:
