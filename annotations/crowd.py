@@ -390,8 +390,14 @@ class Crowd:
 
     def next_task_and_progress(self, actor: Actor, access: DatasetAccess, name: str, volunteer_id: int,
                                rng: random.Random | None = None) -> tuple[TaskOffer | None, ProgressRecord]:
-        """``next_task`` and then the volunteer's progress, in the same transaction (what a task page asks)."""
+        """``next_task`` and then the volunteer's progress, in the same transaction (what a task page asks). The
+        volunteer's open task, the usual answer (a submission hands out the next one), needs no write."""
         require(actor, Action.READ, access)
+        with self.sessions() as session:
+            project = self._project(session, access, name)
+            offer = self._open_offer(session, project, volunteer_id, utcnow()) if project.status == "active" else None
+            if offer is not None:
+                return offer, self._progress(session, project.id, volunteer_id)
         with self._writing() as session:
             project = self._project(session, access, name)
             offer = self._next(session, project, volunteer_id, rng or random.Random())
@@ -452,14 +458,13 @@ class Crowd:
                 participation.quality = cs.volunteer_quality(participation.gold_f1, participation.consensus_f1)
             session.flush()
             submission_id = submission.id
-        if retired:
-            self._forget_counts(project.id)
-            with contextlib.suppress(Exception):  # recomputed on request if this fails; the submission is kept
-                self.consensus_for_task(access, project.id, task_id)
-        with self._writing() as session:
-            project = self._project(session, access, name)
+            if retired:
+                self._forget_counts(project.id)
             offer = self._next(session, project, volunteer_id, rng or random.Random())
             progress = self._progress(session, project.id, volunteer_id)
+        if retired:
+            with contextlib.suppress(Exception):  # recomputed on request if this fails; the submission is kept
+                self.consensus_for_task(access, project.id, task_id)
         return SubmittedRecord(submission=submission_id, task=task_id, retired=retired, feedback=feedback,
                                next=offer, progress=progress)
 
@@ -483,20 +488,30 @@ class Crowd:
         if random.random() < 0.01:  # old events go now and then
             session.execute(delete(RateEvent).where(RateEvent.at < now - timedelta(hours=1)))
 
+    def _open_offer(self, session: Session, project: CrowdProject, volunteer_id: int, now: datetime
+                    ) -> TaskOffer | None:
+        """The volunteer's open assignment in the project, if any, as an offer (one query)."""
+        found = session.execute(
+            select(Assignment, CrowdTask.lower, CrowdTask.upper, WorkflowVersion)
+            .join(CrowdTask, CrowdTask.id == Assignment.task_id)
+            .join(WorkflowVersion, WorkflowVersion.id == Assignment.workflow_version_id)
+            .where(Assignment.volunteer_id == volunteer_id, Assignment.project_id == project.id,
+                   Assignment.status == "open", Assignment.expires_at > now, CrowdTask.status == "active")
+            .order_by(Assignment.id.desc()).limit(1)).first()
+        if found is None:
+            return None
+        assignment, lower, upper, workflow = found
+        return _offer(assignment, lower, upper, workflow)
+
     def _next(self, session: Session, project: CrowdProject, volunteer_id: int, rng: random.Random
               ) -> TaskOffer | None:
         if project.status != "active":
             return None
         now = utcnow()
+        offer = self._open_offer(session, project, volunteer_id, now)
+        if offer is not None:
+            return offer
         workflow = self._workflow(session, project.id)
-        open_one = session.execute(
-            select(Assignment, CrowdTask).join(CrowdTask, CrowdTask.id == Assignment.task_id)
-            .where(Assignment.volunteer_id == volunteer_id, Assignment.project_id == project.id,
-                   Assignment.status == "open", Assignment.expires_at > now, CrowdTask.status == "active")
-            .order_by(Assignment.id.desc()).limit(1)).first()
-        if open_one is not None:
-            assignment, task = open_one
-            return self._offer(session, task, assignment)
         self._expire(session, project.id, now)
         participation = self._participation(session, project.id, volunteer_id)
         gold_rate = GOLD_EARLY if participation.submitted < GOLD_EARLY_COUNT else GOLD_LATE
@@ -507,18 +522,14 @@ class Crowd:
                 if not candidates:
                     break
                 for task_id in candidates:
-                    if gold or self._take_place(session, task_id, workflow.redundancy):
-                        if gold:
-                            session.execute(update(CrowdTask).where(CrowdTask.id == task_id)
-                                            .values(handed_out=CrowdTask.handed_out + 1))
+                    region = self._take_place(session, task_id, workflow.redundancy, gold)
+                    if region is not None:
                         assignment = Assignment(project_id=project.id, task_id=task_id, volunteer_id=volunteer_id,
                                                 workflow_version_id=workflow.id, status="open", assigned_at=now,
                                                 expires_at=now + timedelta(minutes=ASSIGNMENT_MINUTES))
                         session.add(assignment)
                         session.flush()
-                        task = session.get(CrowdTask, task_id, populate_existing=True)  # as updated above
-                        assert task is not None
-                        return self._offer(session, task, assignment)
+                        return _offer(assignment, *region, workflow)
                 # every candidate filled up meanwhile (another process): look again
         return None
 
@@ -550,14 +561,17 @@ class Crowd:
             pause = min(pause * 2, 0.05)
 
     @staticmethod
-    def _take_place(session: Session, task_id: int, redundancy: int) -> bool:
-        """One more assignment of the task if it has a free place: the only way ``handed_out`` grows."""
-        result = session.execute(
-            update(CrowdTask)
-            .where(CrowdTask.id == task_id, CrowdTask.status == "active",
-                   CrowdTask.handed_out < redundancy + SLACK)
-            .values(handed_out=CrowdTask.handed_out + 1))
-        return bool(result.rowcount)
+    def _take_place(session: Session, task_id: int, redundancy: int, gold: bool = False
+                    ) -> tuple[list[Any], list[Any]] | None:
+        """One more assignment of the task if it has a free place (a gold task always has one): the only way
+        ``handed_out`` grows. Returns the task's region (lower, upper), or None when it had no place."""
+        query = update(CrowdTask).where(CrowdTask.id == task_id, CrowdTask.status == "active")
+        if not gold:
+            query = query.where(CrowdTask.handed_out < redundancy + SLACK)
+        row = session.execute(query.values(handed_out=CrowdTask.handed_out + 1)
+                              .returning(CrowdTask.lower, CrowdTask.upper)
+                              .execution_options(synchronize_session=False)).first()
+        return None if row is None else (row[0], row[1])
 
     @staticmethod
     def _expire(session: Session, project_id: int, now: datetime) -> None:
@@ -571,13 +585,6 @@ class Crowd:
             if done.rowcount:
                 session.execute(update(CrowdTask).where(CrowdTask.id == assignment.task_id)
                                 .values(handed_out=CrowdTask.handed_out - 1))
-
-    def _offer(self, session: Session, task: CrowdTask, assignment: Assignment) -> TaskOffer:
-        workflow = session.get(WorkflowVersion, assignment.workflow_version_id)
-        assert workflow is not None
-        return TaskOffer(task=task.id, assignment=assignment.id, lower=task.lower, upper=task.upper,
-                         slice=(task.lower[2] + task.upper[2] - 1) // 2, workflow=workflow_record(workflow),
-                         expires_at=as_utc(assignment.expires_at))
 
     # Consensus
 
@@ -617,7 +624,7 @@ class Crowd:
             task = session.get(CrowdTask, task_id)
             assert task is not None
             task.consensus = {"ids": created.ids, "agreement": [float(mark.agreement) for mark in found]}
-            for volunteer_id, f1 in agreement_f1.items():
+            for volunteer_id, f1 in sorted(agreement_f1.items()):  # one lock order for concurrent consensus
                 participation = self._participation(session, project_id, volunteer_id)
                 participation.consensus_f1 = [*participation.consensus_f1, f1][-200:]
                 participation.quality = cs.volunteer_quality(participation.gold_f1, participation.consensus_f1)
@@ -805,6 +812,12 @@ def check_region(lower: Sequence[int], upper: Sequence[int], shape: Sequence[int
 
 def as_utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _offer(assignment: Assignment, lower: list[Any], upper: list[Any], workflow: WorkflowVersion) -> TaskOffer:
+    return TaskOffer(task=assignment.task_id, assignment=assignment.id, lower=lower, upper=upper,
+                     slice=(lower[2] + upper[2] - 1) // 2, workflow=workflow_record(workflow),
+                     expires_at=as_utc(assignment.expires_at))
 
 
 def task_record(task: CrowdTask) -> TaskRecord:
