@@ -61,6 +61,7 @@ class BaseHandler(RequestHandler):
     services: Services
     rule: Rule
     cors = False  # data endpoints of public datasets are readable from any origin
+    _private = False  # the answer is for this actor only (``private_headers``): no CORS headers
     actor: Actor = ANONYMOUS
     dataset_access: DatasetAccess | None = None
     session_access: SessionAccess | None = None
@@ -86,13 +87,15 @@ class BaseHandler(RequestHandler):
         self._prepared = False
 
     def set_default_headers(self) -> None:
-        if self.cors:
-            for name, value in CORS_HEADERS.items():
-                self.set_header(name, value)
+        """None here: the CORS headers are added as the headers are written (``flush``), unless the answer is
+        private by then (``private_headers``)."""
 
     # The rule, before the body is read
 
     def flush(self, include_footers: bool = False) -> Future[None]:
+        if self.cors and not self._private and not self._headers_written:  # type: ignore[has-type]
+            for name, value in CORS_HEADERS.items():
+                self.set_header(name, value)
         if (not self._headers_written and self.request.version == "HTTP/1.0"  # type: ignore[has-type]
                 and "Content-Length" not in self._headers):
             # HTTP/1.0 has no chunked framing: a body streamed without a length ends when the connection does.
@@ -198,8 +201,7 @@ class BaseHandler(RequestHandler):
 
     def private_headers(self) -> None:
         """A private dataset's answers are for this actor only: no shared caches, no other origins."""
-        for name in CORS_HEADERS:
-            self.clear_header(name)
+        self._private = True
         self.set_header("Vary", "Cookie, Authorization")
 
     def check_xsrf(self) -> None:
