@@ -7,6 +7,7 @@ visibility change reaches every server process within that time. The caches are 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,8 @@ class _Cache:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._entries: dict[Any, tuple[float, bool, Any]] = {}
+        self._loading: dict[Any, asyncio.Future[tuple[float, bool, Any]]] = {}
+        self._generation = 0  # ``clear`` counts up: a load begun before it is not kept
 
     def _found(self, key: Any) -> tuple[float, bool, Any] | None:
         found = self._entries.get(key)
@@ -70,21 +73,44 @@ class _Cache:
         return value
 
     async def get(self, key: Any, load: Callable[[], Awaitable[T]], remember: tuple[type[Exception], ...]) -> T:
+        """The cached value, else ``load()``'s (one load per key at a time: requests that miss while it runs
+        wait for it instead of each asking the database)."""
         found = self._found(key)
         if found is None:
-            deadline = time.monotonic() + self.ttl  # from before the look-up: never older than ``ttl``
-            try:
-                found = (deadline, True, await load())
-            except remember as error:
-                found = (deadline, False, error)
-            self._store(key, found)
+            loading = self._loading.get(key)
+            if loading is None:
+                loading = self._loading[key] = asyncio.ensure_future(self._load(key, load, remember))
+                loading.add_done_callback(_retrieved)  # a failure nobody waits for any more is not logged as lost
+            found = await asyncio.shield(loading)
         _, ok, value = found
         if not ok:
             raise value
         return value
 
+    async def _load(self, key: Any, load: Callable[[], Awaitable[Any]], remember: tuple[type[Exception], ...]
+                    ) -> tuple[float, bool, Any]:
+        generation = self._generation
+        deadline = time.monotonic() + self.ttl  # from before the look-up: never older than ``ttl``
+        try:
+            found = (deadline, True, await load())
+        except remember as error:
+            found = (deadline, False, error)
+        finally:
+            if self._generation == generation:
+                self._loading.pop(key, None)
+        if self._generation == generation:  # not cleared meanwhile (what it read may predate the change)
+            self._store(key, found)
+        return found
+
     def clear(self) -> None:
         self._entries.clear()
+        self._loading.clear()
+        self._generation += 1
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Identity:
