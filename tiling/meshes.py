@@ -240,10 +240,15 @@ def _unit_path(parts: Path, lod: Lod, start: tuple[int, int, int]) -> Path:
     return parts / f"{lod.lod}-{start[0]}-{start[1]}-{start[2]}.part"
 
 
+def _unit_nodes(lod: Lod, start: tuple[int, int, int]) -> list[int]:
+    """How many nodes a work unit starting at ``start`` has along each axis (fewer at the grid's edge)."""
+    return [min(UNIT_NODES, g - s) for g, s in zip(lod.grid, start, strict=True)]
+
+
 def read_unit(plan: MeshPlan, lod_index: int, start: tuple[int, int, int], volume: Volume | None = None) -> np.ndarray:
     """The labels one work unit meshes: its nodes and a margin of one voxel, padded as ``_read_padded`` does."""
     lod = plan.lods[lod_index]
-    count = [min(UNIT_NODES, g - s) for g, s in zip(lod.grid, start, strict=True)]
+    count = _unit_nodes(lod, start)
     low = [s * n for s, n in zip(start, lod.node, strict=True)]
     high = [lo + c * n + 1 for lo, c, n in zip(low, count, lod.node, strict=True)]
     return _read_padded(volume or _open_in_worker(plan.uri), lod.level, low, high)
@@ -260,7 +265,7 @@ def mesh_unit(plan: MeshPlan, lod_index: int, start: tuple[int, int, int], parts
     path = _unit_path(parts, lod, start)
     if path.exists():
         return -1
-    count = [min(UNIT_NODES, g - s) for g, s in zip(lod.grid, start, strict=True)]
+    count = _unit_nodes(lod, start)
     if labels is None:
         labels = read_unit(plan, lod_index, start)
     mesher = zmesh.Mesher((1, 1, 1))

@@ -86,22 +86,20 @@ class BaseHandler(RequestHandler):
         self._cut_short = False  # answered before the whole body arrived: the connection closes after the answer
         self._prepared = False
 
-    def set_default_headers(self) -> None:
-        """None here: the CORS headers are added as the headers are written (``flush``), unless the answer is
-        private by then (``private_headers``)."""
-
     # The rule, before the body is read
 
     def flush(self, include_footers: bool = False) -> Future[None]:
-        if self.cors and not self._private and not self._headers_written:  # type: ignore[has-type]
-            for name, value in CORS_HEADERS.items():
-                self.set_header(name, value)
-        if (not self._headers_written and self.request.version == "HTTP/1.0"  # type: ignore[has-type]
-                and "Content-Length" not in self._headers):
-            # HTTP/1.0 has no chunked framing: a body streamed without a length ends when the connection does.
-            # Tornado would answer a keep-alive request with Keep-Alive and leave the client waiting.
-            self.request.headers["Connection"] = "close"
-            self.request.connection._disconnect_on_finish = True  # type: ignore[union-attr]  # no public switch
+        if not self._headers_written:  # type: ignore[has-type]
+            # CORS headers go on as the headers are written, unless the answer is private by then
+            # (``private_headers``): set earlier, a private answer would have to clear them again.
+            if self.cors and not self._private:
+                for name, value in CORS_HEADERS.items():
+                    self.set_header(name, value)
+            if self.request.version == "HTTP/1.0" and "Content-Length" not in self._headers:
+                # HTTP/1.0 has no chunked framing: a body streamed without a length ends when the connection
+                # does. Tornado would answer a keep-alive request with Keep-Alive and leave the client waiting.
+                self.request.headers["Connection"] = "close"
+                self.request.connection._disconnect_on_finish = True  # type: ignore[union-attr]  # no public switch
         return super().flush(include_footers)
 
     def prepare(self) -> Awaitable[None] | None:
