@@ -259,7 +259,7 @@ class AnnotationVersion(Base):
 
     __tablename__ = "annotation_versions"
     __table_args__ = (
-        Index("ix_annotation_versions_cell", "layer_id", "cell", "valid_to", "valid_from"),
+        Index("ix_annotation_versions_cell", "layer_id", "cell", "valid_to"),
         Index("ix_annotation_versions_annotation", "annotation_id", "valid_from"),
         Index("ix_annotation_versions_layer_order", "layer_id", "annotation_id"),
         Index("ix_annotation_versions_layer_time", "layer_id", "valid_from"),

@@ -32,7 +32,7 @@ cell then holds fewer than it could, until later annotations fill it); the first
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -190,40 +190,9 @@ def _level(plan: LevelPlan, level: int, state: CellState, pending: Batch, met: M
     over = np.flatnonzero(extra > 0)
     # Where a cell overflows: its (key, id) threshold (what is below stays) and the incumbents it evicts.
     wanted = {int(cells[i]): int(min(extra[i] + 1, count[i])) for i in over.tolist() if count[i] > 0}
-    largest = state.largest(level, wanted)
-    members: dict[int, list[int]] = defaultdict(list)  # cell number -> its eligible rows, for overflowing cells
-    overflowing = np.zeros(len(cells), dtype=bool)
-    overflowing[over] = True
-    for row in np.flatnonzero(eligible & (where >= 0) & overflowing[np.maximum(where, 0)]).tolist():
-        members[int(where[row])].append(row)
-    for row, ok in several_eligible.items():
-        if ok:
-            for cell in met.several[row]:
-                if overflowing[number[cell]]:
-                    members[number[cell]].append(row)
-    threshold_key = np.full(len(cells), np.inf)
-    threshold_id = np.zeros(len(cells), dtype=np.int64)
-    new_max = max_key.copy()
-    evicted: dict[int, tuple[float, bytes]] = {}
-    for i in over.tolist():
-        incumbents = largest.get(int(cells[i]), [])
-        records = {annotation_id: (key, record) for key, annotation_id, record in incumbents}
-        rows = members[i]
-        # The union of incumbents (row -1) and contenders, largest (key, id) first, sorted by NumPy (a sort of
-        # 100,000 tuples would hold the interpreter lock for 100 ms: ``annotations.gradual``).
-        union_keys = np.concatenate([np.array([k for k, _, _ in incumbents], dtype=np.float64), keys[rows]])
-        union_ids = np.concatenate([np.array([a for _, a, _ in incumbents], dtype=np.int64), ids[rows]])
-        union_rows = np.concatenate([np.full(len(incumbents), -1, dtype=np.int64), np.array(rows, dtype=np.int64)])
-        order = np.lexsort((union_ids, union_keys))[::-1]
-        union = list(zip(union_keys[order].tolist(), union_ids[order].tolist(), union_rows[order].tolist(),
-                         strict=True))
-        dropped, kept = union[:extra[i]], union[extra[i]:]
-        threshold_key[i], threshold_id[i] = dropped[-1][0], dropped[-1][1]
-        for _, annotation_id, row in dropped:
-            if row < 0:
-                evicted[annotation_id] = records[annotation_id]
-        all_read = len(incumbents) == count[i]
-        new_max[i] = kept[0][0] if kept and (all_read or any(row < 0 for _, _, row in kept)) else threshold_key[i]
+    threshold_key, threshold_id, new_max, evicted = _overflow(
+        over, extra, count, max_key, state.largest(level, wanted), number, where, eligible, several_eligible, met,
+        keys, ids)
     below = np.zeros(n, dtype=bool)
     cell_of = np.maximum(where, 0)
     below[singles] = (keys[singles] < threshold_key[cell_of[singles]]) | (
@@ -266,6 +235,59 @@ def _level(plan: LevelPlan, level: int, state: CellState, pending: Batch, met: M
                  rest.records + sinking.records, np.concatenate([rest.lower, sinking.lower]),
                  np.concatenate([rest.upper, sinking.upper]))
     return both.take(np.lexsort((both.ids, both.keys)))
+
+
+def _overflow(over: np.ndarray, extra: np.ndarray, count: np.ndarray, max_key: np.ndarray,
+              largest: dict[int, list[Incumbent]], number: dict[int, int], where: np.ndarray, eligible: np.ndarray,
+              several_eligible: dict[int, bool], met: Met, keys: np.ndarray, ids: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, tuple[float, bytes]]]:
+    """Where cells overflow, which of their incumbents (read) and contenders go: in each such cell the union of
+    both, largest (key, id) first, drops its first ``extra`` (the cell's excess). Returns per cell number the
+    (key, id) threshold (what is below it stays), the cells' new key bounds, and the evicted incumbents.
+
+    All overflowing cells at once, as one table sorted by NumPy: cell by cell, this was a sort and a dozen
+    small arrays for each of thousands of cells."""
+    m = len(extra)
+    overflowing = np.zeros(m, dtype=bool)
+    overflowing[over] = True
+    # Incumbents read (row -1), then the contenders of overflowing cells: single-cell boxes and spanning ones.
+    read = [(number[cell], key, annotation_id) for cell, rows in largest.items() for key, annotation_id, _ in rows]
+    records = {annotation_id: (key, record) for rows in largest.values() for key, annotation_id, record in rows}
+    single_rows = np.flatnonzero(eligible & (where >= 0) & overflowing[np.maximum(where, 0)])
+    spanning = [(number[cell], row) for row, ok in several_eligible.items() if ok for cell in met.several[row]
+                if overflowing[number[cell]]]
+    spanning_rows = np.array([row for _, row in spanning], dtype=np.int64)
+    cell = np.concatenate([np.array([c for c, _, _ in read], dtype=np.int64), where[single_rows],
+                           np.array([c for c, _ in spanning], dtype=np.int64)])
+    key = np.concatenate([np.array([k for _, k, _ in read], dtype=np.float64), keys[single_rows],
+                          keys[spanning_rows]])
+    ident = np.concatenate([np.array([a for _, _, a in read], dtype=np.int64), ids[single_rows],
+                            ids[spanning_rows]])
+    row = np.concatenate([np.full(len(read), -1, dtype=np.int64), single_rows, spanning_rows])
+    order = np.lexsort((-ident, -key, cell))  # by cell, largest (key, id) first
+    cell, key, ident, row = cell[order], key[order], ident[order], row[order]
+    starts = np.searchsorted(cell, over)
+    place = np.arange(len(cell)) - starts[np.searchsorted(over, cell)]  # position within its cell
+    excess = extra[cell]
+    last_dropped = place == excess - 1
+    threshold_key = np.full(m, np.inf)
+    threshold_id = np.zeros(m, dtype=np.int64)
+    threshold_key[cell[last_dropped]] = key[last_dropped]
+    threshold_id[cell[last_dropped]] = ident[last_dropped]
+    first_kept = place == excess
+    kept_key = np.full(m, -1.0)
+    kept_key[cell[first_kept]] = key[first_kept]
+    has_kept = np.zeros(m, dtype=bool)
+    has_kept[cell[first_kept]] = True
+    incumbent_kept = np.zeros(m, dtype=bool)
+    incumbent_kept[cell[(place >= excess) & (row < 0)]] = True
+    all_read = np.bincount(cell[row < 0], minlength=m) == count
+    new_max = max_key.copy()
+    new_max[over] = np.where((has_kept & (all_read | incumbent_kept))[over], kept_key[over], threshold_key[over])
+    evicted: dict[int, tuple[float, bytes]] = {}
+    for annotation_id in ident[(place < excess) & (row < 0)].tolist():
+        evicted[annotation_id] = records[annotation_id]
+    return threshold_key, threshold_id, new_max, evicted
 
 
 def _sinking(evicted: dict[int, tuple[float, bytes]], bounds: Boxes) -> Batch:

@@ -146,3 +146,35 @@ def test_session_generations(services) -> None:
         sessions.get("missing")
     with pytest.raises(SessionNotFound):
         sessions.set_state("missing", {}, expected="x")
+
+
+def test_wal_checkpoints_run_in_the_background(tmp_path) -> None:
+    """An engine made for background checkpoints leaves commits' WAL alone; its checkpointer copies what was
+    written into the database soon after the writing connection goes back to the pool."""
+    import time
+
+    from annotations.db import WalCheckpointer, sqlite_url
+
+    engine = make_engine(sqlite_url(tmp_path), checkpoint_in_background=True)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    checkpointer = WalCheckpointer(engine, interval=60).start()
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE t (x BLOB)")
+            connection.exec_driver_sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE "
+                                       "i < 3000) INSERT INTO t SELECT randomblob(4000) FROM n")
+        wal = tmp_path / "lamella.sqlite-wal"
+        assert wal.stat().st_size > 3000 * 4096  # the commit itself checkpointed nothing
+        deadline = time.monotonic() + 10
+        while (database := (tmp_path / "lamella.sqlite").stat().st_size) < 3000 * 4000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert database >= 3000 * 4000, "the checkpointer copied the WAL into the database"
+    finally:
+        checkpointer.stop()
+        engine.dispose()
+    plain = make_engine(sqlite_url(tmp_path))
+    with plain.connect() as connection:  # other engines keep SQLite's own checkpoints
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+        assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 3000
+    plain.dispose()

@@ -18,7 +18,7 @@ from annotations.annotation_source import AnnotationSource
 from annotations.annotation_store import AnnotationStore
 from annotations.catalog import Catalog, DatasetRecord, ImageRecord
 from annotations.crowd import Crowd, RateLimits
-from annotations.db import make_engine, make_sessions
+from annotations.db import WalCheckpointer, make_engine, make_sessions
 from annotations.shared_views import SharedViews
 from annotations.transforms import TransformRecord, Transforms
 from annotations.viewer_annotations import ViewerAnnotations
@@ -204,6 +204,7 @@ class Services:
     correlation: Correlation = field(init=False)
     identity: Identity = field(init=False)
     shared_views: SharedViews = field(init=False)
+    checkpointer: WalCheckpointer | None = None  # SQLite: the WAL's checkpoints, off the requests' commits
     viewer_annotations: ViewerAnnotations = field(init=False)
 
     def __post_init__(self) -> None:
@@ -224,7 +225,7 @@ class Services:
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
-        engine = make_engine(settings.resolved_database_url)
+        engine = make_engine(settings.resolved_database_url, checkpoint_in_background=True)
         sessions = make_sessions(engine)
         annotations = AnnotationStore(sessions, settings.annotation_cell_limit)
         return cls(
@@ -239,6 +240,7 @@ class Services:
             annotation_source=AnnotationSource(sessions),
             crowd=Crowd(sessions, annotations, RateLimits(settings.volunteer_submissions_per_minute,
                                                           settings.address_submissions_per_minute)),
+            checkpointer=WalCheckpointer(engine).start() if engine.dialect.name == "sqlite" else None,
         )
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -248,4 +250,6 @@ class Services:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()
