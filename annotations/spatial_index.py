@@ -79,14 +79,14 @@ class Batch:
 
     keys: np.ndarray  # float64
     ids: np.ndarray  # int64
-    records: list[bytes]
+    records: np.ndarray  # bytes (objects): taken and joined as arrays, not a Python loop an item
     lower: np.ndarray  # n x 3 float64
     upper: np.ndarray
 
     @classmethod
     def of(cls, keys: Iterable[float], ids: Iterable[int], records: Iterable[bytes], lower: Iterable[Iterable[float]],
            upper: Iterable[Iterable[float]]) -> Batch:
-        batch = cls(np.fromiter(keys, dtype=np.float64), np.fromiter(ids, dtype=np.int64), list(records),
+        batch = cls(np.fromiter(keys, dtype=np.float64), np.fromiter(ids, dtype=np.int64), objects(list(records)),
                     array(list(lower), np.float64, 3), array(list(upper), np.float64, 3))
         return batch.take(np.lexsort((batch.ids, batch.keys)))
 
@@ -94,8 +94,7 @@ class Batch:
         return len(self.ids)
 
     def take(self, rows: np.ndarray) -> Batch:
-        return Batch(self.keys[rows], self.ids[rows], [self.records[i] for i in rows.tolist()], self.lower[rows],
-                     self.upper[rows])
+        return Batch(self.keys[rows], self.ids[rows], self.records[rows], self.lower[rows], self.upper[rows])
 
 
 @dataclass
@@ -116,6 +115,13 @@ class Met:
 
     def of(self, row: int) -> list[int]:
         return self.several[row] if row in self.several else [int(self.single[row])]
+
+
+def objects(items: list[bytes]) -> np.ndarray:
+    """``items`` as a one-dimensional array of objects."""
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
 
 
 def cells_of(plan: LevelPlan, level: int, lower: np.ndarray, upper: np.ndarray) -> Met:
@@ -151,7 +157,7 @@ def _add(changes: Changes, level: int, batch: Batch, met: Met, stays: np.ndarray
     """Entries for the rows of ``batch`` that ``stays`` marks, in every cell of theirs."""
     rows = np.flatnonzero(stays & (met.single >= 0))
     changes.added.extend(zip(itertools.repeat(level), met.single[rows].tolist(), batch.keys[rows].tolist(),
-                             batch.ids[rows].tolist(), [batch.records[i] for i in rows.tolist()], strict=False))
+                             batch.ids[rows].tolist(), batch.records[rows].tolist(), strict=False))
     for row, codes in met.several.items():
         if stays[row]:
             key, annotation_id, record = float(batch.keys[row]), int(batch.ids[row]), batch.records[row]
@@ -232,7 +238,7 @@ def _level(plan: LevelPlan, level: int, state: CellState, pending: Batch, met: M
     if not len(sinking):
         return rest
     both = Batch(np.concatenate([rest.keys, sinking.keys]), np.concatenate([rest.ids, sinking.ids]),
-                 rest.records + sinking.records, np.concatenate([rest.lower, sinking.lower]),
+                 np.concatenate([rest.records, sinking.records]), np.concatenate([rest.lower, sinking.lower]),
                  np.concatenate([rest.upper, sinking.upper]))
     return both.take(np.lexsort((both.ids, both.keys)))
 
@@ -294,7 +300,7 @@ def _sinking(evicted: dict[int, tuple[float, bytes]], bounds: Boxes) -> Batch:
     records = [record for _, record in evicted.values()]
     lower, upper = bounds(records)
     return Batch(np.array([key for key, _ in evicted.values()], dtype=np.float64),
-                 np.array(list(evicted), dtype=np.int64), records, lower, upper)
+                 np.array(list(evicted), dtype=np.int64), objects(records), lower, upper)
 
 
 REFILL_STEPS = 64  # annotations a refill takes up at most, for one change

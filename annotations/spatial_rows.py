@@ -246,7 +246,7 @@ def place_batch(connection: Connection, layer_id: int, kind: str, plan: LevelPla
     if len(batch):
         changes = place(plan, StoredCells(connection, layer_id, kind), batch, layout.bounds_many)
         store(connection, layer_id, kind, changes)
-        release(changes.added, changes.removed, batch.records)
+        release(changes.added, changes.removed)
 
 
 def _found(connection: Connection, plan: LevelPlan, statement: str, parameters: Sequence[Any], lower: Sequence[float],
