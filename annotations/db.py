@@ -135,7 +135,7 @@ def migrate(engine: Engine) -> None:
     with engine.connect() as connection:
         if schema_revision(connection) == HEAD_REVISION:
             return
-    with engine.begin() as connection:
+    with engine.connect() as connection, _foreign_keys_off(connection), connection.begin():
         _lock_schema(connection)
         revision = schema_revision(connection)  # another process may have migrated meanwhile
         if revision == HEAD_REVISION:
@@ -144,6 +144,31 @@ def migrate(engine: Engine) -> None:
             _create_at_head(connection)
         else:
             upgrade_with_alembic(connection)
+            _check_foreign_keys(connection)
+
+
+@contextlib.contextmanager
+def _foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite: foreign keys off while the schema changes, as SQLite's procedure for rebuilding a table says (set
+    outside a transaction; dropping the old copy of a table would otherwise cascade to the rows that refer to
+    it). ``_check_foreign_keys`` then checks that the rebuilt tables still hold."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.commit()
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise RuntimeError(f"the migration left {len(broken)} rows whose foreign keys do not hold: {broken[:5]}")
 
 
 def upgrade_with_alembic(connection: Connection, revision: str = "head") -> None:

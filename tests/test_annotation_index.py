@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 
 from annotations.access import Access, Actor, DatasetAccess
 from annotations.accounts import Accounts
@@ -149,9 +149,14 @@ def test_migration_builds_the_index_of_existing_layers(database_url: str) -> Non
                     {"id": annotation_id, "kind": kind, "geometry": json.dumps(geometry), "deleted": deleted,
                      "key": rng.random(), "x0": low[0], "y0": low[1], "z0": low[2], "x1": high[0], "y1": high[1],
                      "z1": high[2], "since": f"2025-01-0{1 + version} 00:00:00", "until": valid_to})
-    migrate(engine)
+        connection.execute(text("INSERT INTO annotation_segments (version_id, relationship, segment_id, layer_id) "
+                                "SELECT id, 0, id, 1 FROM annotation_versions WHERE id <= 50"))
+    migrate(engine)  # 0010 copies the versions' table on SQLite: what refers to it stays
     with engine.connect() as connection:
         assert connection.execute(text("SELECT cell_limit FROM annotation_layers")).scalar() == 2000
+        assert connection.execute(text("SELECT count(*) FROM annotation_segments")).scalar() == 50
+        assert [key["referred_table"] for key in inspect(connection).get_foreign_keys("annotation_versions")] == [
+            "annotations"]
     assert check_index(engine, 1) >= 4000 - 4000 // 7
     with engine.begin() as connection:
         upgrade_with_alembic(connection)  # at head: nothing to do
