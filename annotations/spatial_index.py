@@ -251,8 +251,8 @@ def _overflow(over: np.ndarray, extra: np.ndarray, count: np.ndarray, max_key: n
     both, largest (key, id) first, drops its first ``extra`` (the cell's excess). Returns per cell number the
     (key, id) threshold (what is below it stays), the cells' new key bounds, and the evicted incumbents.
 
-    All overflowing cells at once, as one table sorted by NumPy: cell by cell, this was a sort and a dozen
-    small arrays for each of thousands of cells."""
+    All overflowing cells at once, as one table sorted by NumPy: a layer of millions has thousands of them at
+    each coarse level, and a sort each would cost more than the sorting itself."""
     m = len(extra)
     overflowing = np.zeros(m, dtype=bool)
     overflowing[over] = True
