@@ -44,8 +44,8 @@ The builds, each in a fresh process (``benchmarks/mesh_peer.py``):
   - Draco level 7 and 16-bit quantization: igneous' defaults (a lower level would be faster but larger).
   - simplification as igneous does it by default: zmesh reduction factor 100, at most 40 nm of error
     (4 voxels of fibsem, 5 of the generated volume). Lamella simplifies less (``tiling.meshes``: factor 10,
-    at most 1 voxel of the level meshed, 10-bit vertices), so its level 0 has more triangles (the
-    ``faces`` column); ``--igneous-matched`` adds a row ``igneous=q`` with Lamella's error (1 voxel) and
+    at most half a voxel of the level meshed, 10-bit vertices), so its level 0 has more triangles (the
+    ``faces`` column); ``--igneous-matched`` adds a row ``igneous=q`` with Lamella's error (half a voxel) and
     10-bit vertices, for the same detail.
 
 Measured per run: wall time of the build only (imports and process start excluded for both), so
@@ -477,8 +477,8 @@ def tools(volume: Volume, args: argparse.Namespace) -> list[Tool]:
         ))
     if "igneous" in args.tools:
         variants = [("igneous", "igneous", {})]
-        if args.igneous_matched:  # Lamella's level-0 simplification error (1 voxel) and vertex quantization
-            variants.append(("igneous-matched", "igneous=q", {"max_error": min(volume.voxel_nm), "vqb": 10}))
+        if args.igneous_matched:  # Lamella's level-0 simplification error (half a voxel) and vertex quantization
+            variants.append(("igneous-matched", "igneous=q", {"max_error": min(volume.voxel_nm) / 2, "vqb": 10}))
         for name, label, override in variants:
             settings = {**igneous_settings(volume, args), **override}
             flags = ["--parallel", str(args.cores), "--shape", ",".join(map(str, settings["shape"])),
@@ -749,7 +749,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="multires min_chunk_size [%(default)s; igneous' CLI default 256,256,256]")
     parser.add_argument("--igneous-draco-level", type=int, default=7, help="[igneous' default, %(default)s]")
     parser.add_argument("--igneous-matched", action="store_true",
-                        help="also run igneous at Lamella's level-0 simplification error (1 voxel) and 10-bit "
+                        help="also run igneous at Lamella's level-0 simplification error (half a voxel) and 10-bit "
                              "vertices (row igneous=q): the same mesh detail, not igneous' defaults")
     parser.add_argument("--igneous-vqb", type=int, choices=[10, 16], default=16,
                         help="vertex quantization bits [igneous' default, %(default)s; Lamella writes 10]")

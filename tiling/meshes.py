@@ -7,18 +7,22 @@ Format: upstream ``src/datasource/precomputed/meshes.md`` (sharded storage, ``sh
 - **Levels of detail.** Level of detail ``l`` is meshed from the pyramid level whose largest downsampling
   factor is ``2 ** l`` (mode-downsampled labels: ``tiling.pyramid``), in octree nodes of ``CHUNK * 2 ** l``
   level-0 voxels. Levels stop when one node covers the volume or the pyramid runs out.
-- **Blocks without seams.** Each node is meshed on its own by zmesh (marching cubes, then quadric
+- **Blocks without seams.** Each node is meshed on its own (zmesh's marching cubes, then pyfqmr's quadric
   simplification) from its voxels plus one voxel on the high side of each axis, the volume padded with
   background, so every surface is made exactly once, each object is closed, and two nodes that share a face
-  share its vertices exactly (the simplifier keeps open boundary edges where they are). Nodes of a coarser
+  share its vertices exactly (the simplifier leaves the vertices of open borders alone). Nodes of a coarser
   level are meshed as 2x2x2 sub-blocks, which is the partition Neuroglancer requires above level 0.
+- **Simplification error.** The simplifier's threshold on an edge collapse's quadric error (the sum of squared
+  distances of the new vertex to the planes of the faces merged into it) rises over its passes up to
+  ``MAX_ERROR ** 2``, so no surface moves further than ``MAX_ERROR`` voxels from the planes it replaces. A
+  surface the collapses left non-manifold (an edge of more than two triangles) is simplified again.
 - **Vertices** are quantized to ``QUANTIZATION_BITS`` within their node and Draco-encoded so that the decoded
   integers are those values (Draco's own quantization set to the identity, as the format needs).
 - **Octree.** A segment's nodes at each level are written in Z-curve order, with an empty node wherever a finer
   node would otherwise have no parent; a segment's levels stop at its coarsest non-empty one.
 
 The build runs in two passes, in bounded memory. Pass one meshes work units (a few nodes of one level each,
-coarsest level first, so the largest units do not come last) in worker processes (zmesh holds the GIL), which
+coarsest level first, so the largest units do not come last) in worker processes (meshing holds the GIL), which
 get each unit's labels from the build and so never load tensorstore, or on a Dask cluster, whose workers read
 their own; each unit writes one part file, so an interrupted build resumes where it stopped. Pass two sorts the
 fragment table (about 40 bytes per fragment), sizes the shards and writes them one at a time from the part files.
@@ -56,8 +60,10 @@ if TYPE_CHECKING:  # workers mesh arrays the build sends them and need not load 
 CHUNK = 64  # level-0 voxels along each axis of a level-0 octree node
 UNIT_NODES = 2  # a work unit is up to UNIT_NODES ** 3 nodes of one level (128³ voxels and a margin)
 QUANTIZATION_BITS = 10
-MAX_ERROR = 1.0  # the simplifier may move a vertex by up to this many voxels of the level it meshes
+MAX_ERROR = 0.5  # the simplifier may move a surface by up to this many voxels of the level it meshes
 REDUCTION = 10  # and aims at this factor fewer triangles (it stops at MAX_ERROR first)
+PASSES = 15  # simplifier passes; its collapse threshold rises as pass ** GROWTH up to MAX_ERROR ** 2 in the last
+GROWTH = 3
 DRACO_LEVEL = 7  # Draco compression level (0-10): smaller files, encode time is small beside meshing
 SHARD_BYTES = 64 << 20  # what one shard file may hold, where the segment ids allow
 MESH_DIR = "meshes"
@@ -208,6 +214,61 @@ def _encode(vertices: np.ndarray, faces: np.ndarray) -> bytes:
                           quantization_origin=(0.0, 0.0, 0.0), compression_level=DRACO_LEVEL)
 
 
+def _collapse(vertices: np.ndarray, faces: np.ndarray, error: float) -> tuple[np.ndarray, np.ndarray]:
+    """pyfqmr's edge collapses within ``error`` voxels, the vertices of open borders left where they are."""
+    import pyfqmr
+
+    offset = 3  # pyfqmr's K: the threshold of pass i is alpha * (i + K) ** aggressiveness
+    simplifier = pyfqmr.Simplify()
+    simplifier.setMesh(vertices, faces)
+    simplifier.simplify_mesh(target_count=len(faces) // REDUCTION, max_iterations=PASSES, aggressiveness=GROWTH,
+                             alpha=error ** 2 / (PASSES - 1 + offset) ** GROWTH, K=offset,
+                             preserve_border=True, verbose=False)
+    simplified, triangles, _ = simplifier.getMesh()
+    return simplified, triangles
+
+
+def _keys(triples: np.ndarray, count: int) -> np.ndarray:
+    """One integer per row of vertex indices, equal for rows that hold the same vertices in any order."""
+    ordered = np.sort(triples, axis=1).astype(np.int64)
+    key = ordered[:, 0]
+    for column in range(1, ordered.shape[1]):
+        key = key * count + ordered[:, column]
+    return key
+
+
+def _manifold(faces: np.ndarray, count: int) -> np.ndarray | None:
+    """``faces`` without the flaps an edge collapse can leave (a triangle and its reverse on top of each other,
+    both dropped), or None if an edge still borders more than two triangles."""
+    keys = _keys(faces, count)
+    order = np.argsort(keys, kind="stable")
+    same = keys[order[1:]] == keys[order[:-1]]
+    if same.any():
+        twin = np.zeros(len(faces), dtype=bool)
+        twin[order[1:][same]] = twin[order[:-1][same]] = True
+        faces = faces[~twin]
+    edges = np.sort(_keys(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), count))
+    return None if len(edges) > 2 and bool((edges[2:] == edges[:-2]).any()) else faces
+
+
+def _simplify(mesher: Any, segment: int) -> tuple[np.ndarray, np.ndarray]:
+    """The surface of ``segment`` in the mesher's block, simplified within ``MAX_ERROR`` voxels.
+
+    pyfqmr (faster than zmesh's simplifier) does not check that a collapse keeps the surface a manifold; where
+    it did not, half the error is tried, then zmesh's own simplifier, which does. A surface no simplification
+    keeps (an object of a few voxels) stays as marching cubes made it."""
+    mesh = mesher.get(segment, normals=False)
+    if not len(mesh.faces):
+        return mesh.vertices, mesh.faces
+    for error in (MAX_ERROR, MAX_ERROR / 2):
+        vertices, faces = _collapse(mesh.vertices, mesh.faces, error)
+        kept = _manifold(faces, len(vertices))
+        if kept is not None and len(kept):
+            return vertices, kept
+    simplified = mesher.get(segment, normals=False, reduction_factor=REDUCTION, max_error=MAX_ERROR)
+    return (simplified.vertices, simplified.faces) if len(simplified.faces) else (mesh.vertices, mesh.faces)
+
+
 def _mesh_node(mesher: Any, labels: np.ndarray, node: tuple[int, int, int], split: bool) -> dict[int, bytes]:
     """Draco fragments of every segment in one node (``labels`` holds its voxels and the high margin)."""
     top = (1 << QUANTIZATION_BITS) - 1
@@ -222,10 +283,10 @@ def _mesh_node(mesher: Any, labels: np.ndarray, node: tuple[int, int, int], spli
                     continue
                 mesher.mesh(np.asfortranarray(block))
                 for segment in mesher.ids():
-                    mesh = mesher.get(segment, normals=False, reduction_factor=REDUCTION, max_error=MAX_ERROR)
-                    if len(mesh.faces):
-                        vertices = (mesh.vertices + np.array([x0, y0, z0])) * scale
-                        parts.setdefault(int(segment), []).append((np.rint(vertices), mesh.faces))
+                    vertices, faces = _simplify(mesher, segment)
+                    if len(faces):
+                        vertices = (vertices + np.array([x0, y0, z0])) * scale
+                        parts.setdefault(int(segment), []).append((np.rint(vertices), faces))
                 mesher.clear()
     fragments = {}
     for segment, pieces in parts.items():
