@@ -205,17 +205,19 @@ def test_node_surfaces_keep_their_borders_stay_manifold_and_within_the_error(sam
     assert after < before / 2
 
 
-def test_flaps_are_dropped_and_pinched_edges_refused() -> None:
+@pytest.mark.parametrize("extra", [0, 1 << 22], ids=["few-vertices", "millions-of-vertices"])
+def test_flaps_are_dropped_and_pinched_edges_refused(extra: int) -> None:
     """What an edge collapse can leave: a triangle lying on its own reverse goes; an edge of four triangles
-    (two surfaces pinched together) makes the surface unusable."""
+    (two surfaces pinched together) makes the surface unusable. The same with indices too large to number
+    every triangle in 63 bits."""
     from tiling.meshes import _manifold
 
-    tetrahedron = np.array([[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]])
-    assert np.array_equal(_manifold(tetrahedron, 4), tetrahedron)
-    flap = np.concatenate([tetrahedron, [[1, 2, 4], [2, 1, 4]]])
-    assert np.array_equal(_manifold(flap, 5), tetrahedron)
-    second = np.array([[0, 1, 5], [1, 0, 6], [0, 5, 6], [1, 6, 5]])  # shares the edge 0-1 with the first
-    assert _manifold(np.concatenate([tetrahedron, second]), 7) is None
+    tetrahedron = np.array([[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]]) + extra
+    assert np.array_equal(_manifold(tetrahedron, extra + 4), tetrahedron)
+    flap = np.concatenate([tetrahedron, np.array([[1, 2, 4], [2, 1, 4]]) + extra])
+    assert np.array_equal(_manifold(flap, extra + 5), tetrahedron)
+    second = np.array([[0, 1, 5], [1, 0, 6], [0, 5, 6], [1, 6, 5]]) + extra  # shares the edge 0-1
+    assert _manifold(np.concatenate([tetrahedron, second]), extra + 7) is None
 
 
 def test_an_object_of_one_voxel_keeps_its_surface() -> None:

@@ -229,8 +229,12 @@ def _collapse(vertices: np.ndarray, faces: np.ndarray, error: float) -> tuple[np
 
 
 def _keys(triples: np.ndarray, count: int) -> np.ndarray:
-    """One integer per row of vertex indices, equal for rows that hold the same vertices in any order."""
+    """One key per row of vertex indices, equal for rows that hold the same vertices in any order: an integer,
+    or the row's bytes where ``count`` vertices are too many to number every row in 63 bits."""
     ordered = np.sort(triples, axis=1).astype(np.int64)
+    if count ** ordered.shape[1] >= 1 << 63:
+        ordered = np.ascontiguousarray(ordered)
+        return ordered.view(np.dtype((np.void, ordered.itemsize * ordered.shape[1]))).ravel()
     key = ordered[:, 0]
     for column in range(1, ordered.shape[1]):
         key = key * count + ordered[:, column]
