@@ -259,7 +259,7 @@ def _simplify(mesher: Any, segment: int) -> tuple[np.ndarray, np.ndarray]:
     """The surface of ``segment`` in the mesher's block, simplified within ``MAX_ERROR`` voxels.
 
     pyfqmr (faster than zmesh's simplifier) does not check that a collapse keeps the surface a manifold; where
-    it did not, half the error is tried, then zmesh's own simplifier, which does. A surface no simplification
+    it did not, half the error is tried, then zmesh's own (slower) simplifier. A surface no simplification
     keeps (an object of a few voxels) stays as marching cubes made it."""
     mesh = mesher.get(segment, normals=False)
     if not len(mesh.faces):
