@@ -174,7 +174,7 @@ def _border(vertices: np.ndarray, faces: np.ndarray) -> set[tuple[float, ...]]:
 def test_node_surfaces_keep_their_borders_stay_manifold_and_within_the_error(sample: Sample) -> None:
     """On blocks of the real FIB-SEM labels, every segment's simplified surface has exactly the open border
     marching cubes gave it (what the neighbouring node's surface meets), no edge of more than two triangles,
-    fewer triangles, and no point further than one voxel from the unsimplified surface."""
+    fewer triangles, and no vertex further than one voxel from the unsimplified surface."""
     if sample.bodies is None:
         pytest.skip("../shared/data is absent")
     import zmesh
