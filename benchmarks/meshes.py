@@ -110,6 +110,7 @@ from typing import Any
 import numpy as np
 from machine import cpu_busy_seconds, machine, ratio_line
 
+from tiling.meshes import MAX_ERROR
 from tiling.pyramid import PyramidOptions, plan_pyramid, write_pyramid
 
 HERE = Path(__file__).resolve().parent
@@ -477,8 +478,9 @@ def tools(volume: Volume, args: argparse.Namespace) -> list[Tool]:
         ))
     if "igneous" in args.tools:
         variants = [("igneous", "igneous", {})]
-        if args.igneous_matched:  # Lamella's level-0 simplification error (half a voxel) and vertex quantization
-            variants.append(("igneous-matched", "igneous=q", {"max_error": min(volume.voxel_nm) / 2, "vqb": 10}))
+        if args.igneous_matched:  # Lamella's level-0 simplification error and vertex quantization
+            matched = {"max_error": min(volume.voxel_nm) * MAX_ERROR, "vqb": 10}
+            variants.append(("igneous-matched", "igneous=q", matched))
         for name, label, override in variants:
             settings = {**igneous_settings(volume, args), **override}
             flags = ["--parallel", str(args.cores), "--shape", ",".join(map(str, settings["shape"])),

@@ -26,11 +26,15 @@ def welded(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndar
     return unique / 1000, faces[keep]
 
 
+def edge_counts(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each edge (its two vertex indices, lower first) and how many triangles share it."""
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    return np.unique(edges, axis=0, return_counts=True)
+
+
 def is_closed(faces: np.ndarray) -> bool:
     """Every edge is shared by exactly two triangles."""
-    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    _, counts = np.unique(edges, axis=0, return_counts=True)
-    return bool((counts == 2).all())
+    return bool((edge_counts(faces)[1] == 2).all())
 
 
 def enclosed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
@@ -160,14 +164,9 @@ def test_a_rebuild_is_served_at_once_under_its_new_name(scratch_server: Server, 
     assert scratch_server.get(f"{BODIES}/mesh/{new}/info").status_code == 200
 
 
-def _edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    return np.unique(edges, axis=0, return_counts=True)
-
-
 def _border(vertices: np.ndarray, faces: np.ndarray) -> set[tuple[float, ...]]:
     """The open edges (of one triangle) as pairs of vertex positions."""
-    edges, counts = _edges(faces)
+    edges, counts = edge_counts(faces)
     return {tuple(sorted(map(tuple, pair))) for pair in np.round(vertices[edges[counts == 1]], 4).tolist()}
 
 
@@ -194,7 +193,7 @@ def test_node_surfaces_keep_their_borders_stay_manifold_and_within_the_error(sam
             raw = mesher.get(segment, normals=False)
             vertices, faces = _simplify(mesher, segment)
             before, after = before + len(raw.faces), after + len(faces)
-            assert _edges(faces)[1].max() <= 2, segment
+            assert edge_counts(faces)[1].max() <= 2, segment
             assert _border(vertices, faces) == _border(raw.vertices, raw.faces), segment
             corners = raw.vertices[raw.faces]  # points on the raw surface, about 0.3 voxels apart
             weights = rng.dirichlet((1, 1, 1), size=(len(corners), 10))
